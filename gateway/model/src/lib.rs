@@ -1,0 +1,22 @@
+//! The domain model of gatewayd: the names and records every other crate speaks in. It does no
+//! I/O and knows nothing of tokio; everything here is checked once, at the edge where text or
+//! bytes from the outside become a value, so the rest of the gateway never re-validates.
+//!
+//! # Layout
+//! - [`ids`]: validated newtypes [`AppId`], [`DeviceId`], [`Channel`], [`CommandName`].
+//! - [`identity`]: `device@app` identities and the credentials a sensor presents, parsed from
+//!   every Drogue username form (HTTP Basic rows, MQTT CONNECT forms).
+//! - [`message`]: [`Telemetry`] from sensors and [`Command`]s for them, with [`Timestamp`].
+//! - [`registry`]: Drogue's registry device model, round-tripping its JSON.
+//! - [`error`]: the crate's one error type.
+
+pub mod error;
+pub mod identity;
+pub mod ids;
+pub mod message;
+pub mod registry;
+
+pub use error::ModelError;
+pub use identity::{AuthRequest, BasicCredentials, Identity, PresentedCredential, Secret};
+pub use ids::{AppId, Channel, CommandName, DeviceId};
+pub use message::{Command, Telemetry, Timestamp};
