@@ -18,8 +18,7 @@
 use std::{fmt, str::FromStr};
 
 use base64::{
-    Engine,
-    alphabet,
+    Engine, alphabet,
     engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig},
 };
 use percent_encoding::percent_decode_str;
@@ -58,7 +57,9 @@ impl Identity {
     /// is percent-decoded and the split is at the first `@`, as Drogue does.
     pub fn parse(value: &str, default_app: Option<&AppId>) -> Result<Self, ModelError> {
         match value.split_once('@') {
-            Some((device, app)) => Ok(Self { app: AppId::new(app)?, device: decode_device(device)? }),
+            Some((device, app)) => {
+                Ok(Self { app: AppId::new(app)?, device: decode_device(device)? })
+            }
             None => match default_app {
                 Some(app) => Ok(Self { app: app.clone(), device: decode_device(value)? }),
                 None => Err(ModelError::NoApp { value: value.to_owned() }),
@@ -146,9 +147,8 @@ impl BasicCredentials {
         if !scheme.eq_ignore_ascii_case("basic") {
             return Err(ModelError::NotBasic);
         }
-        let bytes = LENIENT_B64
-            .decode(rest.trim())
-            .map_err(|e| ModelError::BadBase64(e.to_string()))?;
+        let bytes =
+            LENIENT_B64.decode(rest.trim()).map_err(|e| ModelError::BadBase64(e.to_string()))?;
         let text = String::from_utf8(bytes).map_err(|_| ModelError::NotUtf8)?;
         let (user, password) = text.split_once(':').ok_or(ModelError::NoColon)?;
         Ok(Self::new(user, password))
@@ -300,11 +300,15 @@ mod tests {
     #[test]
     fn basic_rejects_bad_values_clearly() {
         assert_eq!(BasicCredentials::parse_header("Bearer abc"), Err(ModelError::NotBasic));
-        assert!(matches!(BasicCredentials::parse_header("Basic ***"), Err(ModelError::BadBase64(_))));
+        assert!(matches!(
+            BasicCredentials::parse_header("Basic ***"),
+            Err(ModelError::BadBase64(_))
+        ));
         let no_colon = format!("Basic {}", STANDARD.encode("nocolon"));
         assert_eq!(BasicCredentials::parse_header(&no_colon), Err(ModelError::NoColon));
         // password may contain ':'
-        let b = BasicCredentials::parse_header(&format!("Basic {}", STANDARD.encode("u:p:q"))).unwrap();
+        let b =
+            BasicCredentials::parse_header(&format!("Basic {}", STANDARD.encode("u:p:q"))).unwrap();
         assert_eq!(b.password.expose(), "p:q");
     }
 
@@ -321,11 +325,15 @@ mod tests {
 
         let r = AuthRequest::from_http(b("user1"), Some("my-app"), Some("sensor1"), None).unwrap();
         assert_eq!(r.device, "sensor1");
-        assert!(matches!(r.credential, PresentedCredential::UsernamePassword { ref username, .. } if username == "user1"));
+        assert!(
+            matches!(r.credential, PresentedCredential::UsernamePassword { ref username, .. } if username == "user1")
+        );
 
         let r = AuthRequest::from_http(b("user1@my-app"), None, Some("sensor1"), None).unwrap();
         assert_eq!((r.app.as_str(), r.device.as_str()), ("my-app", "sensor1"));
-        assert!(matches!(r.credential, PresentedCredential::UsernamePassword { ref username, .. } if username == "user1"));
+        assert!(
+            matches!(r.credential, PresentedCredential::UsernamePassword { ref username, .. } if username == "user1")
+        );
 
         assert!(AuthRequest::from_http(b("sensor1"), None, None, None).is_err());
         let r = AuthRequest::from_http(b("sensor1"), None, None, Some(&app("gw"))).unwrap();
@@ -340,7 +348,9 @@ mod tests {
 
         let r = AuthRequest::from_mqtt("user1", "pw".into(), "sensor1@my-app", None).unwrap();
         assert_eq!(r.identity().to_string(), "sensor1@my-app");
-        assert!(matches!(r.credential, PresentedCredential::UsernamePassword { ref username, .. } if username == "user1"));
+        assert!(
+            matches!(r.credential, PresentedCredential::UsernamePassword { ref username, .. } if username == "user1")
+        );
 
         assert!(AuthRequest::from_mqtt("sensor1", "pw".into(), "cid", None).is_err());
         let r = AuthRequest::from_mqtt("sensor1", "pw".into(), "cid", Some(&app("gw"))).unwrap();

@@ -8,6 +8,7 @@
 //!   every Drogue username form (HTTP Basic rows, MQTT CONNECT forms).
 //! - [`message`]: [`Telemetry`] from sensors and [`Command`]s for them, with [`Timestamp`].
 //! - [`registry`]: Drogue's registry device model, round-tripping its JSON.
+//! - [`serde_util`]: serde helpers config sections share (durations such as `"30s"`).
 //! - [`error`]: the crate's one error type.
 
 pub mod error;
@@ -15,6 +16,7 @@ pub mod identity;
 pub mod ids;
 pub mod message;
 pub mod registry;
+pub mod serde_util;
 
 pub use error::ModelError;
 pub use identity::{AuthRequest, BasicCredentials, Identity, PresentedCredential, Secret};

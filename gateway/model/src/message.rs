@@ -141,6 +141,9 @@ mod tests {
         let t = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
         assert_eq!(Timestamp::from_system(t).as_millis(), 1_700_000_000_123);
         assert_eq!(Timestamp::from_system(t).to_system(), t);
-        assert_eq!(Timestamp::from_millis(5).saturating_add(Duration::from_secs(1)).as_millis(), 1005);
+        assert_eq!(
+            Timestamp::from_millis(5).saturating_add(Duration::from_secs(1)).as_millis(),
+            1005
+        );
     }
 }

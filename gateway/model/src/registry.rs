@@ -229,15 +229,16 @@ impl Device {
     pub fn is_known_as(&self, name: &str) -> bool {
         self.metadata.name == name
             || self.spec.alias.as_ref().is_some_and(|a| a.iter().any(|x| x == name))
-            || self.credentials().iter().any(
-                |c| matches!(c, Credential::User(u) if u.is_unique() && u.username == name),
-            )
+            || self
+                .credentials()
+                .iter()
+                .any(|c| matches!(c, Credential::User(u) if u.is_unique() && u.username == name))
     }
 
     /// The external command endpoint: the *last* `spec.commands.commands` entry, as Drogue uses.
     pub fn external_endpoint(&self) -> Option<&ExternalEndpoint> {
-        self.spec.commands.as_ref()?.commands.iter().rev().find_map(|c| match c {
-            CommandTarget::External(e) => Some(e),
+        self.spec.commands.as_ref()?.commands.last().map(|c| match c {
+            CommandTarget::External(e) => e,
         })
     }
 
@@ -337,8 +338,10 @@ mod tests {
         prop_oneof![
             "\\PC{0,12}".prop_map(PasswordSpec::Plain),
             "\\PC{0,12}".prop_map(|p| PasswordSpec::Tagged(TaggedPassword::Plain(p))),
-            "\\$2b\\$04\\$[a-zA-Z0-9./]{10}".prop_map(|p| PasswordSpec::Tagged(TaggedPassword::Bcrypt(p))),
-            "\\$6\\$[a-z]{4}\\$[a-zA-Z0-9./]{10}".prop_map(|p| PasswordSpec::Tagged(TaggedPassword::Sha512(p))),
+            "\\$2b\\$04\\$[a-zA-Z0-9./]{10}"
+                .prop_map(|p| PasswordSpec::Tagged(TaggedPassword::Bcrypt(p))),
+            "\\$6\\$[a-z]{4}\\$[a-zA-Z0-9./]{10}"
+                .prop_map(|p| PasswordSpec::Tagged(TaggedPassword::Sha512(p))),
         ]
     }
 

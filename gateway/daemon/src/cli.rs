@@ -1,0 +1,141 @@
+//! The command line.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::{self, Config, LogFormat},
+    logging, sd_notify,
+    supervisor::Outcome,
+    wiring::Gateway,
+};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "gatewayd",
+    version,
+    about = "Edge protocol gateway: sensors in, cloud out, nothing lost"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the gateway with a config file.
+    Run {
+        #[arg(long, short, default_value = "/etc/gatewayd/gatewayd.toml")]
+        config: PathBuf,
+    },
+    /// Start an embedded dev cloud, a gateway wired to it and simulated sensors, and print
+    /// where to look.
+    Demo,
+    /// Print the documented default configuration.
+    PrintConfig,
+    /// Check a config file: exit 0, or print the problem (key and line) and exit 1.
+    CheckConfig { file: PathBuf },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::PrintConfig => {
+            print!("{}", config::DEFAULT_CONFIG);
+            ExitCode::SUCCESS
+        }
+        Command::CheckConfig { file } => match Config::load(&file) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("gatewayd: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run { config } => {
+            let loaded = match Config::load(&config) {
+                Ok(l) => l,
+                Err(e) => {
+                    eprintln!("gatewayd: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            logging::init(loaded.config.log.format, &loaded.config.log.level);
+            runtime_then(|| async move {
+                let gateway = Gateway::start(loaded, CancellationToken::new()).await?;
+                Ok(supervise(gateway).await)
+            })
+        }
+        Command::Demo => {
+            logging::init(LogFormat::Human, "info");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime_then<F, Fut>(f: F) -> ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<ExitCode>>,
+{
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("gatewayd: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(f()) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!(cause = %format!("{e:#}"), "gatewayd failed");
+            eprintln!("gatewayd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Tells systemd the gateway is ready, runs it until a signal or a failure, and maps the
+/// outcome to the exit code.
+pub async fn supervise(gateway: Gateway) -> ExitCode {
+    if let Err(e) = sd_notify::notify_ready() {
+        tracing::warn!(cause = %e, "cannot notify systemd");
+    }
+    let outcome = gateway.run(stop_signal()).await;
+    let _ = sd_notify::notify_stopping();
+    match outcome {
+        Outcome::Stopped => {
+            tracing::info!("gateway stopped");
+            ExitCode::SUCCESS
+        }
+        Outcome::Stragglers(names) => {
+            tracing::warn!(stragglers = ?names, "gateway stopped; some components were abandoned");
+            ExitCode::SUCCESS
+        }
+        Outcome::Failed { component, error } => {
+            eprintln!("gatewayd: component {component} failed: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut term, mut int) =
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(t), Ok(i)) => (t, i),
+            _ => {
+                tracing::error!("cannot install signal handlers; stop with SIGKILL");
+                return std::future::pending().await;
+            }
+        };
+    tokio::select! {
+        _ = term.recv() => tracing::info!(signal = "SIGTERM", "stopping"),
+        _ = int.recv() => tracing::info!(signal = "SIGINT", "stopping"),
+    }
+}

@@ -1,0 +1,388 @@
+//! The daemon's configuration: one TOML file, one section per component.
+//!
+//! Each section is owned by the crate that uses it; this module composes them, resolves
+//! secrets from `*_file` keys, and turns every problem into an error that names the key and,
+//! where the file has it, the line.
+
+use std::{
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use gw_model::{AppId, DeviceId, Secret};
+use serde::{Deserialize, Serialize};
+use toml::Spanned;
+
+/// The documented default configuration printed by `gatewayd print-config`.
+pub const DEFAULT_CONFIG: &str = include_str!("default-config.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}:{line}: {key}: cannot read secret file {file}: {source}")]
+    SecretFile { path: String, line: usize, key: String, file: PathBuf, source: std::io::Error },
+    #[error("{path}:{line}: {key}: secret file {file} is empty")]
+    EmptySecret { path: String, line: usize, key: String, file: PathBuf },
+    #[error("{path}: {key}: {message}")]
+    Invalid { path: String, key: String, message: String },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub gateway: GatewayConfig,
+    #[serde(default)]
+    pub web: WebConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    /// Static devices, as if synced from a registry (development and tests).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<StaticDevice>,
+}
+
+/// `[gateway]`: who this gateway is and where it keeps its state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// The gateway's canonical device name in the cloud registry.
+    pub name: DeviceId,
+    /// The application (tenant) the gateway and its sensors belong to.
+    pub application: AppId,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// How long components get to stop after SIGTERM/SIGINT before they are named and left.
+    #[serde(default = "default_shutdown_grace", with = "gw_model::serde_util::duration")]
+    pub shutdown_grace: Duration,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/gatewayd")
+}
+
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(4)
+}
+
+/// `[web]`: the web listener (health, readiness, status, southbound HTTP).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebConfig {
+    #[serde(default = "default_web_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        Self { listen: default_web_listen() }
+    }
+}
+
+fn default_web_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8080))
+}
+
+/// `[log]`: how the daemon logs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter directive: `info`, `debug`, `gatewayd=debug,info`. `RUST_LOG` wins.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::default(), level: default_log_level() }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".to_owned()
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogFormat {
+    #[default]
+    Human,
+    Json,
+}
+
+/// `[[devices]]`: a device configured on the gateway itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StaticDevice {
+    pub name: DeviceId,
+    /// Defaults to `gateway.application`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub application: Option<AppId>,
+    /// Plain password (development only); hashed in memory at load.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Redacted>,
+    /// A file holding the password (trailing newline ignored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<Spanned<PathBuf>>,
+}
+
+/// A secret read from the config: shown as `***` in debug output.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Redacted(String);
+
+impl Redacted {
+    pub fn secret(&self) -> Secret {
+        Secret::new(self.0.clone())
+    }
+}
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// A device with its secret resolved.
+#[derive(Debug, Clone)]
+pub struct ResolvedDevice {
+    pub app: AppId,
+    pub name: DeviceId,
+    pub password: Secret,
+}
+
+/// A configuration checked and with its secrets read.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub devices: Vec<ResolvedDevice>,
+}
+
+impl Config {
+    /// Reads, parses and checks a config file.
+    pub fn load(path: &Path) -> Result<Loaded, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::from_str_at(&text, &path.display().to_string())
+    }
+
+    /// Parses and checks config text; `origin` names it in errors.
+    pub fn from_str_at(text: &str, origin: &str) -> Result<Loaded, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        let devices = config.resolve_devices(text, origin)?;
+        Ok(Loaded { config, devices })
+    }
+
+    fn resolve_devices(
+        &self,
+        text: &str,
+        origin: &str,
+    ) -> Result<Vec<ResolvedDevice>, ConfigError> {
+        let mut out = Vec::with_capacity(self.devices.len());
+        for (i, d) in self.devices.iter().enumerate() {
+            let key = format!("devices[{i}]");
+            let password = match (&d.password, &d.password_file) {
+                (Some(p), None) => p.secret(),
+                (None, Some(file)) => {
+                    read_secret(file, &format!("{key}.password_file"), text, origin)?
+                }
+                (Some(_), Some(_)) => {
+                    return Err(invalid(origin, &key, "set password or password_file, not both"));
+                }
+                (None, None) => {
+                    return Err(invalid(origin, &key, "needs password or password_file"));
+                }
+            };
+            let app = d.application.clone().unwrap_or_else(|| self.gateway.application.clone());
+            if out.iter().any(|o: &ResolvedDevice| o.app == app && o.name == d.name) {
+                return Err(invalid(
+                    origin,
+                    &key,
+                    &format!("device {}@{app} is listed twice", d.name),
+                ));
+            }
+            out.push(ResolvedDevice { app, name: d.name.clone(), password });
+        }
+        Ok(out)
+    }
+}
+
+fn invalid(origin: &str, key: &str, message: &str) -> ConfigError {
+    ConfigError::Invalid {
+        path: origin.to_owned(),
+        key: key.to_owned(),
+        message: message.to_owned(),
+    }
+}
+
+/// Reads a secret file named by a `*_file` key; the error names the key and its line.
+pub fn read_secret(
+    file: &Spanned<PathBuf>,
+    key: &str,
+    text: &str,
+    origin: &str,
+) -> Result<Secret, ConfigError> {
+    let line = line_of(text, file.span().start);
+    let path = file.get_ref();
+    let content = std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
+        path: origin.to_owned(),
+        line,
+        key: key.to_owned(),
+        file: path.clone(),
+        source,
+    })?;
+    let secret = content.trim_end_matches(['\n', '\r']);
+    if secret.is_empty() {
+        return Err(ConfigError::EmptySecret {
+            path: origin.to_owned(),
+            line,
+            key: key.to_owned(),
+            file: path.clone(),
+        });
+    }
+    Ok(Secret::new(secret))
+}
+
+/// 1-based line number of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes().iter().take(offset).filter(|b| **b == b'\n').count() + 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The default config with every commented-out example key switched on.
+    fn uncommented_default() -> String {
+        DEFAULT_CONFIG
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest) if looks_like_toml(rest) => rest.to_owned(),
+                _ => l.to_owned(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn looks_like_toml(l: &str) -> bool {
+        let l = l.trim_start();
+        l.starts_with('[')
+            || l.split_once('=').is_some_and(|(k, _)| {
+                let k = k.trim();
+                !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+            })
+    }
+
+    #[test]
+    fn default_config_parses_and_uses_documented_defaults() {
+        let loaded = Config::from_str_at(DEFAULT_CONFIG, "default").unwrap();
+        let c = loaded.config;
+        assert_eq!(c.gateway.data_dir, default_data_dir());
+        assert_eq!(c.web.listen, default_web_listen());
+        assert_eq!(c.gateway.shutdown_grace, default_shutdown_grace());
+        assert_eq!(c.log.format, LogFormat::Human);
+        assert!(loaded.devices.is_empty());
+    }
+
+    #[test]
+    fn every_documented_example_key_is_a_real_key() {
+        let text = uncommented_default();
+        let loaded = Config::from_str_at(&text, "examples").unwrap();
+        assert!(!loaded.devices.is_empty(), "the examples include a static device");
+    }
+
+    #[test]
+    fn every_key_of_the_config_is_documented() {
+        let text = uncommented_default();
+        let config = Config::from_str_at(&text, "examples").unwrap().config;
+        let value = toml::Value::try_from(&config).unwrap();
+        let mut missing = Vec::new();
+        collect_keys(&value, &mut |key| {
+            let documented = DEFAULT_CONFIG.lines().any(|l| {
+                let l = l.trim_start_matches(['#', ' ']);
+                l.starts_with(&format!("{key} =")) || l.starts_with(&format!("{key}="))
+            });
+            if !documented {
+                missing.push(key.to_owned());
+            }
+        });
+        assert!(missing.is_empty(), "undocumented keys: {missing:?}");
+    }
+
+    fn collect_keys(v: &toml::Value, f: &mut dyn FnMut(&str)) {
+        let toml::Value::Table(t) = v else { return };
+        for (k, v) in t {
+            match v {
+                toml::Value::Table(_) => collect_keys(v, f),
+                toml::Value::Array(a) if a.iter().all(|x| x.is_table()) => {
+                    a.iter().for_each(|x| collect_keys(x, f))
+                }
+                _ => f(k),
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let text = "[gateway]\nname = \"gw1\"\napplication = \"app\"\ncolour = \"red\"\n";
+        let err = Config::from_str_at(text, "x.toml").unwrap_err().to_string();
+        assert!(err.contains("colour") && err.contains("line 4"), "{err}");
+    }
+
+    #[test]
+    fn bad_duration_is_named_with_its_line() {
+        let text = "[gateway]\nname = \"gw1\"\napplication = \"app\"\nshutdown_grace = \"soon\"\n";
+        let err = Config::from_str_at(text, "x.toml").unwrap_err().to_string();
+        assert!(err.contains("shutdown_grace") && err.contains("invalid duration"), "{err}");
+        assert!(err.contains("line 4"), "{err}");
+    }
+
+    #[test]
+    fn missing_secret_file_names_key_and_line() {
+        let text = "[gateway]\nname = \"gw1\"\napplication = \"app\"\n\n[[devices]]\nname = \"s1\"\npassword_file = \"/nonexistent/s1.secret\"\n";
+        let err = Config::from_str_at(text, "x.toml").unwrap_err().to_string();
+        assert!(err.starts_with("x.toml:7: devices[0].password_file"), "{err}");
+        assert!(err.contains("/nonexistent/s1.secret"), "{err}");
+    }
+
+    #[test]
+    fn secret_file_is_read_without_trailing_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("pw");
+        std::fs::write(&f, "s3cret\n").unwrap();
+        let text = format!(
+            "[gateway]\nname = \"gw1\"\napplication = \"app\"\n[[devices]]\nname = \"s1\"\npassword_file = {:?}\n",
+            f.display().to_string()
+        );
+        let loaded = Config::from_str_at(&text, "x").unwrap();
+        assert_eq!(loaded.devices[0].password.expose(), "s3cret");
+        assert_eq!(loaded.devices[0].app, "app");
+    }
+
+    #[test]
+    fn device_without_any_password_is_refused() {
+        let text = "[gateway]\nname = \"gw1\"\napplication = \"app\"\n[[devices]]\nname = \"s1\"\n";
+        let err = Config::from_str_at(text, "x").unwrap_err().to_string();
+        assert!(err.contains("devices[0]") && err.contains("password"), "{err}");
+    }
+
+    #[test]
+    fn bad_device_name_is_refused_with_the_rule() {
+        let text = "[gateway]\nname = \"gw/1\"\napplication = \"app\"\n";
+        let err = Config::from_str_at(text, "x").unwrap_err().to_string();
+        assert!(err.contains("device name") && err.contains("'/'"), "{err}");
+    }
+}

@@ -1,0 +1,21 @@
+//! gatewayd, the edge protocol gateway daemon: reads one config file, opens its state, binds
+//! its listeners and runs every component under one supervisor until it is told to stop or a
+//! component fails.
+//!
+//! # Layout
+//! - [`cli`]: the command line (`run`, `demo`, `print-config`, `check-config`).
+//! - [`config`]: the config file, its sections and secret files.
+//! - [`wiring`]: builds the gateway from its config in one top-to-bottom function.
+//! - [`supervisor`]: runs components as tasks under one cancellation token.
+//! - [`web`]: the web listener (health, readiness, front page).
+//! - [`demo`]: `gatewayd demo`, the gateway beside an embedded dev cloud.
+//! - [`sd_notify`]: systemd readiness notification.
+//! - [`logging`]: tracing set-up, human or JSON.
+
+pub mod cli;
+pub mod config;
+pub mod logging;
+pub mod sd_notify;
+pub mod supervisor;
+pub mod web;
+pub mod wiring;

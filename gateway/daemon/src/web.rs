@@ -1,0 +1,209 @@
+//! The web listener: health, readiness and the gateway's front page. Other components hand
+//! their routers to [`wiring`](crate::wiring), which merges them here; nobody else opens an
+//! HTTP listener.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::{Html, IntoResponse, Response},
+    routing::get,
+};
+use serde::Serialize;
+
+/// One named condition and whether it holds.
+type Condition = (&'static str, Arc<AtomicBool>);
+
+/// The conditions `/readyz` waits for: one per listener or store the daemon opens.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    conditions: Arc<Mutex<Vec<Condition>>>,
+}
+
+/// The handle a component uses to say it is ready.
+#[derive(Clone)]
+pub struct ReadyFlag(Arc<AtomicBool>);
+
+impl ReadyFlag {
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+impl Readiness {
+    /// Adds a condition that holds back readiness until its flag is set.
+    pub fn condition(&self, name: &'static str) -> ReadyFlag {
+        let flag = Arc::new(AtomicBool::new(false));
+        self.lock().push((name, flag.clone()));
+        ReadyFlag(flag)
+    }
+
+    /// The conditions not met yet.
+    pub fn waiting(&self) -> Vec<&'static str> {
+        self.lock().iter().filter(|(_, f)| !f.load(Ordering::Acquire)).map(|(n, _)| *n).collect()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.waiting().is_empty()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Condition>> {
+        self.conditions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A listener's name and the address it is bound to.
+#[derive(Clone, Debug, Serialize)]
+pub struct Listener {
+    pub name: &'static str,
+    pub addr: SocketAddr,
+}
+
+/// What the front page and health endpoints know about the gateway.
+#[derive(Clone)]
+pub struct WebState {
+    pub gateway: String,
+    pub application: String,
+    pub started: Instant,
+    pub readiness: Readiness,
+    pub listeners: Arc<Mutex<Vec<Listener>>>,
+}
+
+impl WebState {
+    pub fn new(gateway: String, application: String, readiness: Readiness) -> Self {
+        Self { gateway, application, started: Instant::now(), readiness, listeners: Arc::default() }
+    }
+
+    pub fn add_listener(&self, name: &'static str, addr: SocketAddr) {
+        self.listeners.lock().unwrap_or_else(|p| p.into_inner()).push(Listener { name, addr });
+    }
+
+    fn listeners(&self) -> Vec<Listener> {
+        self.listeners.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The routes the daemon itself serves.
+pub fn router(state: WebState) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+#[derive(Serialize)]
+struct ReadyBody {
+    ready: bool,
+    waiting: Vec<&'static str>,
+}
+
+async fn readyz(State(state): State<WebState>) -> Response {
+    let waiting = state.readiness.waiting();
+    let status = if waiting.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(ReadyBody { ready: waiting.is_empty(), waiting })).into_response()
+}
+
+async fn index(State(state): State<WebState>) -> Response {
+    let uptime = Duration::from_secs(state.started.elapsed().as_secs());
+    let listeners: String = state
+        .listeners()
+        .iter()
+        .map(|l| format!("<li>{}: {}</li>", escape(l.name), l.addr))
+        .collect();
+    let ready = if state.readiness.is_ready() { "ready" } else { "starting" };
+    let body = format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>gatewayd {name}</title></head><body>\
+         <h1>gatewayd <code>{name}</code></h1>\
+         <p>Application <code>{app}</code> · version {VERSION} · up {uptime} · {ready}</p>\
+         <h2>Listeners</h2><ul>{listeners}</ul>\
+         <p><a href=\"/healthz\">/healthz</a> · <a href=\"/readyz\">/readyz</a></p>\
+         </body></html>\n",
+        name = escape(&state.gateway),
+        app = escape(&state.application),
+        uptime = humantime::format_duration(uptime),
+    );
+    ([(header::CACHE_CONTROL, "no-store")], Html(body)).into_response()
+}
+
+/// Escapes text for HTML element content and attribute values.
+pub fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn serve(state: WebState) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, router(state)).await.unwrap();
+        });
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn readyz_is_503_until_every_condition_holds() {
+        let readiness = Readiness::default();
+        let store = readiness.condition("store");
+        let mqtt = readiness.condition("mqtt listener");
+        let (addr, task) = serve(WebState::new("gw1".into(), "app".into(), readiness)).await;
+        let url = format!("http://{addr}/readyz");
+
+        let r = reqwest::get(&url).await.unwrap();
+        assert_eq!(r.status(), 503);
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["waiting"], serde_json::json!(["store", "mqtt listener"]));
+
+        store.set();
+        assert_eq!(reqwest::get(&url).await.unwrap().status(), 503);
+        mqtt.set();
+        let r = reqwest::get(&url).await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.json::<serde_json::Value>().await.unwrap()["ready"], true);
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn front_page_names_gateway_and_escapes_it() {
+        let state = WebState::new("gw<1>".into(), "app".into(), Readiness::default());
+        state.add_listener("web", "127.0.0.1:1".parse().unwrap());
+        let (addr, task) = serve(state).await;
+        let body = reqwest::get(format!("http://{addr}/")).await.unwrap().text().await.unwrap();
+        assert!(body.contains("gw&lt;1&gt;") && !body.contains("gw<1>"), "{body}");
+        assert!(body.contains(VERSION) && body.contains("web: 127.0.0.1:1"), "{body}");
+        let health = reqwest::get(format!("http://{addr}/healthz")).await.unwrap();
+        assert_eq!(health.status(), 200);
+        task.abort();
+    }
+}
