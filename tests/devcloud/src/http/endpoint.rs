@@ -1,0 +1,161 @@
+//! The device-facing HTTP endpoint (contracts/drogue-cloud.md §1): `POST /v1/{channel}`
+//! with Basic auth in any of Drogue's four forms, `as=` for gateways, and `ct=` to wait for a
+//! command.
+
+use std::time::Duration;
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{Path, Query, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use gw_model::{AuthRequest, BasicCredentials};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::AppState;
+use crate::{
+    auth,
+    commands::{self, CommandFilter},
+    events::{CloudEvent, EventParties},
+};
+
+/// The longest `ct` honoured, so a typo cannot pin a request for days.
+const MAX_COMMAND_WAIT: Duration = Duration::from_secs(3600);
+
+/// The query parameters Drogue's HTTP endpoint knows; anything else is a 400.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishQuery {
+    application: Option<String>,
+    device: Option<String>,
+    data_schema: Option<String>,
+    #[serde(rename = "as")]
+    as_device: Option<String>,
+    #[serde(alias = "commandTimeout")]
+    ct: Option<u64>,
+}
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/", get(|| async { StatusCode::OK }))
+        .route("/v1/{channel}", post(publish))
+        // `/v1/temp/`: an empty suffix
+        .route("/v1/{channel}/", post(publish))
+        // the suffix is accepted and dropped, as Drogue does
+        .route("/v1/{channel}/{*suffix}", post(publish_with_suffix))
+}
+
+async fn publish_with_suffix(
+    state: State<AppState>,
+    Path((channel, _suffix)): Path<(String, String)>,
+    query: Query<PublishQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    publish(state, Path(channel), query, headers, body).await
+}
+
+fn auth_failed() -> Response {
+    let body =
+        json!({"code": 403, "error": "AuthenticationError", "message": "Authentication failed"});
+    (StatusCode::FORBIDDEN, Json(body)).into_response()
+}
+
+/// Whether a content type is JSON: `application/json`, `text/json` or `*/*+json`.
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json" || essence == "text/json" || essence.ends_with("+json")
+}
+
+async fn publish(
+    State(state): State<AppState>,
+    Path(channel): Path<String>,
+    Query(q): Query<PublishQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let Some(basic) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| BasicCredentials::parse_header(v).ok())
+    else {
+        return auth_failed();
+    };
+    let Ok(req) =
+        AuthRequest::from_http(basic, q.application.as_deref(), q.device.as_deref(), None)
+    else {
+        return auth_failed();
+    };
+    let Some(who) = auth::authenticate(&state.registry, req, q.as_device.as_deref()).await else {
+        return auth_failed();
+    };
+
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
+    let json = match content_type {
+        Some(ct) if is_json(ct) && !body.is_empty() => {
+            match serde_json::from_slice::<serde_json::Value>(&body) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    let msg = json!({"error": "InvalidFormat", "message": e.to_string()});
+                    return (StatusCode::NOT_ACCEPTABLE, Json(msg)).into_response();
+                }
+            }
+        }
+        _ => None,
+    };
+    let parties = EventParties {
+        app: (&who.app.metadata.name, &who.app.metadata.uid),
+        device: (&who.as_device.metadata.name, &who.as_device.metadata.uid),
+        sender: (&who.device.metadata.name, &who.device.metadata.uid),
+    };
+    let event = CloudEvent::telemetry(
+        &parties,
+        &channel,
+        content_type,
+        q.data_schema.as_deref(),
+        json,
+        &body,
+    );
+    // Subscribe before the event becomes visible, so a test that reacts to the event with a
+    // command cannot race the waiter.
+    let mut rx = q.ct.filter(|n| *n > 0).map(|_| state.bus.subscribe());
+    state.events.append(event);
+    tracing::debug!(app = %who.app.metadata.name, device = %who.as_device.metadata.name,
+        sender = %who.device.metadata.name, channel = %channel, "event accepted");
+
+    let (Some(rx), Some(secs)) = (rx.as_mut(), q.ct) else {
+        return StatusCode::ACCEPTED.into_response();
+    };
+    let filter = CommandFilter::proxied_device(
+        &who.app.metadata.name,
+        &who.device.metadata.name,
+        &who.as_device.metadata.name,
+    );
+    let wait = Duration::from_secs(secs).min(MAX_COMMAND_WAIT);
+    let cmd = tokio::select! {
+        cmd = tokio::time::timeout(wait, commands::next_matching(rx, &filter)) => cmd.ok().flatten(),
+        () = state.shutdown.cancelled() => None,
+    };
+    match cmd {
+        Some(cmd) => (StatusCode::OK, [("command", cmd.command)], cmd.payload).into_response(),
+        None => StatusCode::ACCEPTED.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recognises_json_content_types() {
+        assert!(is_json("application/json"));
+        assert!(is_json("Application/JSON; charset=utf-8"));
+        assert!(is_json("application/cloudevents+json"));
+        assert!(!is_json("application/cbor"));
+        assert!(!is_json("text/plain"));
+    }
+}

@@ -1,0 +1,168 @@
+//! A Drogue-Cloud-compatible cloud for development, demos and tests. It serves, on one HTTP
+//! listener, Drogue's device endpoint (`POST /v1/{channel}` with Basic auth, `as=` and
+//! `ct=`), the device registry, the command API with Drogue's routing (internal delivery or
+//! a gateway's external push endpoint), the discovery documents `drg` reads, and an event log
+//! of CloudEvents that tests read in-process or over HTTP. It follows
+//! `contracts/drogue-cloud.md`, quirks included, so the gateway is tested against what Drogue
+//! really does. Run it in-process with [`DevCloud::start`], or as the `devcloud` binary.
+//!
+//! # Layout
+//! - [`seed`]: the initial state (API users, applications, devices) from a file or a builder.
+//! - `registry`: applications and devices with Drogue's create/replace/delete rules.
+//! - `labels`: Drogue's label selector.
+//! - `auth`: device authentication and `as` authorization.
+//! - [`commands`]: command routing, external pushes, and the in-process command bus.
+//! - [`events`]: CloudEvents and the bounded event log.
+//! - `http`: the axum router: device endpoint, registry and command API, discovery.
+//! - `util`: ids, timestamps, percent-encoding.
+//! - [`error`]: the crate's one error type.
+
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+mod auth;
+pub mod commands;
+pub mod error;
+pub mod events;
+mod http;
+mod labels;
+mod registry;
+pub mod seed;
+mod util;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use gw_model::registry::Device;
+use tokio::{sync::broadcast, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+pub use commands::{CommandFilter, CommandOutcome, RoutedCommand};
+pub use error::DevCloudError;
+pub use events::{CloudEvent, EventPage};
+pub use seed::{Seed, User};
+
+use crate::{
+    commands::{CommandBus, CommandRequest},
+    events::{DEFAULT_EVENT_CAPACITY, EventLog},
+    http::Shared,
+    registry::Registry,
+};
+
+/// A running dev cloud: its bound address and shared state. It stops when the cancellation
+/// token passed to [`DevCloud::start`] fires.
+pub struct DevCloud {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    server: JoinHandle<()>,
+}
+
+impl DevCloud {
+    /// Binds `listen` (port 0 picks a free port), loads `seed`, and serves until `shutdown`
+    /// is cancelled.
+    pub async fn start(
+        listen: SocketAddr,
+        seed: Seed,
+        shutdown: CancellationToken,
+    ) -> Result<DevCloud, DevCloudError> {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|source| DevCloudError::Bind { addr: listen, source })?;
+        let addr =
+            listener.local_addr().map_err(|source| DevCloudError::Bind { addr: listen, source })?;
+        let events = Arc::new(EventLog::new(DEFAULT_EVENT_CAPACITY));
+        let registry = Registry::new(events.clone());
+        registry.seed(seed.applications, seed.devices)?;
+        let shared = Arc::new(Shared {
+            registry,
+            events,
+            bus: CommandBus::new(),
+            users: seed.users,
+            client: commands::push_client(),
+            base_url: format!("http://{addr}"),
+            shutdown: shutdown.clone(),
+        });
+        let app = http::router(shared.clone());
+        let server = tokio::spawn(async move {
+            let result = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await;
+            if let Err(e) = result {
+                tracing::error!(cause = %e, "dev cloud server failed");
+            }
+        });
+        tracing::info!(url = %shared.base_url, "dev cloud listening");
+        Ok(DevCloud { addr, shared, server })
+    }
+
+    /// The base URL, `http://127.0.0.1:PORT`, without a trailing slash.
+    pub fn url(&self) -> String {
+        self.shared.base_url.clone()
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// A snapshot of the retained events, oldest first.
+    pub fn events(&self) -> Vec<CloudEvent> {
+        self.shared.events.snapshot()
+    }
+
+    /// Waits until at least `n` events have been logged since start, or `timeout` passes,
+    /// and returns the retained events either way.
+    pub async fn wait_for_events(&self, n: usize, timeout: Duration) -> Vec<CloudEvent> {
+        self.shared.events.wait_for(n, timeout).await
+    }
+
+    /// A device as the registry holds it.
+    pub fn device(&self, app: &str, name: &str) -> Option<Device> {
+        self.shared.registry.get_device(app, name)
+    }
+
+    /// Creates a device, or replaces it without preconditions; logs a registry event.
+    pub fn apply_device(&self, device: Device) -> Result<(), DevCloudError> {
+        self.shared.registry.apply_device(device)
+    }
+
+    /// Sends a command as the command API does, with the same routing.
+    pub async fn send_command(
+        &self,
+        app: &str,
+        device: &str,
+        command: &str,
+        content_type: Option<&str>,
+        payload: Bytes,
+    ) -> Result<CommandOutcome, DevCloudError> {
+        let req = CommandRequest {
+            app,
+            device,
+            command,
+            content_type: content_type.map(str::to_owned),
+            payload,
+        };
+        let s = &self.shared;
+        commands::route(&s.registry, &s.bus, &s.client, req).await
+    }
+
+    /// Subscribes to internally delivered commands (for another device endpoint, such as an
+    /// MQTT one); select with [`CommandFilter`].
+    pub fn subscribe_commands(&self) -> broadcast::Receiver<RoutedCommand> {
+        self.shared.bus.subscribe()
+    }
+
+    /// How many endpoints are currently waiting for commands (HTTP `ct` requests and other
+    /// subscribers); lets tests send a command only once a waiter is ready.
+    pub fn command_subscribers(&self) -> usize {
+        self.shared.bus.subscribers()
+    }
+
+    /// The router, to mount elsewhere; it shares this dev cloud's state.
+    pub fn router(&self) -> axum::Router {
+        http::router(self.shared.clone())
+    }
+
+    /// Waits for the server to finish after the shutdown token fired.
+    pub async fn stopped(self) {
+        let _ = self.server.await;
+    }
+}
