@@ -1,0 +1,96 @@
+//! The crate's one error type.
+
+use std::{io, path::PathBuf};
+
+/// Everything that can go wrong in the store. Variants carry the path or value involved.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The outbox holds `max_bytes` already and `when_full = "reject"`: the drivers answer
+    /// MQTT 0x97 / CoAP 5.03 / HTTP 503.
+    #[error("outbox quota exceeded: {used} of {max} bytes in use")]
+    QuotaExceeded { used: u64, max: u64 },
+
+    /// One message is larger than a record may be.
+    #[error("message of {size} bytes is larger than the outbox record limit of {max} bytes")]
+    RecordTooLarge { size: usize, max: usize },
+
+    #[error("cannot encode telemetry for the outbox")]
+    Encode(#[source] postcard::Error),
+
+    #[error("cannot create outbox directory {path}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("cannot list outbox directory {path}")]
+    ListDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("cannot open segment {path}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("cannot read segment {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("cannot write segment {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("cannot fdatasync {path}")]
+    Sync {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("cannot truncate the torn tail of segment {path} to {len} bytes")]
+    Truncate {
+        path: PathBuf,
+        len: u64,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("cannot delete segment {path}")]
+    Delete {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("cannot start the outbox committer thread")]
+    Spawn(#[source] io::Error),
+
+    /// The committer hit an I/O error and stopped; nothing is acknowledged any more. Reopening
+    /// the outbox (restarting the daemon) recovers everything that was durable.
+    #[error("the outbox committer stopped after an error: {reason}")]
+    CommitterFailed { reason: String },
+
+    /// The outbox was closed.
+    #[error("the outbox is closed")]
+    Closed,
+
+    /// A size such as `max_bytes = "256MiB"` could not be parsed.
+    #[error("invalid size {value:?}: {reason}")]
+    InvalidSize { value: String, reason: &'static str },
+
+    /// A configuration value is outside what the store accepts.
+    #[error("invalid [store] {key}: {reason}")]
+    InvalidConfig { key: &'static str, reason: String },
+}

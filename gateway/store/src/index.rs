@@ -1,0 +1,414 @@
+//! The reader's in-memory index: which records are live, where they are on disk, per-device
+//! FIFO queues served round-robin, what is in flight, which devices are parked, and how many
+//! live records each segment still holds. It stores positions, never payloads (16 bytes per
+//! record), and does no I/O: every operation is a plain state change, tested synchronously.
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    fs::File,
+    path::PathBuf,
+    sync::Arc,
+};
+
+use gw_model::{AppId, DeviceId};
+
+/// A device's number, assigned the first time the outbox sees it.
+pub(crate) type DevIdx = u32;
+
+/// Where one live record is: its seq and its place in its segment (found by seq).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Pos {
+    pub seq: u64,
+    pub offset: u32,
+    /// Record length including its header.
+    pub len: u32,
+}
+
+/// A segment file as the index sees it.
+#[derive(Debug)]
+pub(crate) struct SegmentInfo {
+    pub path: PathBuf,
+    pub file: Arc<File>,
+    /// Data records in it that are neither acknowledged nor dropped.
+    pub live: u64,
+}
+
+/// A record handed to the reader, with the file to read it from.
+#[derive(Debug)]
+pub(crate) struct Picked {
+    pub pos: Pos,
+    pub file: Arc<File>,
+}
+
+#[derive(Debug)]
+struct Device {
+    app: AppId,
+    device: DeviceId,
+    queue: VecDeque<Pos>,
+    in_flight: u32,
+    parked: bool,
+    in_ring: bool,
+    dropped: u64,
+}
+
+/// Per-device counters for the stats snapshot.
+#[derive(Debug)]
+pub(crate) struct DeviceCounts<'a> {
+    pub app: &'a AppId,
+    pub device: &'a DeviceId,
+    pub queued: usize,
+    pub dropped: u64,
+    pub parked: bool,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Index {
+    devices: Vec<Device>,
+    /// Devices with deliverable records, served front to back.
+    ring: VecDeque<DevIdx>,
+    in_flight: HashMap<u64, (DevIdx, Pos)>,
+    segments: BTreeMap<u64, SegmentInfo>,
+    live_records: u64,
+    live_bytes: u64,
+}
+
+impl Index {
+    /// Registers the next device; its number is the count of devices before it.
+    pub fn add_device(&mut self, app: AppId, device: DeviceId) -> DevIdx {
+        let idx = DevIdx::try_from(self.devices.len()).unwrap_or(DevIdx::MAX);
+        self.devices.push(Device {
+            app,
+            device,
+            queue: VecDeque::new(),
+            in_flight: 0,
+            parked: false,
+            in_ring: false,
+            dropped: 0,
+        });
+        idx
+    }
+
+    pub fn device_count(&self) -> usize {
+        self.devices.len()
+    }
+
+    pub fn add_segment(&mut self, base: u64, path: PathBuf, file: Arc<File>) {
+        self.segments.insert(base, SegmentInfo { path, file, live: 0 });
+    }
+
+    /// Adds a committed record at the tail of its device's queue. Returns whether the device
+    /// just became deliverable.
+    pub fn push(&mut self, dev: DevIdx, pos: Pos) -> bool {
+        let Some(d) = self.devices.get_mut(dev as usize) else { return false };
+        d.queue.push_back(pos);
+        self.live_records += 1;
+        self.live_bytes += u64::from(pos.len);
+        if let Some((_, seg)) = self.segments.range_mut(..=pos.seq).next_back() {
+            seg.live += 1;
+        }
+        self.enqueue_if_ready(dev)
+    }
+
+    fn enqueue_if_ready(&mut self, dev: DevIdx) -> bool {
+        let Some(d) = self.devices.get_mut(dev as usize) else { return false };
+        let ready = !d.in_ring && !d.parked && d.in_flight == 0 && !d.queue.is_empty();
+        if ready {
+            d.in_ring = true;
+            self.ring.push_back(dev);
+        }
+        ready
+    }
+
+    /// Hands out up to `max` records, round-robin over deliverable devices: each device gives
+    /// at most `ceil(max / deliverable devices)` records, oldest first, and then has one batch
+    /// in flight; it is served again only once all of that batch is resolved.
+    pub fn take_batch(&mut self, max: usize) -> Vec<Picked> {
+        let mut out = Vec::new();
+        if max == 0 || self.ring.is_empty() {
+            return out;
+        }
+        let quantum = max.div_ceil(self.ring.len()).max(1);
+        while out.len() < max {
+            let Some(dev) = self.ring.pop_front() else { break };
+            let Some(d) = self.devices.get_mut(dev as usize) else { continue };
+            d.in_ring = false;
+            if d.parked || d.in_flight > 0 {
+                continue;
+            }
+            let take = quantum.min(max - out.len()).min(d.queue.len());
+            for pos in d.queue.drain(..take) {
+                d.in_flight += 1;
+                self.in_flight.insert(pos.seq, (dev, pos));
+                if let Some((_, seg)) = self.segments.range(..=pos.seq).next_back() {
+                    out.push(Picked { pos, file: Arc::clone(&seg.file) });
+                }
+            }
+        }
+        out
+    }
+
+    /// The cloud accepted `seq`: it is gone. Returns (known, device became deliverable).
+    pub fn ack(&mut self, seq: u64) -> (bool, bool) {
+        let Some((dev, pos)) = self.in_flight.remove(&seq) else { return (false, false) };
+        self.forget(pos);
+        (true, self.settle(dev))
+    }
+
+    /// A transient failure: `seq` goes back to its place in its device's queue.
+    pub fn nack(&mut self, seq: u64) -> bool {
+        let Some((dev, pos)) = self.in_flight.remove(&seq) else { return false };
+        self.requeue(dev, pos);
+        self.settle(dev)
+    }
+
+    /// The cloud refused `seq`'s device: the record goes back and the device is parked.
+    pub fn park(&mut self, seq: u64) {
+        if let Some((dev, pos)) = self.in_flight.remove(&seq) {
+            self.requeue(dev, pos);
+            if let Some(d) = self.devices.get_mut(dev as usize) {
+                d.parked = true;
+            }
+            self.settle(dev);
+        }
+    }
+
+    /// Releases a parked device. Returns whether it became deliverable.
+    pub fn unpark(&mut self, app: &AppId, device: &DeviceId) -> bool {
+        let Some(dev) = self.devices.iter().position(|d| d.app == *app && d.device == *device)
+        else {
+            return false;
+        };
+        self.devices[dev].parked = false;
+        self.enqueue_if_ready(DevIdx::try_from(dev).unwrap_or(DevIdx::MAX))
+    }
+
+    /// Releases every parked device. Returns whether any became deliverable.
+    pub fn unpark_all(&mut self) -> bool {
+        let mut any = false;
+        for dev in 0..self.devices.len() {
+            self.devices[dev].parked = false;
+            any |= self.enqueue_if_ready(DevIdx::try_from(dev).unwrap_or(DevIdx::MAX));
+        }
+        any
+    }
+
+    fn requeue(&mut self, dev: DevIdx, pos: Pos) {
+        if let Some(d) = self.devices.get_mut(dev as usize) {
+            let at = d.queue.partition_point(|p| p.seq < pos.seq);
+            d.queue.insert(at, pos);
+        }
+    }
+
+    fn settle(&mut self, dev: DevIdx) -> bool {
+        if let Some(d) = self.devices.get_mut(dev as usize) {
+            d.in_flight = d.in_flight.saturating_sub(1);
+        }
+        self.enqueue_if_ready(dev)
+    }
+
+    fn forget(&mut self, pos: Pos) {
+        self.live_records = self.live_records.saturating_sub(1);
+        self.live_bytes = self.live_bytes.saturating_sub(u64::from(pos.len));
+        if let Some((_, seg)) = self.segments.range_mut(..=pos.seq).next_back() {
+            seg.live = seg.live.saturating_sub(1);
+        }
+    }
+
+    /// Drops every live record of the oldest segment (queued or in flight), counting each
+    /// against its device, and removes the segment. Returns it and the number of records
+    /// dropped, or `None` if `head` is the oldest segment.
+    pub fn drop_oldest_segment(&mut self, head: u64) -> Option<(SegmentInfo, u64)> {
+        let (&base, _) = self.segments.first_key_value()?;
+        if base >= head {
+            return None;
+        }
+        let end = self.segments.range(base + 1..).next().map_or(u64::MAX, |(&b, _)| b);
+        let mut dropped = 0;
+        for d in &mut self.devices {
+            while d.queue.front().is_some_and(|p| p.seq < end) {
+                if let Some(p) = d.queue.pop_front() {
+                    self.live_bytes = self.live_bytes.saturating_sub(u64::from(p.len));
+                }
+                d.dropped += 1;
+                dropped += 1;
+            }
+        }
+        let gone: Vec<u64> = self.in_flight.keys().copied().filter(|s| *s < end).collect();
+        for seq in gone {
+            if let Some((dev, pos)) = self.in_flight.remove(&seq) {
+                self.live_bytes = self.live_bytes.saturating_sub(u64::from(pos.len));
+                if let Some(d) = self.devices.get_mut(dev as usize) {
+                    d.dropped += 1;
+                    d.in_flight = d.in_flight.saturating_sub(1);
+                }
+                dropped += 1;
+                self.enqueue_if_ready(dev);
+            }
+        }
+        self.live_records = self.live_records.saturating_sub(dropped);
+        let seg = self.segments.remove(&base)?;
+        Some((seg, dropped))
+    }
+
+    /// Removes the segments other than `head` whose records are all acknowledged. Returns
+    /// them with, for each, the seqs still live in older segments that remain (which an ack
+    /// checkpoint must cover before the segment's own ack records disappear).
+    pub fn take_finished_segments(&mut self, head: u64) -> Vec<(u64, SegmentInfo)> {
+        let done: Vec<u64> = self
+            .segments
+            .iter()
+            .filter(|(base, s)| **base < head && s.live == 0)
+            .map(|(base, _)| *base)
+            .collect();
+        done.into_iter().filter_map(|b| self.segments.remove(&b).map(|s| (b, s))).collect()
+    }
+
+    /// The oldest segment's base, if any.
+    pub fn oldest_segment(&self) -> Option<u64> {
+        self.segments.first_key_value().map(|(b, _)| *b)
+    }
+
+    /// Seqs at or above `from` and below `to` that are live (queued or in flight), sorted.
+    pub fn live_between(&self, from: u64, to: u64) -> Vec<u64> {
+        let mut out: Vec<u64> = self
+            .devices
+            .iter()
+            .flat_map(|d| d.queue.iter().map(|p| p.seq).take_while(move |s| *s < to))
+            .chain(self.in_flight.keys().copied().filter(|s| *s < to))
+            .filter(|s| *s >= from)
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    pub fn live_records(&self) -> u64 {
+        self.live_records
+    }
+
+    pub fn live_bytes(&self) -> u64 {
+        self.live_bytes
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    pub fn devices(&self) -> impl Iterator<Item = DeviceCounts<'_>> {
+        self.devices.iter().map(|d| DeviceCounts {
+            app: &d.app,
+            device: &d.device,
+            queued: d.queue.len() + d.in_flight as usize,
+            dropped: d.dropped,
+            parked: d.parked,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn index_with(devices: &[&str]) -> Index {
+        let mut idx = Index::default();
+        let file = Arc::new(tempfile::tempfile().unwrap());
+        idx.add_segment(1, PathBuf::from("seg"), file);
+        for d in devices {
+            idx.add_device(AppId::new("app").unwrap(), DeviceId::new(*d).unwrap());
+        }
+        idx
+    }
+
+    fn pos(seq: u64) -> Pos {
+        Pos { seq, offset: 0, len: 10 }
+    }
+
+    fn seqs(batch: &[Picked]) -> Vec<u64> {
+        batch.iter().map(|p| p.pos.seq).collect()
+    }
+
+    #[test]
+    fn serves_devices_round_robin_with_one_batch_each() {
+        let mut idx = index_with(&["a", "b"]);
+        for s in 1..=100 {
+            idx.push(0, pos(s));
+        }
+        idx.push(1, pos(101));
+        idx.push(1, pos(102));
+        let batch = seqs(&idx.take_batch(10));
+        assert_eq!(batch, [1, 2, 3, 4, 5, 101, 102]);
+        assert!(idx.take_batch(10).is_empty(), "both devices have a batch in flight");
+        for s in [1, 2, 3, 4, 5] {
+            idx.ack(s);
+        }
+        assert_eq!(seqs(&idx.take_batch(3)), [6, 7, 8]);
+    }
+
+    #[test]
+    fn nack_returns_record_to_its_place() {
+        let mut idx = index_with(&["a"]);
+        for s in 1..=5 {
+            idx.push(0, pos(s));
+        }
+        assert_eq!(seqs(&idx.take_batch(3)), [1, 2, 3]);
+        idx.ack(3);
+        idx.nack(2);
+        assert!(idx.take_batch(3).is_empty(), "1 is still in flight");
+        idx.nack(1);
+        assert_eq!(seqs(&idx.take_batch(10)), [1, 2, 4, 5]);
+        assert_eq!(idx.live_records(), 4);
+    }
+
+    #[test]
+    fn parked_device_keeps_records_and_others_flow() {
+        let mut idx = index_with(&["a", "b"]);
+        idx.push(0, pos(1));
+        idx.push(1, pos(2));
+        assert_eq!(seqs(&idx.take_batch(10)), [1, 2]);
+        idx.park(1);
+        idx.ack(2);
+        idx.push(0, pos(3));
+        idx.push(1, pos(4));
+        assert_eq!(seqs(&idx.take_batch(10)), [4]);
+        assert!(idx.unpark(&AppId::new("app").unwrap(), &DeviceId::new("a").unwrap()));
+        assert_eq!(seqs(&idx.take_batch(10)), [1, 3]);
+    }
+
+    #[test]
+    fn drop_oldest_counts_queued_and_in_flight_per_device() {
+        let mut idx = index_with(&["a", "b"]);
+        idx.add_segment(4, PathBuf::from("seg2"), Arc::new(tempfile::tempfile().unwrap()));
+        idx.push(0, pos(1));
+        idx.push(1, pos(2));
+        idx.push(0, pos(3));
+        idx.push(1, pos(4));
+        assert_eq!(seqs(&idx.take_batch(1)), [1]);
+        let (_, dropped) = idx.drop_oldest_segment(4).unwrap();
+        assert_eq!(dropped, 3);
+        let drops: Vec<u64> = idx.devices().map(|d| d.dropped).collect();
+        assert_eq!(drops, [2, 1]);
+        assert_eq!(idx.live_records(), 1);
+        assert!(idx.drop_oldest_segment(4).is_none(), "the head segment is never dropped");
+        assert!(!idx.ack(1).0, "a dropped record's late ack is ignored");
+        assert_eq!(seqs(&idx.take_batch(10)), [4]);
+    }
+
+    #[test]
+    fn finished_segments_are_those_fully_acked() {
+        let mut idx = index_with(&["a"]);
+        idx.add_segment(3, PathBuf::from("seg2"), Arc::new(tempfile::tempfile().unwrap()));
+        idx.add_segment(5, PathBuf::from("seg3"), Arc::new(tempfile::tempfile().unwrap()));
+        for s in 1..=5 {
+            idx.push(0, pos(s));
+        }
+        idx.take_batch(10);
+        idx.ack(3);
+        idx.ack(4);
+        let done: Vec<u64> = idx.take_finished_segments(5).into_iter().map(|(b, _)| b).collect();
+        assert_eq!(done, [3]);
+        assert_eq!(idx.live_between(1, 3), [1, 2]);
+    }
+}

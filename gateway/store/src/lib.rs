@@ -1,0 +1,39 @@
+//! The durable outbox of gatewayd: a crash-safe, bounded, append-only queue of sensor
+//! [`Telemetry`](gw_model::Telemetry) in segment files under `<data_dir>/outbox/`. A sensor
+//! is acknowledged only once its message is committed; producers hand records to one committer
+//! thread that writes and fdatasyncs them in groups (one sync in flight, the next batch forming
+//! behind it). The uplink drains the outbox through a reader that hands out records fairly
+//! across devices, keeps each device's order, survives parked devices, and persists acks so
+//! that after a crash only unacknowledged records are sent again. See
+//! `docs/design/outbox.md` for the file format, recovery and the delivery contract.
+//!
+//! # Layout
+//! - [`config`]: the `[store]` config section, [`StoreConfig`], and the size parser.
+//! - [`outbox`]: [`Outbox`]: open (recovery), `append` with group commit, stats, close.
+//! - [`reader`]: [`OutboxReader`] and [`Acker`]: fair draining, ack / nack / park / unpark.
+//! - [`stats`]: [`OutboxStats`], the snapshot for the status page.
+//! - [`error`]: [`StoreError`], the crate's one error type.
+//! - `format`: segment and record framing, checksums, and the damage-tolerant scanner.
+//! - `recover`: opening a directory: scanning segments, cutting torn tails, applying acks.
+//! - `committer`: the committer thread: batching, writing, syncing, rolling and deleting
+//!   segments, dropping the oldest under `drop-oldest`.
+//! - `index`: the in-memory index: per-device queues, round-robin, in-flight, parked.
+//! - `shared`: state shared between producers, the committer and the reader.
+
+pub mod config;
+pub mod error;
+pub mod outbox;
+pub mod reader;
+pub mod stats;
+
+mod committer;
+mod format;
+mod index;
+mod recover;
+mod shared;
+
+pub use config::{ByteSize, StoreConfig, SyncPolicy, WhenFull};
+pub use error::StoreError;
+pub use outbox::{Outbox, Seq};
+pub use reader::{Acker, OutboxReader};
+pub use stats::{DeviceStats, OutboxStats};

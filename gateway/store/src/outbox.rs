@@ -1,0 +1,228 @@
+//! [`Outbox`]: opening, appending with group commit, stats, closing.
+
+use std::{
+    fmt,
+    path::Path,
+    sync::{Arc, Condvar, Mutex},
+    thread::JoinHandle,
+};
+
+use gw_model::Telemetry;
+use tokio::sync::{Notify, watch};
+
+use crate::{
+    OutboxReader, OutboxStats, StoreConfig, StoreError, WhenFull,
+    committer::{Committer, initial_progress},
+    format::{self, MAX_BODY_LEN, RECORD_HEADER_LEN},
+    recover,
+    shared::{Batch, Counters, Meta, Pending, Run, Shared, lock},
+    stats::DeviceStats,
+};
+
+/// A record's sequence number: increasing in append order, never reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Seq(u64);
+
+impl Seq {
+    pub const fn new(seq: u64) -> Self {
+        Self(seq)
+    }
+
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Display for Seq {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Owns the committer thread; the last handle to go (outbox clone or reader) stops it.
+pub(crate) struct Handle {
+    pub shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Handle {
+    /// Commits what is pending, stops the committer and waits for it. Idempotent.
+    fn shutdown(&self) -> Result<(), StoreError> {
+        {
+            let mut p = lock(&self.shared.pending);
+            if p.run == Run::Open {
+                p.run = Run::Closing;
+            }
+            p.committer_idle = false;
+            self.shared.wake.notify_one();
+        }
+        if let Some(thread) = lock(&self.thread).take() {
+            // a panic in the committer is reported like an I/O failure below
+            let _ = thread.join();
+        }
+        match lock(&self.shared.pending).run {
+            Run::Failed => Err(self.shared.stopped_error(Run::Failed)),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        let _ = self.shutdown();
+    }
+}
+
+/// The durable outbox. Cheap to clone; open it once per directory and share the clones.
+#[derive(Clone)]
+pub struct Outbox {
+    handle: Arc<Handle>,
+}
+
+impl fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Outbox").field("dir", &self.handle.shared.dir).finish_non_exhaustive()
+    }
+}
+
+impl Outbox {
+    /// Opens (or creates) the outbox in `dir` (the daemon passes `<data_dir>/outbox`):
+    /// recovers every valid record, cuts off a torn tail, and starts the committer thread.
+    /// Blocking: call it before serving, or from `spawn_blocking`.
+    pub fn open(dir: &Path, config: &StoreConfig) -> Result<Outbox, StoreError> {
+        config.validate()?;
+        let max_bytes = config.max_bytes.bytes();
+        let recovered = recover::recover(dir)?;
+        let last_seq = recovered.next_seq - 1;
+        let (progress, _) = watch::channel(initial_progress(last_seq));
+        let device_count = u32::try_from(recovered.index.device_count()).unwrap_or(u32::MAX);
+        let shared = Arc::new(Shared {
+            dir: dir.to_owned(),
+            config: config.clone(),
+            segment_target: (max_bytes / 8).clamp(8 * 1024, 32 * 1024 * 1024),
+            max_record: usize::try_from(max_bytes / 4).unwrap_or(usize::MAX).min(MAX_BODY_LEN),
+            pending: Mutex::new(Pending {
+                batch: Batch::default(),
+                next_seq: recovered.next_seq,
+                devices: recovered.devices,
+                device_count,
+                run: Run::Open,
+                committer_idle: false,
+            }),
+            wake: Condvar::new(),
+            progress,
+            index: Mutex::new(recovered.index),
+            deliverable: Notify::new(),
+            counters: Counters::default(),
+            failure: Mutex::new(None),
+        });
+        Counters::add(&shared.counters.disk_bytes, recovered.disk_bytes);
+        Counters::add(&shared.counters.corrupt_skipped, recovered.corrupt);
+        let committer = Committer::new(Arc::clone(&shared), recovered.head, last_seq);
+        let thread = std::thread::Builder::new()
+            .name("gw-outbox-commit".to_owned())
+            .spawn(move || committer.run())
+            .map_err(StoreError::Spawn)?;
+        Ok(Outbox { handle: Arc::new(Handle { shared, thread: Mutex::new(Some(thread)) }) })
+    }
+
+    /// Appends `t` and resolves once it is committed per the sync policy (`always`: after
+    /// fdatasync; `interval`: after `write()`). Only then may the sensor be acknowledged.
+    ///
+    /// Fails with [`StoreError::QuotaExceeded`] when full under `when_full = "reject"`. If the
+    /// future is dropped early, the record may still be committed (at-least-once).
+    pub async fn append(&self, t: &Telemetry) -> Result<Seq, StoreError> {
+        let shared = &self.handle.shared;
+        let seq = self.enqueue(t)?;
+        let mut rx = shared.progress.subscribe();
+        let progress = match rx
+            .wait_for(|p| p.durable >= seq || p.run != Run::Open && p.run != Run::Closing)
+            .await
+        {
+            Ok(p) => *p,
+            Err(_) => return Err(StoreError::Closed),
+        };
+        if progress.durable >= seq { Ok(Seq(seq)) } else { Err(shared.stopped_error(progress.run)) }
+    }
+
+    /// Encodes `t` into the forming batch and returns its seq. No allocation unless the device
+    /// is new or the batch buffer grows.
+    fn enqueue(&self, t: &Telemetry) -> Result<u64, StoreError> {
+        let shared = &self.handle.shared;
+        let mut p = lock(&shared.pending);
+        if p.run != Run::Open {
+            return Err(shared.stopped_error(p.run));
+        }
+        let seq = p.next_seq;
+        let start = p.batch.buf.len();
+        let len =
+            format::append_data_record(&mut p.batch.buf, seq, t).map_err(StoreError::Encode)?;
+        if len - RECORD_HEADER_LEN > shared.max_record {
+            p.batch.buf.truncate(start);
+            return Err(StoreError::RecordTooLarge { size: len, max: shared.max_record });
+        }
+        if shared.config.when_full == WhenFull::Reject {
+            let used = Counters::get(&shared.counters.disk_bytes) + p.batch.buf.len() as u64;
+            let max = shared.config.max_bytes.bytes();
+            if used > max {
+                p.batch.buf.truncate(start);
+                return Err(StoreError::QuotaExceeded { used: used - len as u64, max });
+            }
+        }
+        let dev = p.intern(&t.app, &t.device);
+        p.next_seq += 1;
+        let meta = Meta {
+            seq,
+            dev,
+            start: u32::try_from(start).unwrap_or(u32::MAX),
+            len: u32::try_from(len).unwrap_or(u32::MAX),
+        };
+        p.batch.metas.push(meta);
+        shared.wake_committer(&mut p);
+        Ok(seq)
+    }
+
+    /// A reader for the uplink. Meant for a single consumer; several readers share the queue.
+    pub fn reader(&self) -> OutboxReader {
+        OutboxReader::new(Arc::clone(&self.handle))
+    }
+
+    /// Counters for the status page.
+    pub fn stats(&self) -> OutboxStats {
+        let shared = &self.handle.shared;
+        let c = &shared.counters;
+        let idx = lock(&shared.index);
+        let devices = idx
+            .devices()
+            .filter(|d| d.queued > 0 || d.dropped > 0 || d.parked)
+            .map(|d| DeviceStats {
+                app: d.app.clone(),
+                device: d.device.clone(),
+                queued: d.queued as u64,
+                dropped: d.dropped,
+                parked: d.parked,
+            })
+            .collect();
+        OutboxStats {
+            records_queued: idx.live_records(),
+            bytes_queued: idx.live_bytes(),
+            in_flight: idx.in_flight() as u64,
+            disk_bytes: Counters::get(&c.disk_bytes),
+            max_bytes: shared.config.max_bytes.bytes(),
+            segments: idx.segment_count() as u64,
+            bytes_written: Counters::get(&c.bytes_written),
+            commits: Counters::get(&c.commits),
+            records_committed: Counters::get(&c.records_committed),
+            syncs: Counters::get(&c.syncs),
+            dropped: Counters::get(&c.dropped),
+            corrupt_skipped: Counters::get(&c.corrupt_skipped),
+            devices,
+        }
+    }
+
+    /// Commits everything pending (and fdatasyncs it), stops the committer thread and joins
+    /// it. Other clones and readers then get [`StoreError::Closed`]. Blocks for one sync.
+    pub fn close(self) -> Result<(), StoreError> {
+        self.handle.shutdown()
+    }
+}

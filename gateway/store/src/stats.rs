@@ -1,0 +1,112 @@
+//! A snapshot of the outbox's counters for the status page and `/metrics`.
+
+use gw_model::{AppId, DeviceId};
+use serde::Serialize;
+
+/// Counters of one device that has records queued, drops, or is parked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DeviceStats {
+    pub(crate) app: AppId,
+    pub(crate) device: DeviceId,
+    pub(crate) queued: u64,
+    pub(crate) dropped: u64,
+    pub(crate) parked: bool,
+}
+
+impl DeviceStats {
+    pub fn app(&self) -> &AppId {
+        &self.app
+    }
+    pub fn device(&self) -> &DeviceId {
+        &self.device
+    }
+    /// Records of this device not yet acknowledged by the cloud (in flight included).
+    pub fn queued(&self) -> u64 {
+        self.queued
+    }
+    /// Records of this device dropped by `when_full = "drop-oldest"` since the outbox opened.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+    pub fn parked(&self) -> bool {
+        self.parked
+    }
+}
+
+/// Outbox counters at one instant. Counts since open unless said otherwise.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct OutboxStats {
+    pub(crate) records_queued: u64,
+    pub(crate) bytes_queued: u64,
+    pub(crate) in_flight: u64,
+    pub(crate) disk_bytes: u64,
+    pub(crate) max_bytes: u64,
+    pub(crate) segments: u64,
+    pub(crate) bytes_written: u64,
+    pub(crate) commits: u64,
+    pub(crate) records_committed: u64,
+    pub(crate) syncs: u64,
+    pub(crate) dropped: u64,
+    pub(crate) corrupt_skipped: u64,
+    pub(crate) devices: Vec<DeviceStats>,
+}
+
+impl OutboxStats {
+    /// Records not yet acknowledged by the cloud, in flight included.
+    pub fn records_queued(&self) -> u64 {
+        self.records_queued
+    }
+    /// On-disk size of those records.
+    pub fn bytes_queued(&self) -> u64 {
+        self.bytes_queued
+    }
+    /// Records handed to the uplink and not yet acked, nacked or parked.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight
+    }
+    /// Size of the segment files: what counts against `max_bytes`.
+    pub fn disk_bytes(&self) -> u64 {
+        self.disk_bytes
+    }
+    pub fn max_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+    pub fn segments(&self) -> u64 {
+        self.segments
+    }
+    /// Bytes written to segment files since open (for an SD-card wear estimate).
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes_written
+    }
+    /// Group commits that carried records.
+    pub fn commits(&self) -> u64 {
+        self.commits
+    }
+    pub fn records_committed(&self) -> u64 {
+        self.records_committed
+    }
+    /// fdatasync calls.
+    pub fn syncs(&self) -> u64 {
+        self.syncs
+    }
+    /// Average records per group commit.
+    pub fn records_per_commit(&self) -> f64 {
+        if self.commits == 0 { 0.0 } else { self.records_committed as f64 / self.commits as f64 }
+    }
+    /// Records dropped by `when_full = "drop-oldest"`, all devices.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+    /// Damaged records or regions skipped at open or on read.
+    pub fn corrupt_skipped(&self) -> u64 {
+        self.corrupt_skipped
+    }
+    /// Devices with queued records, drops, or parked.
+    pub fn devices(&self) -> &[DeviceStats] {
+        &self.devices
+    }
+    /// The parked devices.
+    pub fn parked(&self) -> impl Iterator<Item = &DeviceStats> {
+        self.devices.iter().filter(|d| d.parked)
+    }
+}
