@@ -168,9 +168,16 @@ pub(crate) async fn route(
     Ok(CommandOutcome::Delivered { targets })
 }
 
+/// Installs the process-wide rustls crypto provider (ring) that the workspace's reqwest
+/// (`rustls-no-provider`) needs before any client is built. Harmless when one is installed.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// The HTTP client for external pushes. Drogue sets no timeout; a generous one keeps a dead
 /// receiver from hanging a test forever.
 pub(crate) fn push_client() -> reqwest::Client {
+    install_crypto_provider();
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
