@@ -41,6 +41,8 @@ enum Command {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // TLS everywhere uses rustls with the ring provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.command {
         Command::PrintConfig => {
             print!("{}", config::DEFAULT_CONFIG);

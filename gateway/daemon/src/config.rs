@@ -5,7 +5,6 @@
 //! where the file has it, the line.
 
 use std::{
-    fmt,
     net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
@@ -41,8 +40,13 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub gateway: GatewayConfig,
+    /// Where messages go; without it the gateway buffers in the outbox until one is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cloud: Option<gw_cloud_sync::CloudConfig>,
     #[serde(default)]
     pub web: WebConfig,
+    #[serde(default)]
+    pub store: gw_store::StoreConfig,
     #[serde(default)]
     pub log: LogConfig,
     /// Static devices, as if synced from a registry (development and tests).
@@ -79,12 +83,19 @@ fn default_shutdown_grace() -> Duration {
 pub struct WebConfig {
     #[serde(default = "default_web_listen")]
     pub listen: SocketAddr,
+    /// Largest body `POST /v1/{channel}` accepts; larger ones get 413.
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: gw_store::ByteSize,
 }
 
 impl Default for WebConfig {
     fn default() -> Self {
-        Self { listen: default_web_listen() }
+        Self { listen: default_web_listen(), max_message_bytes: default_max_message_bytes() }
     }
+}
+
+fn default_max_message_bytes() -> gw_store::ByteSize {
+    gw_store::ByteSize::new(256 * 1024)
 }
 
 fn default_web_listen() -> SocketAddr {
@@ -130,27 +141,10 @@ pub struct StaticDevice {
     pub application: Option<AppId>,
     /// Plain password (development only); hashed in memory at load.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub password: Option<Redacted>,
+    pub password: Option<Secret>,
     /// A file holding the password (trailing newline ignored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_file: Option<Spanned<PathBuf>>,
-}
-
-/// A secret read from the config: shown as `***` in debug output.
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct Redacted(String);
-
-impl Redacted {
-    pub fn secret(&self) -> Secret {
-        Secret::new(self.0.clone())
-    }
-}
-
-impl fmt::Debug for Redacted {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
 }
 
 /// A device with its secret resolved.
@@ -166,6 +160,8 @@ pub struct ResolvedDevice {
 pub struct Loaded {
     pub config: Config,
     pub devices: Vec<ResolvedDevice>,
+    /// The gateway's cloud password, when `[cloud]` is set.
+    pub cloud_password: Option<Secret>,
 }
 
 impl Config {
@@ -183,7 +179,23 @@ impl Config {
             message: e.to_string().trim_end().to_owned(),
         })?;
         let devices = config.resolve_devices(text, origin)?;
-        Ok(Loaded { config, devices })
+        config.store.validate().map_err(|e| invalid(origin, "store", &e.to_string()))?;
+        let cloud_password = match &config.cloud {
+            None => None,
+            Some(cloud) => {
+                cloud.validate().map_err(|e| ConfigError::Invalid {
+                    path: origin.to_owned(),
+                    key: "cloud".into(),
+                    message: e.to_string(),
+                })?;
+                Some(match (&cloud.password, &cloud.password_file) {
+                    (Some(p), _) => p.clone(),
+                    (None, Some(file)) => read_secret(file, "cloud.password_file", text, origin)?,
+                    (None, None) => unreachable_secret(),
+                })
+            }
+        };
+        Ok(Loaded { config, devices, cloud_password })
     }
 
     fn resolve_devices(
@@ -195,7 +207,7 @@ impl Config {
         for (i, d) in self.devices.iter().enumerate() {
             let key = format!("devices[{i}]");
             let password = match (&d.password, &d.password_file) {
-                (Some(p), None) => p.secret(),
+                (Some(p), None) => p.clone(),
                 (None, Some(file)) => {
                     read_secret(file, &format!("{key}.password_file"), text, origin)?
                 }
@@ -218,6 +230,11 @@ impl Config {
         }
         Ok(out)
     }
+}
+
+/// `CloudConfig::validate` guarantees one of password and password_file.
+fn unreachable_secret() -> Secret {
+    Secret::new(String::new())
 }
 
 fn invalid(origin: &str, key: &str, message: &str) -> ConfigError {
@@ -265,9 +282,15 @@ fn line_of(text: &str, offset: usize) -> usize {
 mod tests {
     use super::*;
 
-    /// The default config with every commented-out example key switched on.
+    /// The default config with every commented-out example key switched on; the example
+    /// secret file is swapped for a real one.
     fn uncommented_default() -> String {
+        let dir = std::env::temp_dir().join(format!("gatewayd-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secret = dir.join("cloud.secret");
+        std::fs::write(&secret, "pw\n").unwrap();
         DEFAULT_CONFIG
+            .replace("/etc/gatewayd/cloud.secret", &secret.display().to_string())
             .lines()
             .map(|l| match l.strip_prefix("# ") {
                 Some(rest) if looks_like_toml(rest) => rest.to_owned(),

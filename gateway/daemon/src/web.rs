@@ -68,7 +68,7 @@ pub struct Listener {
     pub addr: SocketAddr,
 }
 
-/// What the front page and health endpoints know about the gateway.
+/// What the front page, status and health endpoints know about the gateway.
 #[derive(Clone)]
 pub struct WebState {
     pub gateway: String,
@@ -76,11 +76,21 @@ pub struct WebState {
     pub started: Instant,
     pub readiness: Readiness,
     pub listeners: Arc<Mutex<Vec<Listener>>>,
+    pub outbox: Option<gw_store::Outbox>,
+    pub uplink: Option<Arc<gw_cloud_sync::UplinkStatus>>,
 }
 
 impl WebState {
     pub fn new(gateway: String, application: String, readiness: Readiness) -> Self {
-        Self { gateway, application, started: Instant::now(), readiness, listeners: Arc::default() }
+        Self {
+            gateway,
+            application,
+            started: Instant::now(),
+            readiness,
+            listeners: Arc::default(),
+            outbox: None,
+            uplink: None,
+        }
     }
 
     pub fn add_listener(&self, name: &'static str, addr: SocketAddr) {
@@ -100,6 +110,7 @@ pub fn router(state: WebState) -> Router {
         .route("/", get(index))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/api/v1/status", get(status))
         .with_state(state)
 }
 
@@ -117,6 +128,25 @@ async fn readyz(State(state): State<WebState>) -> Response {
     let waiting = state.readiness.waiting();
     let status = if waiting.is_empty() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(ReadyBody { ready: waiting.is_empty(), waiting })).into_response()
+}
+
+/// `GET /api/v1/status`: the gateway, its listeners, the outbox and the uplink.
+async fn status(State(state): State<WebState>) -> Response {
+    let outbox = state.outbox.as_ref().map(|o| o.stats());
+    let uplink = state.uplink.as_ref().map(|u| u.snapshot());
+    let body = serde_json::json!({
+        "gateway": {
+            "name": state.gateway,
+            "application": state.application,
+            "version": VERSION,
+            "uptime_seconds": state.started.elapsed().as_secs(),
+            "ready": state.readiness.is_ready(),
+        },
+        "listeners": state.listeners(),
+        "outbox": outbox,
+        "uplink": uplink,
+    });
+    ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
 }
 
 async fn index(State(state): State<WebState>) -> Response {

@@ -1,13 +1,18 @@
 //! Builds the gateway from its configuration, top to bottom, in one place: open the state,
 //! bind every listener, then hand each component to the supervisor.
 
-use std::{net::SocketAddr, path::Path};
+use std::{net::SocketAddr, path::Path, sync::Arc};
 
 use anyhow::Context;
+use gw_cloud_sync::Uplink;
+use gw_model::Identity;
+use gw_store::Outbox;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    accounts::StaticAccounts,
     config::Loaded,
+    http_endpoint::{self, EndpointState},
     supervisor::{Outcome, Supervisor},
     web::{self, Readiness, WebState},
 };
@@ -17,6 +22,7 @@ pub struct Gateway {
     supervisor: Supervisor,
     web_addr: SocketAddr,
     grace: std::time::Duration,
+    outbox: Outbox,
 }
 
 impl Gateway {
@@ -25,19 +31,52 @@ impl Gateway {
         let config = loaded.config;
         let readiness = Readiness::default();
         let web_bound = readiness.condition("web listener");
-        let data_ready = readiness.condition("data directory");
-        let state = WebState::new(
+        let store_open = readiness.condition("outbox");
+        let mut state = WebState::new(
             config.gateway.name.to_string(),
             config.gateway.application.to_string(),
             readiness.clone(),
         );
         let mut supervisor = Supervisor::new(token);
 
-        // 1. State on disk.
+        // 1. State on disk: the outbox is recovered before anything can produce into it.
         prepare_data_dir(&config.gateway.data_dir)?;
-        data_ready.set();
+        let outbox_dir = config.gateway.data_dir.join("outbox");
+        let store_config = config.store.clone();
+        let outbox = tokio::task::spawn_blocking(move || Outbox::open(&outbox_dir, &store_config))
+            .await
+            .context("outbox recovery panicked")?
+            .context("cannot open the outbox")?;
+        let stats = outbox.stats();
+        tracing::info!(
+            records = stats.records_queued(),
+            bytes = stats.bytes_queued(),
+            "outbox open"
+        );
+        store_open.set();
+        state.outbox = Some(outbox.clone());
 
-        // 2. Listeners.
+        // 2. The uplink, if a cloud is configured; otherwise messages wait in the outbox.
+        let uplink = match (&config.cloud, loaded.cloud_password) {
+            (Some(cloud), Some(password)) => {
+                let me =
+                    Identity::new(config.gateway.application.clone(), config.gateway.name.clone());
+                Some(Uplink::new(cloud, &me, password).context("cannot set up the uplink")?)
+            }
+            _ => {
+                tracing::warn!("no [cloud] configured: messages are kept in the outbox");
+                None
+            }
+        };
+        state.uplink = uplink.as_ref().map(Uplink::status);
+
+        let endpoint = EndpointState {
+            outbox: outbox.clone(),
+            accounts: Arc::new(StaticAccounts::new(&loaded.devices)),
+            default_app: config.gateway.application.clone(),
+        };
+
+        // 3. Listeners.
         let listen = config.web.listen;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
@@ -47,8 +86,16 @@ impl Gateway {
         tracing::info!(listener = "web", addr = %web_addr, "listening");
         web_bound.set();
 
-        // 3. Components.
-        let app = web::router(state);
+        // 4. Components.
+        if let Some(uplink) = uplink {
+            let reader = outbox.reader();
+            let stop = supervisor.token().clone();
+            supervisor.spawn("uplink", async move {
+                uplink.run(reader, stop).await.context("uplink failed")
+            });
+        }
+        let max_body = usize::try_from(config.web.max_message_bytes.bytes()).unwrap_or(usize::MAX);
+        let app = web::router(state).merge(http_endpoint::router(endpoint, max_body));
         let stop = supervisor.token().clone();
         supervisor.spawn("web", async move {
             axum::serve(listener, app)
@@ -63,7 +110,7 @@ impl Gateway {
             devices = loaded.devices.len(),
             "gateway started"
         );
-        Ok(Self { supervisor, web_addr, grace: config.gateway.shutdown_grace })
+        Ok(Self { supervisor, web_addr, grace: config.gateway.shutdown_grace, outbox })
     }
 
     pub fn web_addr(&self) -> SocketAddr {
@@ -75,9 +122,17 @@ impl Gateway {
         &mut self.supervisor
     }
 
-    /// Runs until `stop` resolves or a component fails.
+    /// Runs until `stop` resolves or a component fails, then closes the outbox (committing
+    /// whatever is pending).
     pub async fn run(self, stop: impl std::future::Future<Output = ()>) -> Outcome {
-        self.supervisor.run(stop, self.grace).await
+        let outcome = self.supervisor.run(stop, self.grace).await;
+        let outbox = self.outbox;
+        match tokio::task::spawn_blocking(move || outbox.close()).await {
+            Ok(Ok(())) => tracing::info!("outbox closed"),
+            Ok(Err(e)) => tracing::error!(cause = %e, "outbox did not close cleanly"),
+            Err(e) => tracing::error!(cause = %e, "outbox close panicked"),
+        }
+        outcome
     }
 }
 

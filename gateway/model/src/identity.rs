@@ -94,8 +94,10 @@ impl FromStr for Identity {
     }
 }
 
-/// A secret (password, token) that never shows up in logs or debug output.
-#[derive(Clone, PartialEq, Eq)]
+/// A secret (password, token) that never shows up in logs or debug output. It serializes as
+/// the plain string, for config files that hold it inline.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct Secret(String);
 
 impl Secret {

@@ -1,0 +1,24 @@
+//! The cloud side of gatewayd: uplinks that drain the durable outbox to the cloud, sending
+//! each message *as* the sensor it came from, and acknowledging a record to the outbox only
+//! once the cloud accepted it.
+//!
+//! # Layout
+//! - [`config`]: the `[cloud]` config section.
+//! - [`uplink`]: the uplink loop shared by every kind: pulls fair batches from the outbox,
+//!   keeps each device's records in order, acks, retries, parks, dead-letters.
+//! - [`drogue_http`]: Drogue Cloud's HTTP endpoint, `POST /v1/{channel}?as={device}`.
+//! - [`backoff`]: exponential backoff with jitter.
+//! - [`status`]: what an uplink reports to the status page.
+//! - [`error`]: the crate's one error type.
+
+pub mod backoff;
+pub mod config;
+pub mod drogue_http;
+pub mod error;
+pub mod status;
+pub mod uplink;
+
+pub use config::{CloudConfig, CloudKind};
+pub use error::CloudError;
+pub use status::{UplinkState, UplinkStatus};
+pub use uplink::Uplink;
