@@ -32,7 +32,7 @@ enum Command {
     },
     /// Start an embedded dev cloud, a gateway wired to it and simulated sensors, and print
     /// where to look.
-    Demo,
+    Demo(crate::demo::DemoArgs),
     /// Print the documented default configuration.
     PrintConfig,
     /// Check a config file: exit 0, or print the problem (key and line) and exit 1.
@@ -69,12 +69,12 @@ pub fn main() -> ExitCode {
             logging::init(loaded.config.log.format, &loaded.config.log.level);
             runtime_then(|| async move {
                 let gateway = Gateway::start(loaded, CancellationToken::new()).await?;
-                Ok(supervise(gateway).await)
+                Ok(supervise(gateway, stop_signal()).await)
             })
         }
-        Command::Demo => {
+        Command::Demo(args) => {
             logging::init(LogFormat::Human, "info");
-            ExitCode::FAILURE
+            runtime_then(|| crate::demo::run(args))
         }
     }
 }
@@ -103,11 +103,11 @@ where
 
 /// Tells systemd the gateway is ready, runs it until a signal or a failure, and maps the
 /// outcome to the exit code.
-pub async fn supervise(gateway: Gateway) -> ExitCode {
+pub async fn supervise(gateway: Gateway, stop: impl std::future::Future<Output = ()>) -> ExitCode {
     if let Err(e) = sd_notify::notify_ready() {
         tracing::warn!(cause = %e, "cannot notify systemd");
     }
-    let outcome = gateway.run(stop_signal()).await;
+    let outcome = gateway.run(stop).await;
     let _ = sd_notify::notify_stopping();
     match outcome {
         Outcome::Stopped => {

@@ -17,6 +17,7 @@
 pub mod accounts;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod http_endpoint;
 pub mod logging;
 pub mod sd_notify;

@@ -1,0 +1,166 @@
+//! `gatewayd demo`: the newcomer's first look. It starts the dev cloud in-process, a gateway
+//! configured against it (temp data dir, free ports) and simulated sensors that publish
+//! through the gateway's real southbound listeners, then prints where to look.
+
+use std::{net::SocketAddr, process::ExitCode, time::Duration};
+
+use anyhow::Context;
+use gw_devcloud::{DevCloud, Seed};
+use tokio_util::sync::CancellationToken;
+
+use crate::{cli, config::Config, wiring::Gateway};
+
+const APP: &str = "my-app";
+const GATEWAY: &str = "gw1";
+const SENSORS: [&str; 3] = ["sensor1", "sensor2", "sensor3"];
+
+#[derive(clap::Args, Debug)]
+pub struct DemoArgs {
+    /// The gateway's web listener (status page, southbound HTTP).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    web: SocketAddr,
+    /// The dev cloud's listener.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    cloud: SocketAddr,
+    /// Time between two messages of each simulated sensor.
+    #[arg(long, default_value = "2s")]
+    interval: humantime::Duration,
+    /// Stop after this long instead of waiting for Ctrl-C.
+    #[arg(long)]
+    duration: Option<humantime::Duration>,
+}
+
+/// A random lowercase hex string of `n` bytes.
+fn random_hex(n: usize) -> String {
+    (0..n).map(|_| format!("{:02x}", rand::random::<u8>())).collect()
+}
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let data = tempfile::Builder::new()
+        .prefix("gatewayd-demo-")
+        .tempdir()
+        .context("cannot create a temporary data directory")?;
+    let token = random_hex(12);
+    let gateway_password = random_hex(12);
+    let sensor_passwords: Vec<String> = SENSORS.iter().map(|_| random_hex(6)).collect();
+
+    // 1. The dev cloud, seeded with the application, the gateway and its sensors.
+    let mut seed = Seed::new().user("admin", &token).application(APP).password_device(
+        APP,
+        GATEWAY,
+        &gateway_password,
+    );
+    for (name, pw) in SENSORS.iter().zip(&sensor_passwords) {
+        seed = seed.sensor(APP, name, Some(pw), &[GATEWAY]);
+    }
+    let shutdown = CancellationToken::new();
+    let cloud = DevCloud::start(args.cloud, seed, shutdown.child_token())
+        .await
+        .context("cannot start the dev cloud")?;
+    let cloud_url = cloud.url();
+
+    // 2. The gateway, configured as an installer would, through the same config parser.
+    let mut text = format!(
+        "[gateway]\nname = {GATEWAY:?}\napplication = {APP:?}\ndata_dir = {:?}\n\n\
+         [cloud]\nkind = \"drogue-http\"\nurl = {cloud_url:?}\npassword = {gateway_password:?}\n\
+         retry_max = \"5s\"\n\n[web]\nlisten = \"{}\"\n",
+        data.path().display().to_string(),
+        args.web,
+    );
+    for (name, pw) in SENSORS.iter().zip(&sensor_passwords) {
+        text.push_str(&format!("\n[[devices]]\nname = {name:?}\npassword = {pw:?}\n"));
+    }
+    let loaded = Config::from_str_at(&text, "demo config")?;
+    let mut gateway = Gateway::start(loaded, shutdown.clone()).await?;
+    let web = gateway.web_addr();
+
+    // 3. Simulated sensors, posting through the gateway's southbound HTTP endpoint.
+    let sensors: Vec<(String, String)> =
+        SENSORS.iter().map(|s| s.to_string()).zip(sensor_passwords.iter().cloned()).collect();
+    let interval = *args.interval;
+    let stop = shutdown.clone();
+    gateway.supervisor().spawn("demo sensors", async move {
+        simulate(web, sensors, interval, stop).await;
+        Ok(())
+    });
+    gateway.supervisor().spawn("dev cloud", async move {
+        cloud.stopped().await;
+        Ok(())
+    });
+
+    print_banner(web, &cloud_url, &token, &sensor_passwords[0]);
+
+    let duration = args.duration.map(Duration::from);
+    let stop = async move {
+        match duration {
+            Some(d) => tokio::select! {
+                _ = cli::stop_signal() => {}
+                _ = tokio::time::sleep(d) => tracing::info!("demo duration reached"),
+            },
+            None => cli::stop_signal().await,
+        }
+    };
+    let code = cli::supervise(gateway, stop).await;
+    drop(data);
+    Ok(code)
+}
+
+fn print_banner(web: SocketAddr, cloud: &str, token: &str, sensor1_password: &str) {
+    println!(
+        "\ngatewayd demo: a dev cloud, gateway {GATEWAY} of application {APP}, and sensors {sensors}\n\
+         posting a temperature through the gateway every few seconds.\n\n\
+         \x20 gateway            http://{web}/\n\
+         \x20 gateway status     http://{web}/api/v1/status\n\
+         \x20 dev cloud          {cloud}/\n\
+         \x20 cloud event log    {cloud}/api/devcloud/v1/events\n\n\
+         Send a message as sensor1 (202 once it is on the gateway's disk):\n\
+         \x20 curl -i -u sensor1@{APP}:{sensor1_password} -H 'Content-Type: application/json' -d '{{\"temp\":21.5}}' http://{web}/v1/temperature\n\
+         See it arrive in the cloud as sensor1, sent by {GATEWAY}:\n\
+         \x20 curl -s '{cloud}/api/devcloud/v1/events?since=0'\n\
+         Look at the registry with Drogue's CLI (cargo install drg):\n\
+         \x20 drg login {cloud} --access-token admin:{token} && drg get devices --application {APP}\n\n\
+         Stop with Ctrl-C.\n",
+        sensors = SENSORS.join(", "),
+    );
+}
+
+/// Each sensor posts a JSON reading every `interval`; failures are logged and retried on the
+/// next tick, as a real sensor would.
+async fn simulate(
+    web: SocketAddr,
+    sensors: Vec<(String, String)>,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    let client = reqwest::Client::new();
+    let url = format!("http://{web}/v1/temperature");
+    let mut tick = tokio::time::interval(interval);
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        n += 1;
+        for (i, (name, password)) in sensors.iter().enumerate() {
+            let reading = 20.0 + (n as f64 / 5.0 + i as f64).sin() * 3.0;
+            let body = format!("{{\"temp\":{reading:.2},\"seq\":{n}}}");
+            let sent = client
+                .post(&url)
+                .basic_auth(format!("{name}@{APP}"), Some(password))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await;
+            match sent {
+                Ok(r) if r.status() == reqwest::StatusCode::ACCEPTED => {
+                    tracing::debug!(sensor = %name, seq = n, "demo reading accepted")
+                }
+                Ok(r) => {
+                    tracing::warn!(sensor = %name, status = %r.status(), "demo reading refused")
+                }
+                Err(e) => tracing::warn!(sensor = %name, cause = %e, "demo reading failed"),
+            }
+        }
+    }
+}

@@ -1,0 +1,121 @@
+//! Helpers the binary-level tests share: start `gatewayd`, read its JSON log, stop it.
+
+#![allow(clippy::unwrap_used, dead_code)]
+
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_gatewayd");
+
+pub fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+/// A running gatewayd whose log lines (JSON) arrive on a channel.
+pub struct Running {
+    pub child: Child,
+    pub lines: mpsc::Receiver<String>,
+}
+
+impl Running {
+    pub fn start(config: &str, notify_socket: Option<&Path>) -> Self {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["run", "--config", config]).stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.env("RUST_LOG", "info");
+        if let Some(p) = notify_socket {
+            cmd.env("NOTIFY_SOCKET", p);
+        }
+        let mut child = cmd.spawn().expect("spawn gatewayd");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// Waits for a log line containing `needle`, returning it.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        panic!("no log line with {needle:?} within {timeout:?}");
+    }
+
+    pub fn web_addr(&self) -> String {
+        let line = self.wait_for("\"listener\":\"web\"", Duration::from_secs(20));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        v["addr"].as_str().unwrap().to_owned()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap();
+        assert!(ok.success());
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "gatewayd did not exit within {timeout:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A blocking HTTP client for these synchronous tests, on a private runtime.
+pub use blocking::blocking_client;
+
+mod blocking {
+    pub struct Client(tokio::runtime::Runtime, ::reqwest::Client);
+    pub fn blocking_client() -> Client {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        Client(rt, ::reqwest::Client::new())
+    }
+    pub struct Resp {
+        status: u16,
+        body: String,
+    }
+    impl Resp {
+        pub fn status(&self) -> u16 {
+            self.status
+        }
+        pub fn text(self) -> String {
+            self.body
+        }
+    }
+    impl Client {
+        pub fn get(&self, url: String) -> Resp {
+            self.0.block_on(async {
+                let r = self.1.get(url).send().await.unwrap();
+                let status = r.status().as_u16();
+                Resp { status, body: r.text().await.unwrap() }
+            })
+        }
+    }
+}
