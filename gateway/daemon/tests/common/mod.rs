@@ -89,6 +89,7 @@ impl Drop for Running {
 }
 
 /// A blocking HTTP client for these synchronous tests, on a private runtime.
+#[allow(unused_imports)] // not every test file uses it
 pub use blocking::blocking_client;
 
 mod blocking {
