@@ -299,3 +299,92 @@ fn shell_words(line: &str) -> Vec<String> {
     }
     words
 }
+
+/// Posts 1 KiB messages for sensor1 until the gateway answers something other than 202 or
+/// `limit` were accepted; returns (accepted, the first other response).
+async fn fill(client: &reqwest::Client, web: &str, limit: usize) -> (usize, Option<(u16, String)>) {
+    for i in 0..limit {
+        let r = client
+            .post(format!("http://{web}/v1/fill"))
+            .basic_auth(format!("sensor1@{APP}"), Some("pw1"))
+            .header("content-type", "application/json")
+            .body(format!("{{\"i\":{i},\"pad\":\"{}\"}}", "x".repeat(1000)))
+            .send()
+            .await
+            .unwrap();
+        if r.status() != 202 {
+            return (i, Some((r.status().as_u16(), r.text().await.unwrap())));
+        }
+    }
+    (limit, None)
+}
+
+fn closed_port_url() -> (SocketAddr, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    (addr, format!("http://{addr}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_outbox_rejects_with_503_and_keeps_what_it_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cloud_addr, cloud_url) = closed_port_url();
+    let mut config = std::fs::read_to_string(gateway_config(dir.path(), &cloud_url, "")).unwrap();
+    config.push_str("\n[store]\nmax_bytes = \"64KiB\"\nwhen_full = \"reject\"\n");
+    let config = write(dir.path(), "reject.toml", &config);
+    let client = reqwest::Client::new();
+
+    let accepted = {
+        let gw = Running::start(&config, None);
+        let web = gw.web_addr();
+        let (accepted, refused) = fill(&client, &web, 1000).await;
+        let (code, body) = refused.expect("a 64 KiB outbox fills up");
+        assert_eq!(code, 503, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"], "QuotaExceeded", "{body}");
+        assert!(accepted > 10, "only {accepted} accepted");
+        accepted
+    }; // gatewayd killed here
+
+    // the store is readable after the restart and still holds every acknowledged message
+    let gw = Running::start(&config, None);
+    let web = gw.web_addr();
+    let s = status(&client, &web).await;
+    assert_eq!(s["outbox"]["records_queued"], accepted as u64, "{s}");
+    let cloud = DevCloud::start(cloud_addr, seed(), CancellationToken::new()).await.unwrap();
+    let events = wait_telemetry(&cloud, accepted).await;
+    let seqs: Vec<u64> =
+        events.iter().map(|e| e.data.as_ref().unwrap()["i"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, (0..accepted as u64).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_oldest_keeps_accepting_and_counts_what_it_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, cloud_url) = closed_port_url();
+    let mut config = std::fs::read_to_string(gateway_config(dir.path(), &cloud_url, "")).unwrap();
+    config.push_str("\n[store]\nmax_bytes = \"64KiB\"\nwhen_full = \"drop-oldest\"\n");
+    let config = write(dir.path(), "drop.toml", &config);
+    let client = reqwest::Client::new();
+    let queued = {
+        let gw = Running::start(&config, None);
+        let web = gw.web_addr();
+        let (accepted, refused) = fill(&client, &web, 300).await;
+        assert_eq!((accepted, refused.map(|r| r.0)), (300, None), "drop-oldest never refuses");
+        let s = status(&client, &web).await;
+        let dropped = s["outbox"]["dropped"].as_u64().unwrap();
+        let queued = s["outbox"]["records_queued"].as_u64().unwrap();
+        assert!(dropped > 0, "{s}");
+        assert_eq!(dropped + queued, 300, "{s}");
+        let device = &s["outbox"]["devices"][0];
+        assert_eq!(
+            (device["device"].as_str(), device["dropped"].as_u64()),
+            (Some("sensor1"), Some(dropped)),
+            "{s}"
+        );
+        queued
+    };
+    let gw = Running::start(&config, None);
+    let s = status(&client, &gw.web_addr()).await;
+    assert_eq!(s["outbox"]["records_queued"], queued, "{s}");
+}
