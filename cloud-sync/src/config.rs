@@ -6,7 +6,7 @@ use gw_model::Secret;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use crate::CloudError;
+use crate::{CloudError, topic::TopicTemplate};
 
 /// Which upstream protocol the gateway speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -14,6 +14,33 @@ use crate::CloudError;
 pub enum CloudKind {
     /// Drogue Cloud's HTTP endpoint: `POST {url}/v1/{channel}?as={device}`.
     DrogueHttp,
+    /// Drogue Cloud's MQTT endpoint: one connection as the gateway, QoS 1 publishes to
+    /// `<channel>/<device>`.
+    DrogueMqtt,
+    /// Any MQTT 3.1.1 broker: QoS 1 publishes to the `topic` template.
+    Mqtt,
+}
+
+impl CloudKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            CloudKind::DrogueHttp => "drogue-http",
+            CloudKind::DrogueMqtt => "drogue-mqtt",
+            CloudKind::Mqtt => "mqtt",
+        }
+    }
+
+    fn is_mqtt(self) -> bool {
+        matches!(self, CloudKind::DrogueMqtt | CloudKind::Mqtt)
+    }
+}
+
+/// Where an MQTT uplink connects, from `url = "mqtt[s]://host[:port]"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broker {
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
 }
 
 /// `[cloud]`.
@@ -21,8 +48,19 @@ pub enum CloudKind {
 #[serde(deny_unknown_fields)]
 pub struct CloudConfig {
     pub kind: CloudKind,
-    /// drogue-http: the endpoint's base URL, `https://http.example.com`.
+    /// drogue-http: the endpoint's base URL, `https://http.example.com`. drogue-mqtt, mqtt:
+    /// the broker, `mqtt://host[:port]` (1883) or `mqtts://host[:port]` (8883).
     pub url: String,
+    /// mqtt: the topic template; placeholders `{app}`, `{device}`, `{channel}`, `{gateway}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// mqtt: the user name to log in with (none: no login). The drogue kinds always log in
+    /// as the gateway, `<gateway>@<app>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// drogue-mqtt, mqtt: the MQTT client id; default `<gateway>@<app>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
     /// The gateway's password in the cloud (development only) ...
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<Secret>,
@@ -32,7 +70,13 @@ pub struct CloudConfig {
     /// PEM file of the CA(s) to trust instead of the system's roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
-    /// Requests (or publishes) in flight at once.
+    /// mqtt over TLS: a PEM client certificate (chain) to present ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_cert_file: Option<PathBuf>,
+    /// ... and its PEM private key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key_file: Option<PathBuf>,
+    /// Requests (or, for MQTT, publishes awaiting their PUBACK) in flight at once.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
     /// How long one request may take before it counts as failed and is retried.
@@ -71,9 +115,14 @@ impl CloudConfig {
         Self {
             kind,
             url: url.into(),
+            topic: None,
+            username: None,
+            client_id: None,
             password: Some(password),
             password_file: None,
             ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
             concurrency: default_concurrency(),
             timeout: default_timeout(),
             retry_min: default_retry_min(),
@@ -84,14 +133,36 @@ impl CloudConfig {
 
     /// Checks what serde cannot.
     pub fn validate(&self) -> Result<(), CloudError> {
-        let url = self.url.trim_end_matches('/');
-        let ok_scheme = match self.kind {
-            CloudKind::DrogueHttp => url.starts_with("http://") || url.starts_with("https://"),
-        };
-        if !ok_scheme || url.len() <= "https://".len() {
+        if self.kind.is_mqtt() {
+            self.validate_mqtt()?;
+        } else {
+            let url = self.url.trim_end_matches('/');
+            if !(url.starts_with("http://") || url.starts_with("https://"))
+                || url.len() <= "https://".len()
+            {
+                return Err(CloudError::Config {
+                    key: "url",
+                    reason: format!("{:?} is not an http:// or https:// URL", self.url),
+                });
+            }
+        }
+        let only_mqtt: [(&'static str, bool); 3] = [
+            ("topic", self.topic.is_some()),
+            ("username", self.username.is_some()),
+            ("client_cert_file", self.client_cert_file.is_some()),
+        ];
+        for (key, set) in only_mqtt {
+            if set && self.kind != CloudKind::Mqtt {
+                return Err(CloudError::Config {
+                    key,
+                    reason: format!("is for kind = \"mqtt\", not {:?}", self.kind.label()),
+                });
+            }
+        }
+        if self.client_id.is_some() && !self.kind.is_mqtt() {
             return Err(CloudError::Config {
-                key: "url",
-                reason: format!("{:?} is not an http:// or https:// URL", self.url),
+                key: "client_id",
+                reason: "is for the MQTT kinds".into(),
             });
         }
         if self.concurrency == 0 || self.concurrency > 4096 {
@@ -108,12 +179,103 @@ impl CloudConfig {
                 key: "password",
                 reason: "set password or password_file, not both".into(),
             }),
+            (None, None) if self.kind == CloudKind::Mqtt => Ok(()),
             (None, None) => Err(CloudError::Config {
                 key: "password_file",
                 reason: "the gateway needs its cloud password (password_file or password)".into(),
             }),
             _ => Ok(()),
         }
+    }
+}
+
+impl CloudConfig {
+    /// Whether a password was configured (`password` or `password_file`).
+    pub fn has_password(&self) -> bool {
+        self.password.is_some() || self.password_file.is_some()
+    }
+
+    /// The broker of an MQTT kind, from `url`.
+    pub fn broker(&self) -> Result<Broker, CloudError> {
+        let bad =
+            |why: &str| CloudError::Config { key: "url", reason: format!("{:?} {why}", self.url) };
+        let (tls, rest) = if let Some(rest) = self.url.strip_prefix("mqtts://") {
+            (true, rest)
+        } else if let Some(rest) = self.url.strip_prefix("mqtt://") {
+            (false, rest)
+        } else {
+            return Err(bad("is not an mqtt:// or mqtts:// URL"));
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains(['/', '?', '#', '@']) {
+            return Err(bad("must be mqtt[s]://host[:port], without path or user"));
+        }
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((host, port)) if !port.contains(']') => {
+                let port = port.parse::<u16>().ok().filter(|p| *p != 0);
+                (host, port.ok_or_else(|| bad("has an invalid port"))?)
+            }
+            _ => (rest, if tls { 8883 } else { 1883 }),
+        };
+        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+        if host.is_empty() {
+            return Err(bad("has no host"));
+        }
+        Ok(Broker { host: host.to_owned(), port, tls })
+    }
+
+    /// The parsed `topic` template (kind = "mqtt").
+    pub fn topic_template(&self) -> Result<TopicTemplate, CloudError> {
+        let topic = self.topic.as_deref().ok_or_else(|| CloudError::Config {
+            key: "topic",
+            reason:
+                "kind = \"mqtt\" needs a topic template, e.g. \"site/{app}/{device}/{channel}\""
+                    .into(),
+        })?;
+        topic.parse().map_err(|e: crate::topic::TemplateError| CloudError::Config {
+            key: "topic",
+            reason: e.to_string(),
+        })
+    }
+
+    fn validate_mqtt(&self) -> Result<(), CloudError> {
+        let broker = self.broker()?;
+        if self.kind == CloudKind::Mqtt {
+            self.topic_template()?;
+            if self.username.is_none() && self.has_password() {
+                return Err(CloudError::Config {
+                    key: "username",
+                    reason: "a password needs a username".into(),
+                });
+            }
+        }
+        if let Some(id) = &self.client_id
+            && (id.is_empty() || id.len() > 65535)
+        {
+            return Err(CloudError::Config {
+                key: "client_id",
+                reason: "must be 1 to 65535 bytes".into(),
+            });
+        }
+        if self.client_cert_file.is_some() != self.client_key_file.is_some() {
+            return Err(CloudError::Config {
+                key: "client_key_file",
+                reason: "set both client_cert_file and client_key_file, or neither".into(),
+            });
+        }
+        if !broker.tls {
+            let tls_only = [
+                ("ca_file", self.ca_file.is_some()),
+                ("client_cert_file", self.client_cert_file.is_some()),
+            ];
+            if let Some((key, _)) = tls_only.into_iter().find(|(_, set)| *set) {
+                return Err(CloudError::Config {
+                    key,
+                    reason: format!("needs an mqtts:// url, not {:?}", self.url),
+                });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -138,5 +300,96 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("drogue-http"), "{err}");
+    }
+
+    fn mqtt(url: &str) -> CloudConfig {
+        let mut c = CloudConfig::new(CloudKind::Mqtt, url, "pw".into());
+        c.password = None;
+        c.topic = Some("site/{app}/{device}/{channel}".into());
+        c
+    }
+
+    #[test]
+    fn parses_broker_urls_with_default_ports() {
+        let b = |u: &str| mqtt(u).broker();
+        assert_eq!(b("mqtt://h").unwrap(), Broker { host: "h".into(), port: 1883, tls: false });
+        assert_eq!(b("mqtts://h/").unwrap(), Broker { host: "h".into(), port: 8883, tls: true });
+        assert_eq!(b("mqtt://h:1").unwrap().port, 1);
+        assert_eq!(
+            b("mqtt://[::1]:99").unwrap(),
+            Broker { host: "::1".into(), port: 99, tls: false }
+        );
+        assert_eq!(b("mqtts://[::1]").unwrap().port, 8883);
+        for bad in
+            ["http://h", "mqtt://", "mqtt://h:0", "mqtt://h:x", "mqtt://h/path", "mqtt://u@h"]
+        {
+            assert!(b(bad).unwrap_err().to_string().starts_with("cloud.url"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn validates_the_mqtt_keys() {
+        let mut c = mqtt("mqtt://127.0.0.1:1883");
+        assert!(c.validate().is_ok(), "no password and no username is fine for mqtt");
+        c.topic = Some("site/{nope}/{device}".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.starts_with("cloud.topic") && e.contains("{nope}"), "{e}");
+        c.topic = Some("site/#".into());
+        assert!(c.validate().unwrap_err().to_string().starts_with("cloud.topic"));
+        c.topic = None;
+        assert!(c.validate().unwrap_err().to_string().starts_with("cloud.topic"));
+        c.topic = Some("{device}".into());
+        c.password = Some("pw".into());
+        assert!(c.validate().unwrap_err().to_string().starts_with("cloud.username"));
+        c.username = Some("u".into());
+        assert!(c.validate().is_ok());
+        c.ca_file = Some("/ca.pem".into());
+        assert!(c.validate().unwrap_err().to_string().starts_with("cloud.ca_file"));
+        c.url = "mqtts://h".into();
+        c.client_cert_file = Some("/c.pem".into());
+        assert!(c.validate().unwrap_err().to_string().starts_with("cloud.client_key_file"));
+        c.client_key_file = Some("/k.pem".into());
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn parses_the_documented_mqtt_keys() {
+        let text = r#"
+            kind = "mqtt"
+            url = "mqtts://mqtt.example.com"
+            topic = "site/{app}/{device}/{channel}"
+            username = "gateway-1"
+            client_id = "gw1@my-app"
+            password = "change-me"
+            ca_file = "/etc/gatewayd/ca.pem"
+            client_cert_file = "/etc/gatewayd/client.pem"
+            client_key_file = "/etc/gatewayd/client.key"
+        "#;
+        let c: CloudConfig = toml::from_str(text).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.kind, CloudKind::Mqtt);
+        assert_eq!(c.broker().unwrap().port, 8883);
+        let drogue: CloudConfig =
+            toml::from_str("kind = \"drogue-mqtt\"\nurl = \"mqtt://h\"\npassword = \"x\"\n")
+                .unwrap();
+        drogue.validate().unwrap();
+        assert!(
+            toml::from_str::<CloudConfig>("kind = \"mqtt\"\nurl = \"mqtt://h\"\ntopics = \"x\"\n")
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn drogue_mqtt_needs_a_password_and_takes_no_topic() {
+        let mut c =
+            CloudConfig::new(CloudKind::DrogueMqtt, "mqtts://mqtt.example.com", "pw".into());
+        assert!(c.validate().is_ok());
+        c.topic = Some("{device}".into());
+        assert!(c.validate().unwrap_err().to_string().starts_with("cloud.topic"));
+        c.topic = None;
+        c.password = None;
+        assert!(c.validate().unwrap_err().to_string().contains("password"));
+        let http = CloudConfig::new(CloudKind::DrogueHttp, "mqtt://h", "pw".into());
+        assert!(http.validate().unwrap_err().to_string().starts_with("cloud.url"));
     }
 }

@@ -18,6 +18,8 @@ pub enum CloudError {
         #[source]
         source: reqwest::Error,
     },
+    #[error("TLS: {what}: {reason}")]
+    Tls { what: String, reason: String },
     #[error("cannot build the HTTP client")]
     Client(#[source] reqwest::Error),
     #[error("the outbox failed under the uplink")]

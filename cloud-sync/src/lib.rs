@@ -7,6 +7,10 @@
 //! - [`uplink`]: the uplink loop shared by every kind: pulls fair batches from the outbox,
 //!   keeps each device's records in order, acks, retries, parks, dead-letters.
 //! - [`drogue_http`]: Drogue Cloud's HTTP endpoint, `POST /v1/{channel}?as={device}`.
+//! - [`mqtt`]: the MQTT uplinks (Drogue's MQTT endpoint, any broker): a pure publisher
+//!   session (packet ids, in flight, keep-alive) and a thin socket loop around it.
+//! - [`topic`]: topic templates for the generic MQTT uplink.
+//! - [`tls`]: rustls client configs (ring) for the MQTT uplinks.
 //! - [`backoff`]: exponential backoff with jitter.
 //! - [`status`]: what an uplink reports to the status page.
 //! - [`error`]: the crate's one error type.
@@ -15,7 +19,10 @@ pub mod backoff;
 pub mod config;
 pub mod drogue_http;
 pub mod error;
+pub mod mqtt;
 pub mod status;
+pub mod tls;
+pub mod topic;
 pub mod uplink;
 
 pub use config::{CloudConfig, CloudKind};

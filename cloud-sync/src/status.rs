@@ -16,7 +16,7 @@ use serde::Serialize;
 pub enum UplinkState {
     /// Nothing sent yet.
     Starting,
-    /// The last request reached the cloud.
+    /// The last request reached the cloud (MQTT: the connection is up).
     Connected,
     /// The last request failed transiently; retrying with backoff.
     Retrying,
@@ -94,6 +94,11 @@ impl UplinkStatus {
         let mut inner = self.lock();
         inner.state = UplinkState::Connected;
         inner.last_success = Some(SystemTime::now());
+    }
+
+    /// The connection is up (MQTT: CONNACK received); nothing sent yet on it.
+    pub fn record_connected(&self) {
+        self.lock().state = UplinkState::Connected;
     }
 
     pub fn record_failure(&self, error: String) {

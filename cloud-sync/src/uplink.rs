@@ -13,6 +13,11 @@
 //!
 //! After a refusal or a transient failure the device's later records of that batch are
 //! nacked unsent, so nothing overtakes. Parked devices are released every `parked_retry`.
+//!
+//! A sender whose transport keeps order across records in flight (one MQTT connection) is
+//! *pipelined*: a device's chain goes out at once, in order, and each record holds one of the
+//! `concurrency` permits until its verdict. Otherwise a chain holds one permit and its records
+//! go one after another.
 
 use std::{
     future::Future,
@@ -22,11 +27,18 @@ use std::{
 
 use gw_model::{Identity, Secret, Telemetry};
 use gw_store::{Acker, OutboxReader, Seq};
-use tokio::{sync::Semaphore, task::JoinSet, time::Instant};
+use tokio::{
+    sync::{OwnedSemaphorePermit, Semaphore, oneshot},
+    task::JoinSet,
+    time::Instant,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    CloudConfig, CloudError, CloudKind, UplinkStatus, backoff::Backoff, drogue_http::DrogueHttp,
+    CloudConfig, CloudError, CloudKind, UplinkStatus,
+    backoff::Backoff,
+    drogue_http::DrogueHttp,
+    mqtt::{Connection, Publisher},
 };
 
 /// What the cloud made of one record.
@@ -43,7 +55,23 @@ pub enum Verdict {
 
 /// Sends one record to the cloud as its sensor.
 pub trait Sender: Send + Sync + 'static {
+    /// True when the transport keeps order across records in flight, so a device's records
+    /// may all be in flight at once (see [`pipeline`](Self::pipeline)).
+    const PIPELINED: bool = false;
+
     fn send(&self, t: &Telemetry) -> impl Future<Output = Verdict> + Send;
+
+    /// For a pipelined sender: puts all of one device's records in flight now, in order, and
+    /// returns one verdict receiver per record. `None` (the default): records go one after
+    /// another through [`send`](Self::send).
+    fn pipeline(&self, _chain: &[&Telemetry]) -> Option<Vec<oneshot::Receiver<Verdict>>> {
+        None
+    }
+}
+
+/// The verdict of a pipelined record; a sender dropped unanswered means its fate is unknown.
+pub(crate) fn verdict_of(r: Result<Verdict, oneshot::error::RecvError>) -> Verdict {
+    r.unwrap_or_else(|_| Verdict::Transient("the connection dropped the record".into()))
 }
 
 /// An uplink of the configured kind.
@@ -55,6 +83,7 @@ pub struct Uplink {
 
 enum Kind {
     DrogueHttp(Arc<DrogueHttp>),
+    Mqtt(Arc<Publisher>, Box<Connection>),
 }
 
 impl Uplink {
@@ -65,13 +94,17 @@ impl Uplink {
         password: Secret,
     ) -> Result<Self, CloudError> {
         config.validate()?;
-        let (kind, label) = match config.kind {
-            CloudKind::DrogueHttp => (
-                Kind::DrogueHttp(Arc::new(DrogueHttp::new(config, gateway, password)?)),
-                "drogue-http",
-            ),
+        let status = Arc::new(UplinkStatus::new(config.kind.label(), config.url.clone()));
+        let kind = match config.kind {
+            CloudKind::DrogueHttp => {
+                Kind::DrogueHttp(Arc::new(DrogueHttp::new(config, gateway, password)?))
+            }
+            CloudKind::DrogueMqtt | CloudKind::Mqtt => {
+                let (publisher, connection) =
+                    Publisher::new(config, gateway, password, Arc::clone(&status))?;
+                Kind::Mqtt(Arc::new(publisher), Box::new(connection))
+            }
         };
-        let status = Arc::new(UplinkStatus::new(label, config.url.clone()));
         Ok(Self { kind, status, config: config.clone() })
     }
 
@@ -89,6 +122,14 @@ impl Uplink {
         let Self { kind, status, config } = self;
         match kind {
             Kind::DrogueHttp(sender) => drive(sender, reader, status, &config, token).await,
+            Kind::Mqtt(publisher, connection) => {
+                let stop = token.child_token();
+                let task = tokio::spawn(connection.run(stop.clone()));
+                let result = drive(publisher, reader, status, &config, token).await;
+                stop.cancel();
+                let _ = task.await;
+                result
+            }
         }
     }
 }
@@ -161,14 +202,16 @@ async fn drive<S: Sender>(
         };
         let mut first = Some(first);
         for chain in by_device(batch) {
+            // A pipelined chain holds a permit per record; the batch fits the free permits.
+            let wanted = if S::PIPELINED { chain.len() } else { 1 };
             let permit = match first.take() {
-                Some(p) => p,
-                None => match Arc::clone(&permits).try_acquire_owned() {
-                    Ok(p) => p,
-                    Err(_) => Arc::clone(&permits).acquire_owned().await.map_err(|_| {
-                        CloudError::Config { key: "concurrency", reason: "semaphore closed".into() }
-                    })?,
-                },
+                Some(mut p) => {
+                    if wanted > 1 {
+                        p.merge(acquire(&permits, wanted - 1).await?);
+                    }
+                    p
+                }
+                None => acquire(&permits, wanted).await?,
             };
             let (sender, acker, status, pause) =
                 (Arc::clone(&sender), acker.clone(), Arc::clone(&status), Arc::clone(&pause));
@@ -180,6 +223,14 @@ async fn drive<S: Sender>(
     }
     tasks.shutdown().await;
     Ok(())
+}
+
+async fn acquire(permits: &Arc<Semaphore>, n: usize) -> Result<OwnedSemaphorePermit, CloudError> {
+    let n = u32::try_from(n).unwrap_or(u32::MAX);
+    Arc::clone(permits)
+        .acquire_many_owned(n)
+        .await
+        .map_err(|_| CloudError::Config { key: "concurrency", reason: "semaphore closed".into() })
 }
 
 /// Splits a batch into per-device chains, keeping each device's records in order.
@@ -201,34 +252,58 @@ async fn send_chain<S: Sender>(
     pause: &Mutex<Pause>,
     chain: Vec<(Seq, Telemetry)>,
 ) {
-    let mut records = chain.into_iter();
+    let refs: Vec<&Telemetry> = chain.iter().map(|(_, t)| t).collect();
+    let mut pipelined =
+        if S::PIPELINED { sender.pipeline(&refs) } else { None }.map(Vec::into_iter);
+    let mut records = chain.iter();
     while let Some((seq, t)) = records.next() {
-        match sender.send(&t).await {
-            Verdict::Accepted => {
-                acker.ack(seq);
-                status.record_sent();
-                lock(pause).succeeded();
-            }
-            Verdict::Rejected(why) => {
-                acker.ack(seq);
-                tracing::warn!(device = %t.device, app = %t.app, channel = %t.channel, cause = %why, "cloud rejected a message; dead-lettered");
-                status.record_dead_letter(why);
-            }
-            Verdict::Refused(why) => {
-                acker.park(seq);
-                records.for_each(|(s, _)| acker.nack(s));
-                tracing::warn!(device = %t.device, app = %t.app, cause = %why, "cloud refused the device; its messages are parked");
-                status.record_parked(format!("{}@{}", t.device, t.app), why);
-                return;
-            }
-            Verdict::Transient(why) => {
-                acker.nack(seq);
-                records.for_each(|(s, _)| acker.nack(s));
-                tracing::debug!(device = %t.device, cause = %why, "send failed; will retry");
-                status.record_failure(why);
-                lock(pause).failed();
-                return;
-            }
+        let verdict = match pipelined.as_mut().and_then(Iterator::next) {
+            Some(rx) => verdict_of(rx.await),
+            None => sender.send(t).await,
+        };
+        if !settle(acker, status, pause, *seq, t, verdict) {
+            // Nothing of this device may overtake: its later records go back to the outbox
+            // (a pipelined one may already be out; then it is a bounded duplicate).
+            records.for_each(|(s, _)| acker.nack(*s));
+            return;
+        }
+    }
+}
+
+/// Applies one verdict; false when the device's chain must stop here.
+fn settle(
+    acker: &Acker,
+    status: &UplinkStatus,
+    pause: &Mutex<Pause>,
+    seq: Seq,
+    t: &Telemetry,
+    verdict: Verdict,
+) -> bool {
+    match verdict {
+        Verdict::Accepted => {
+            acker.ack(seq);
+            status.record_sent();
+            lock(pause).succeeded();
+            true
+        }
+        Verdict::Rejected(why) => {
+            acker.ack(seq);
+            tracing::warn!(device = %t.device, app = %t.app, channel = %t.channel, cause = %why, "cloud rejected a message; dead-lettered");
+            status.record_dead_letter(why);
+            true
+        }
+        Verdict::Refused(why) => {
+            acker.park(seq);
+            tracing::warn!(device = %t.device, app = %t.app, cause = %why, "cloud refused the device; its messages are parked");
+            status.record_parked(format!("{}@{}", t.device, t.app), why);
+            false
+        }
+        Verdict::Transient(why) => {
+            acker.nack(seq);
+            tracing::debug!(device = %t.device, cause = %why, "send failed; will retry");
+            status.record_failure(why);
+            lock(pause).failed();
+            false
         }
     }
 }

@@ -1,0 +1,294 @@
+//! The socket side of the MQTT uplinks: connect (TCP, optionally TLS), CONNECT/CONNACK, then
+//! shuttle bytes between the socket and the [`Session`]; reconnect with backoff. Every
+//! protocol decision is the session's; this loop only does I/O and resolves verdicts.
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::BytesMut;
+use rumqttc::mqttbytes::{
+    self,
+    v4::{ConnectReturnCode, Packet},
+};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::TcpStream,
+    sync::{mpsc, oneshot},
+};
+use tokio_rustls::{TlsConnector, rustls::pki_types::ServerName};
+use tokio_util::sync::CancellationToken;
+
+use super::{Chain, MAX_PACKET, session::Session};
+use crate::{CloudError, UplinkStatus, backoff::Backoff, config::Broker, uplink::Verdict};
+
+/// The largest packet accepted from the broker (CONNACK, PUBACK, PINGRESP are 2-4 bytes).
+const MAX_INCOMING: usize = 64 * 1024;
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+type Reply = oneshot::Sender<Verdict>;
+
+/// The connection task of one MQTT uplink.
+pub struct Connection {
+    dial: Dial,
+    timeout: Duration,
+    backoff: Backoff,
+    link: Link,
+    status: Arc<UplinkStatus>,
+}
+
+/// What it takes to open a connection.
+struct Dial {
+    broker: Broker,
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    connect: Packet,
+    timeout: Duration,
+}
+
+/// The session and the chains arriving for it.
+struct Link {
+    session: Session<Reply>,
+    chains: mpsc::Receiver<Chain>,
+}
+
+impl Connection {
+    pub(super) fn new(
+        broker: Broker,
+        tls: Option<Arc<rustls::ClientConfig>>,
+        connect: mqttbytes::v4::Connect,
+        timeout: Duration,
+        backoff: Backoff,
+        chains: mpsc::Receiver<Chain>,
+        status: Arc<UplinkStatus>,
+    ) -> Result<Self, CloudError> {
+        let tls = match tls {
+            None => None,
+            Some(config) => {
+                let name = ServerName::try_from(broker.host.clone()).map_err(|e| {
+                    CloudError::Config { key: "url", reason: format!("{:?}: {e}", broker.host) }
+                })?;
+                Some((TlsConnector::from(config), name))
+            }
+        };
+        let keep_alive = Duration::from_secs(u64::from(super::KEEP_ALIVE_SECS));
+        Ok(Self {
+            dial: Dial { broker, tls, connect: Packet::Connect(connect), timeout },
+            timeout,
+            backoff,
+            link: Link { session: Session::new(keep_alive, timeout), chains },
+            status,
+        })
+    }
+
+    /// Connects, publishes, reconnects, until `token` is cancelled or the publisher is gone.
+    /// Records still in flight or waiting at the end resolve as transient (nacked).
+    pub async fn run(mut self, token: CancellationToken) {
+        let broker = format!("{}:{}", self.dial.broker.host, self.dial.broker.port);
+        loop {
+            let opened = match self.link.wait(&token, self.dial.open()).await {
+                Some(opened) => opened,
+                None => break,
+            };
+            let why = match opened {
+                Ok((io, rest)) => {
+                    tracing::info!(broker = %broker, "MQTT uplink connected");
+                    self.backoff.reset();
+                    self.status.record_connected();
+                    let why = self.link.serve(io, rest, &token).await;
+                    let dropped = self.link.session.disconnected();
+                    let lost = dropped.len();
+                    fail(dropped, "the connection to the broker dropped");
+                    match why {
+                        None => break,
+                        Some(why) => {
+                            tracing::warn!(broker = %broker, cause = %why, in_flight = lost, "MQTT uplink disconnected; unacknowledged records are sent again");
+                            why
+                        }
+                    }
+                }
+                Err(why) => {
+                    tracing::warn!(broker = %broker, cause = %why, "cannot connect the MQTT uplink");
+                    why
+                }
+            };
+            self.status.record_failure(why);
+            let delay = self.backoff.next_delay();
+            if self.link.wait(&token, tokio::time::sleep(delay)).await.is_none() {
+                break;
+            }
+        }
+        fail(self.link.session.disconnected(), "the uplink stopped");
+        let far = std::time::Instant::now() + self.timeout * 4;
+        fail(self.link.session.expire(far), "the uplink stopped");
+    }
+}
+
+fn fail(replies: Vec<Reply>, why: &str) {
+    for reply in replies {
+        let _ = reply.send(Verdict::Transient(why.to_owned()));
+    }
+}
+
+fn encode(out: &mut Vec<Packet>, buf: &mut BytesMut) -> Result<(), String> {
+    for packet in out.drain(..) {
+        packet.write(buf, MAX_PACKET).map_err(|e| format!("cannot encode {packet:?}: {e}"))?;
+    }
+    Ok(())
+}
+
+impl Dial {
+    /// TCP, TLS, CONNECT, CONNACK, within `timeout`. Returns the stream and any bytes read
+    /// past the CONNACK.
+    async fn open(&self) -> Result<(Box<dyn Io>, BytesMut), String> {
+        let attempt = async {
+            let (host, port) = (self.broker.host.as_str(), self.broker.port);
+            let tcp = TcpStream::connect((host, port))
+                .await
+                .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
+            let _ = tcp.set_nodelay(true);
+            let mut io: Box<dyn Io> = match &self.tls {
+                None => Box::new(tcp),
+                Some((connector, name)) => Box::new(
+                    connector
+                        .connect(name.clone(), tcp)
+                        .await
+                        .map_err(|e| format!("TLS handshake with {host}:{port}: {e}"))?,
+                ),
+            };
+            let mut buf = BytesMut::with_capacity(256);
+            self.connect.write(&mut buf, MAX_PACKET).map_err(|e| e.to_string())?;
+            io.write_all(&buf).await.map_err(|e| format!("sending CONNECT: {e}"))?;
+            io.flush().await.map_err(|e| format!("sending CONNECT: {e}"))?;
+            buf.clear();
+            loop {
+                match Packet::read(&mut buf, MAX_INCOMING) {
+                    Ok(Packet::ConnAck(ack)) if ack.code == ConnectReturnCode::Success => {
+                        return Ok((io, buf));
+                    }
+                    Ok(Packet::ConnAck(ack)) => {
+                        return Err(format!("the broker refused the connection: {:?}", ack.code));
+                    }
+                    Ok(other) => return Err(format!("expected CONNACK, got {other:?}")),
+                    Err(mqttbytes::Error::InsufficientBytes(_)) => {}
+                    Err(e) => return Err(format!("bad CONNACK: {e}")),
+                }
+                match io.read_buf(&mut buf).await {
+                    Ok(0) => return Err("the broker closed the connection before CONNACK".into()),
+                    Ok(_) => {}
+                    Err(e) => return Err(format!("waiting for CONNACK: {e}")),
+                }
+            }
+        };
+        tokio::time::timeout(self.timeout, attempt)
+            .await
+            .unwrap_or_else(|_| Err(format!("no CONNACK within {:?}", self.timeout)))
+    }
+}
+
+impl Link {
+    /// Runs `fut` while taking chains (they wait in the session for the connection) and
+    /// failing those that waited too long. `None` when cancelled or the publisher is gone.
+    async fn wait<F: Future>(&mut self, token: &CancellationToken, fut: F) -> Option<F::Output> {
+        tokio::pin!(fut);
+        loop {
+            let wake = self.session.next_wakeup();
+            tokio::select! {
+                _ = token.cancelled() => return None,
+                out = &mut fut => return Some(out),
+                chain = self.chains.recv() => {
+                    self.session.submit(chain?, std::time::Instant::now(), &mut Vec::new());
+                }
+                _ = sleep_until(wake), if wake.is_some() => {
+                    fail(self.session.expire(std::time::Instant::now()), "not connected to the broker in time");
+                }
+            }
+        }
+    }
+
+    /// One live connection. Returns why it ended, or `None` when cancelled.
+    async fn serve(
+        &mut self,
+        io: Box<dyn Io>,
+        mut rbuf: BytesMut,
+        token: &CancellationToken,
+    ) -> Option<String> {
+        let (mut rd, mut wr) = tokio::io::split(io);
+        let mut wbuf = BytesMut::with_capacity(64 * 1024);
+        let mut out = Vec::new();
+        let mut unflushed = false;
+        self.session.connected(std::time::Instant::now(), &mut out);
+        loop {
+            if let Err(e) = encode(&mut out, &mut wbuf) {
+                return Some(e);
+            }
+            // Packets already read (the CONNACK's tail, or a whole burst of PUBACKs).
+            loop {
+                match Packet::read(&mut rbuf, MAX_INCOMING) {
+                    Ok(Packet::PubAck(ack)) => match self.session.puback(ack.pkid) {
+                        Some(reply) => {
+                            let _ = reply.send(Verdict::Accepted);
+                        }
+                        None => tracing::debug!(pkid = ack.pkid, "PUBACK for no record in flight"),
+                    },
+                    Ok(Packet::PingResp) => self.session.pingresp(),
+                    Ok(other) => {
+                        return Some(format!("unexpected packet from the broker: {other:?}"));
+                    }
+                    Err(mqttbytes::Error::InsufficientBytes(_)) => break,
+                    Err(e) => return Some(format!("malformed packet from the broker: {e}")),
+                }
+            }
+            let wake = self.session.next_wakeup();
+            tokio::select! {
+                _ = token.cancelled() => return None,
+                read = rd.read_buf(&mut rbuf) => match read {
+                    Ok(0) => return Some("the broker closed the connection".into()),
+                    Ok(_) => {}
+                    Err(e) => return Some(format!("reading from the broker: {e}")),
+                },
+                chain = self.chains.recv() => match chain {
+                    Some(chain) => self.session.submit(chain, std::time::Instant::now(), &mut out),
+                    None => return None,
+                },
+                written = write_some(&mut wr, &mut wbuf, &mut unflushed), if unflushed || !wbuf.is_empty() => {
+                    if let Err(e) = written {
+                        return Some(format!("writing to the broker: {e}"));
+                    }
+                }
+                _ = sleep_until(wake), if wake.is_some() => {
+                    if let Err(dead) = self.session.tick(std::time::Instant::now(), &mut out) {
+                        return Some(dead.to_string());
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Writes what it can of `buf`; once it is empty, flushes (TLS keeps bytes of its own).
+/// Cancel-safe: `unflushed` remembers a flush still owed.
+async fn write_some<W: AsyncWrite + Unpin>(
+    wr: &mut W,
+    buf: &mut BytesMut,
+    unflushed: &mut bool,
+) -> std::io::Result<()> {
+    if !buf.is_empty() {
+        let n = wr.write_buf(buf).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        *unflushed = true;
+    }
+    if buf.is_empty() {
+        wr.flush().await?;
+        *unflushed = false;
+    }
+    Ok(())
+}
+
+async fn sleep_until(at: Option<std::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,141 @@
+//! The MQTT uplinks: Drogue Cloud's MQTT endpoint (`<channel>/<device>` as the gateway) and
+//! any MQTT 3.1.1 broker (topic templates), both QoS 1 on one connection.
+//!
+//! [`Publisher`] is the uplink's [`Sender`]: it turns records into PUBLISH packets and hands
+//! each device's chain to the connection task in one piece; each record's verdict comes back
+//! on a oneshot when its PUBACK arrives (or as transient when the connection drops).
+//! [`session`] holds the protocol state, [`connection`] the thin socket loop around it.
+
+pub mod connection;
+pub mod session;
+
+use gw_model::{Identity, Secret, Telemetry};
+use rumqttc::mqttbytes::{
+    QoS,
+    v4::{Connect, Publish},
+};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{
+    CloudConfig, CloudError, CloudKind,
+    backoff::Backoff,
+    topic::TopicTemplate,
+    uplink::{Sender, Verdict},
+};
+pub use connection::Connection;
+
+/// A device's records, in order, each with the way back for its verdict.
+pub(crate) type Chain = Vec<(Publish, oneshot::Sender<Verdict>)>;
+
+/// The largest PUBLISH the uplink sends (MQTT's limit is 256 MiB; sensors' messages are far
+/// smaller): a larger record is dead-lettered, never retried.
+const MAX_PACKET: usize = 16 * 1024 * 1024;
+
+/// Keep-alive announced in CONNECT; the connection pings after this long idle.
+pub const KEEP_ALIVE_SECS: u16 = 30;
+
+enum Topics {
+    /// Drogue's `drogue/v1` dialect: `<channel>/<device>`, publishing on the device's behalf.
+    Drogue,
+    Template(TopicTemplate),
+}
+
+pub struct Publisher {
+    topics: Topics,
+    gateway: Identity,
+    chains: mpsc::Sender<Chain>,
+}
+
+impl Publisher {
+    /// The publisher and the connection task that must run beside the uplink loop.
+    pub fn new(
+        config: &CloudConfig,
+        gateway: &Identity,
+        password: Secret,
+        status: std::sync::Arc<crate::UplinkStatus>,
+    ) -> Result<(Self, Connection), CloudError> {
+        let broker = config.broker()?;
+        let (topics, login) = match config.kind {
+            CloudKind::Mqtt => {
+                let password = config.has_password().then(|| password.expose().to_owned());
+                let login = config.username.clone().map(|u| (u, password.unwrap_or_default()));
+                (Topics::Template(config.topic_template()?), login)
+            }
+            _ => (Topics::Drogue, Some((gateway.to_string(), password.expose().to_owned()))),
+        };
+        let client_id = config.client_id.clone().unwrap_or_else(|| gateway.to_string());
+        let mut connect = Connect::new(client_id);
+        connect.keep_alive = KEEP_ALIVE_SECS;
+        connect.clean_session = true;
+        if let Some((user, password)) = login {
+            connect.set_login(user, password);
+        }
+        let tls = if broker.tls { Some(crate::tls::client_config(config)?) } else { None };
+        // Every chain holds at least one of `concurrency` permits, so this never fills.
+        let (chains, rx) = mpsc::channel(config.concurrency);
+        let connection = Connection::new(
+            broker,
+            tls,
+            connect,
+            config.timeout,
+            Backoff::new(config.retry_min, config.retry_max),
+            rx,
+            status,
+        )?;
+        Ok((Self { topics, gateway: gateway.clone(), chains }, connection))
+    }
+
+    fn topic(&self, t: &Telemetry) -> String {
+        match &self.topics {
+            Topics::Drogue => format!("{}/{}", t.channel, t.device),
+            Topics::Template(template) => template.render(&self.gateway, t),
+        }
+    }
+
+    /// Puts `records` on the connection in one piece; one verdict receiver per record.
+    fn start(&self, records: &[&Telemetry]) -> Vec<oneshot::Receiver<Verdict>> {
+        let mut chain = Vec::with_capacity(records.len());
+        let mut receivers = Vec::with_capacity(records.len());
+        for t in records {
+            let (tx, rx) = oneshot::channel();
+            receivers.push(rx);
+            let publish = Publish::from_bytes(self.topic(t), QoS::AtLeastOnce, t.payload.clone());
+            if publish.size() > MAX_PACKET {
+                let _ = tx.send(Verdict::Rejected(format!(
+                    "{} bytes is larger than the uplink's MQTT packet limit",
+                    t.payload.len()
+                )));
+                // The chain stops here; the uplink sends the rest one by one after this verdict.
+                break;
+            }
+            chain.push((publish, tx));
+        }
+        if let Err(e) = self.chains.try_send(chain) {
+            let why = match e {
+                mpsc::error::TrySendError::Full(_) => "the MQTT connection's queue is full",
+                mpsc::error::TrySendError::Closed(_) => "the MQTT connection task has stopped",
+            };
+            tracing::error!(cause = why, "cannot hand records to the MQTT connection");
+            // The senders were dropped with the chain: each receiver resolves as transient.
+        }
+        receivers
+    }
+}
+
+impl Sender for Publisher {
+    const PIPELINED: bool = true;
+
+    fn send(&self, t: &Telemetry) -> impl Future<Output = Verdict> + Send {
+        let rx = self.start(&[t]).pop();
+        async move {
+            match rx {
+                Some(rx) => crate::uplink::verdict_of(rx.await),
+                None => Verdict::Transient("no receiver".into()),
+            }
+        }
+    }
+
+    fn pipeline(&self, chain: &[&Telemetry]) -> Option<Vec<oneshot::Receiver<Verdict>>> {
+        Some(self.start(chain))
+    }
+}
