@@ -57,6 +57,8 @@ pub struct CloudEvent {
 
 /// Type of telemetry events.
 pub const TYPE_EVENT: &str = "io.drogue.event.v1";
+/// Type of connection events.
+pub const TYPE_CONNECTION: &str = "io.drogue.connection.v1";
 /// Type of registry change events.
 pub const TYPE_REGISTRY: &str = "io.drogue.registry.v1";
 
@@ -117,6 +119,17 @@ impl CloudEvent {
                 ev.data_base64 = Some(base64::engine::general_purpose::STANDARD.encode(payload))
             }
         }
+        ev
+    }
+
+    /// A connection event of a directly connected device: subject `connection`, data
+    /// `{"connected": bool}`.
+    pub(crate) fn connection(parties: &EventParties<'_>, connected: bool) -> Self {
+        let json = serde_json::json!({ "connected": connected });
+        let mut ev =
+            Self::telemetry(parties, "connection", Some("application/json"), None, None, &[]);
+        ev.kind = TYPE_CONNECTION.to_owned();
+        ev.data = Some(json);
         ev
     }
 

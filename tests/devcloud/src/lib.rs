@@ -2,7 +2,9 @@
 //! listener, Drogue's device endpoint (`POST /v1/{channel}` with Basic auth, `as=` and
 //! `ct=`), the device registry, the command API with Drogue's routing (internal delivery or
 //! a gateway's external push endpoint), the discovery documents `drg` reads, and an event log
-//! of CloudEvents that tests read in-process or over HTTP. It follows
+//! of CloudEvents that tests read in-process or over HTTP; on a second listener, Drogue's
+//! device MQTT endpoint (3.1.1 and 5, `drogue/v1` dialect, commands on `command/inbox`).
+//! It follows
 //! `contracts/drogue-cloud.md`, quirks included, so the gateway is tested against what Drogue
 //! really does. Run it in-process with [`DevCloud::start`], or as the `devcloud` binary.
 //!
@@ -14,6 +16,7 @@
 //! - [`commands`]: command routing, external pushes, and the in-process command bus.
 //! - [`events`]: CloudEvents and the bounded event log.
 //! - `http`: the axum router: device endpoint, registry and command API, discovery.
+//! - `mqtt`: the device MQTT endpoint: sessions, `drogue/v1` topics, command delivery.
 //! - `util`: ids, timestamps, percent-encoding.
 //! - [`error`]: the crate's one error type.
 
@@ -25,6 +28,7 @@ pub mod error;
 pub mod events;
 mod http;
 mod labels;
+mod mqtt;
 mod registry;
 pub mod seed;
 mod util;
@@ -54,13 +58,26 @@ pub struct DevCloud {
     addr: SocketAddr,
     shared: Arc<Shared>,
     server: JoinHandle<()>,
+    mqtt: JoinHandle<()>,
 }
 
 impl DevCloud {
-    /// Binds `listen` (port 0 picks a free port), loads `seed`, and serves until `shutdown`
-    /// is cancelled.
+    /// Binds `listen` for HTTP and a free port on the same IP for MQTT, loads `seed`, and
+    /// serves until `shutdown` is cancelled.
     pub async fn start(
         listen: SocketAddr,
+        seed: Seed,
+        shutdown: CancellationToken,
+    ) -> Result<DevCloud, DevCloudError> {
+        let mqtt_listen = SocketAddr::new(listen.ip(), 0);
+        Self::start_with_mqtt(listen, mqtt_listen, seed, shutdown).await
+    }
+
+    /// As [`DevCloud::start`], with the MQTT endpoint on `mqtt_listen` (port 0 picks a free
+    /// port).
+    pub async fn start_with_mqtt(
+        listen: SocketAddr,
+        mqtt_listen: SocketAddr,
         seed: Seed,
         shutdown: CancellationToken,
     ) -> Result<DevCloud, DevCloudError> {
@@ -69,6 +86,12 @@ impl DevCloud {
             .map_err(|source| DevCloudError::Bind { addr: listen, source })?;
         let addr =
             listener.local_addr().map_err(|source| DevCloudError::Bind { addr: listen, source })?;
+        let mqtt_listener = tokio::net::TcpListener::bind(mqtt_listen)
+            .await
+            .map_err(|source| DevCloudError::Bind { addr: mqtt_listen, source })?;
+        let mqtt_addr = mqtt_listener
+            .local_addr()
+            .map_err(|source| DevCloudError::Bind { addr: mqtt_listen, source })?;
         let events = Arc::new(EventLog::new(DEFAULT_EVENT_CAPACITY));
         let registry = Registry::new(events.clone());
         registry.seed(seed.applications, seed.devices)?;
@@ -79,8 +102,10 @@ impl DevCloud {
             users: seed.users,
             client: commands::push_client(),
             base_url: format!("http://{addr}"),
+            mqtt_addr,
             shutdown: shutdown.clone(),
         });
+        let mqtt = mqtt::serve(mqtt_listener, shared.clone());
         let app = http::router(shared.clone());
         let server = tokio::spawn(async move {
             let result = axum::serve(listener, app)
@@ -90,8 +115,8 @@ impl DevCloud {
                 tracing::error!(cause = %e, "dev cloud server failed");
             }
         });
-        tracing::info!(url = %shared.base_url, "dev cloud listening");
-        Ok(DevCloud { addr, shared, server })
+        tracing::info!(url = %shared.base_url, mqtt = %mqtt::url(mqtt_addr), "dev cloud listening");
+        Ok(DevCloud { addr, shared, server, mqtt })
     }
 
     /// The base URL, `http://127.0.0.1:PORT`, without a trailing slash.
@@ -101,6 +126,16 @@ impl DevCloud {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The bound address of the device MQTT endpoint.
+    pub fn mqtt_addr(&self) -> SocketAddr {
+        self.shared.mqtt_addr
+    }
+
+    /// The device MQTT endpoint as `mqtt://127.0.0.1:PORT`.
+    pub fn mqtt_url(&self) -> String {
+        mqtt::url(self.shared.mqtt_addr)
     }
 
     /// A snapshot of the retained events, oldest first.
@@ -164,5 +199,6 @@ impl DevCloud {
     /// Waits for the server to finish after the shutdown token fired.
     pub async fn stopped(self) {
         let _ = self.server.await;
+        let _ = self.mqtt.await;
     }
 }

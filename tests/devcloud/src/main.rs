@@ -1,5 +1,6 @@
 //! `devcloud`: the dev cloud as its own process. Prints `devcloud listening on URL` as its
-//! first line on stdout, then serves until SIGINT or SIGTERM.
+//! first line on stdout and `devcloud mqtt on mqtt://HOST:PORT` as its second, then serves
+//! until SIGINT or SIGTERM.
 
 use std::{io::Write, net::SocketAddr, path::PathBuf};
 
@@ -15,6 +16,9 @@ struct Args {
     /// Address to listen on; port 0 picks a free port.
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
+    /// Address of the device MQTT endpoint; port 0 picks a free port.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    mqtt_listen: SocketAddr,
     /// Seed file with users, applications and devices (`.json` or TOML).
     #[arg(long)]
     seed: Option<PathBuf>,
@@ -43,10 +47,12 @@ async fn main() -> anyhow::Result<()> {
         seed = seed.user(name, token);
     }
     let shutdown = CancellationToken::new();
-    let cloud = DevCloud::start(args.listen, seed, shutdown.clone()).await?;
+    let cloud =
+        DevCloud::start_with_mqtt(args.listen, args.mqtt_listen, seed, shutdown.clone()).await?;
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "devcloud listening on {}", cloud.url())?;
+        writeln!(out, "devcloud mqtt on {}", cloud.mqtt_url())?;
         out.flush()?;
     }
     wait_for_signal().await?;

@@ -121,10 +121,13 @@ fn binary_prints_its_url_and_serves() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
+    // keep the pipe open while the binary runs: it prints a second line
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
+    stdout.read_line(&mut line).unwrap();
     let url = line.trim().strip_prefix("devcloud listening on ").map(str::to_owned);
+    let mut mqtt_line = String::new();
+    stdout.read_line(&mut mqtt_line).unwrap();
     let result = url.as_ref().map(|url| {
         gw_devcloud::commands::install_crypto_provider();
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -143,4 +146,6 @@ fn binary_prints_its_url_and_serves() {
     let url = url.unwrap_or_else(|| panic!("unexpected first line {line:?}"));
     assert!(url.starts_with("http://127.0.0.1:"), "{url}");
     assert_eq!(result.unwrap()["registry"]["url"], url);
+    let mqtt = mqtt_line.trim().strip_prefix("devcloud mqtt on ").unwrap_or_default();
+    assert!(mqtt.starts_with("mqtt://127.0.0.1:"), "{mqtt_line:?}");
 }

@@ -23,7 +23,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/oidc/.well-known/openid-configuration", get(openid_configuration))
 }
 
-fn endpoints(base: &str, authenticated: bool) -> Value {
+fn endpoints(base: &str, mqtt: std::net::SocketAddr, authenticated: bool) -> Value {
     let issuer = format!("{base}{ISSUER_PATH}");
     let mut doc = json!({
         "api": base,
@@ -35,18 +35,20 @@ fn endpoints(base: &str, authenticated: bool) -> Value {
     if authenticated {
         // `drg` reads these from the authenticated list only (`Endpoints::publicize`).
         doc["http"] = json!({"url": base});
+        // drogue-client `MqttEndpoint { host, port }`
+        doc["mqtt"] = json!({"host": mqtt.ip().to_string(), "port": mqtt.port()});
         doc["command_url"] = json!(base);
     }
     doc
 }
 
 async fn public_endpoints(State(state): State<AppState>) -> Json<Value> {
-    Json(endpoints(&state.base_url, false))
+    Json(endpoints(&state.base_url, state.mqtt_addr, false))
 }
 
 /// `GET /api/console/v1alpha1/info`: the full endpoint list, for API users.
 pub(super) async fn console_info(State(state): State<AppState>) -> Json<Value> {
-    Json(endpoints(&state.base_url, true))
+    Json(endpoints(&state.base_url, state.mqtt_addr, true))
 }
 
 async fn openid_configuration(State(state): State<AppState>) -> Json<Value> {

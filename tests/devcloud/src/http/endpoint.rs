@@ -66,7 +66,7 @@ fn auth_failed() -> Response {
 }
 
 /// Whether a content type is JSON: `application/json`, `text/json` or `*/*+json`.
-fn is_json(content_type: &str) -> bool {
+pub(crate) fn is_json(content_type: &str) -> bool {
     let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     essence == "application/json" || essence == "text/json" || essence.ends_with("+json")
 }

@@ -3,7 +3,7 @@
 
 mod command_api;
 mod discovery;
-mod endpoint;
+pub(crate) mod endpoint;
 mod registry_api;
 
 use std::sync::Arc;
@@ -33,6 +33,8 @@ pub(crate) struct Shared {
     pub client: reqwest::Client,
     /// `http://host:port`, no trailing slash.
     pub base_url: String,
+    /// The bound address of the device MQTT endpoint.
+    pub mqtt_addr: std::net::SocketAddr,
     pub shutdown: CancellationToken,
 }
 
