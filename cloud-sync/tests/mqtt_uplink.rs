@@ -16,6 +16,7 @@ use std::{
 
 use bytes::Bytes;
 use gw_cloud_sync::{CloudConfig, CloudKind, Uplink, UplinkState, UplinkStatus};
+use gw_devcloud::{DevCloud, Seed, events::TYPE_EVENT};
 use gw_model::{AppId, Channel, DeviceId, Identity, Secret, Telemetry, Timestamp};
 use gw_store::{Outbox, StoreConfig, SyncPolicy};
 use tempfile::TempDir;
@@ -213,7 +214,8 @@ fn record(device: &str, channel: &str, n: u64) -> Telemetry {
         content_type: Some("text/plain".into()),
         data_schema: None,
         received_at: Timestamp::from_millis(1_700_000_000_000 + n),
-        payload: Bytes::from(format!("{device}:{n}")),
+        // A JSON string, so Drogue's endpoint keeps it as JSON data.
+        payload: Bytes::from(format!("\"{device}:{n}\"")),
     }
 }
 
@@ -296,7 +298,7 @@ fn by_device(
 ) -> HashMap<String, Vec<u64>> {
     let mut seen: HashMap<String, Vec<u64>> = HashMap::new();
     for (topic, payload) in messages {
-        let (device, n) = payload.split_once(':').unwrap();
+        let (device, n) = payload.trim_matches('"').split_once(':').unwrap();
         assert_eq!(topic, &expected_topic(device), "payload {payload}");
         seen.entry(device.to_owned()).or_default().push(n.parse().unwrap());
     }
@@ -582,4 +584,78 @@ async fn drogue_mqtt_publishes_channel_slash_device_as_the_gateway() {
     uplink.stop().await;
     let log = broker.log();
     assert!(log.contains(&format!("as {user} (p2, c1, k30, u'{user}')")), "{log}");
+}
+
+/// Throughput into mosquitto with no subscriber (so the sink is not the limit). Run in
+/// release: `cargo test -p gw-cloud-sync --release --test mqtt_uplink -- --ignored --nocapture`;
+/// `BENCH_RECORDS`, `BENCH_DEVICES`, `BENCH_CONCURRENCY` override the defaults.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark; run in release"]
+async fn throughput_into_mosquitto() {
+    if !have_mosquitto("throughput_into_mosquitto") {
+        return;
+    }
+    let env = |k: &str, d: usize| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
+    let (records, n_devices, concurrency) =
+        (env("BENCH_RECORDS", 200_000), env("BENCH_DEVICES", 100), env("BENCH_CONCURRENCY", 256));
+    let tmp = TempDir::new().unwrap();
+    let broker = Broker::start(tmp.path(), "allow_anonymous true");
+    let outbox = open_outbox(&tmp);
+    let devices = devices(n_devices);
+    fill(&outbox, &devices, "bench", (records / n_devices) as u64).await;
+    let total = outbox.stats().records_queued();
+
+    let mut config = mqtt_config(format!("mqtt://127.0.0.1:{}", broker.port), "b/{device}");
+    config.concurrency = concurrency;
+    let started = Instant::now();
+    let uplink = Running::start(&config, "", &outbox);
+    wait_until("every record acked", || outbox.stats().records_queued() == 0).await;
+    let elapsed = started.elapsed();
+    eprintln!(
+        "{total} records, {n_devices} devices, concurrency {concurrency}: {elapsed:?}, {:.0} msg/s",
+        total as f64 / elapsed.as_secs_f64()
+    );
+    assert_eq!(uplink.status.snapshot().sent, total);
+    uplink.stop().await;
+}
+
+/// Drogue MQTT against the dev cloud's MQTT endpoint: events about each sensor, sent by the
+/// gateway, in order (contracts/drogue-cloud.md §2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drogue_mqtt_against_the_dev_cloud_sends_as_each_sensor() {
+    let devices = devices(3);
+    let mut seed = Seed::new().application(APP).password_device(APP, GW, "gw-secret");
+    for d in &devices {
+        seed = seed.sensor(APP, d, None, &[GW]);
+    }
+    let stop = CancellationToken::new();
+    let cloud = DevCloud::start(([127, 0, 0, 1], 0).into(), seed, stop.clone()).await.unwrap();
+    let tmp = TempDir::new().unwrap();
+    let outbox = open_outbox(&tmp);
+    fill(&outbox, &devices, "telemetry", 30).await;
+
+    let mut config =
+        CloudConfig::new(CloudKind::DrogueMqtt, cloud.mqtt_url(), Secret::new("gw-secret"));
+    config.retry_min = Duration::from_millis(50);
+    let uplink = Running::start(&config, "gw-secret", &outbox);
+    wait_until("every record acked", || outbox.stats().records_queued() == 0).await;
+    let events: Vec<_> = cloud.events().into_iter().filter(|e| e.kind == TYPE_EVENT).collect();
+    assert_eq!(events.len(), 90);
+    for d in &devices {
+        let ns: Vec<String> = events
+            .iter()
+            .filter(|e| e.device.as_deref() == Some(d.as_str()))
+            .inspect(|e| {
+                assert_eq!(e.sender.as_deref(), Some(GW), "{e:?}");
+                assert_eq!(e.subject, "telemetry", "{e:?}");
+                assert_eq!(e.application, APP);
+            })
+            .map(|e| e.data.as_ref().and_then(|v| v.as_str()).unwrap().to_owned())
+            .collect();
+        let expected: Vec<String> = (0..30).map(|n| format!("{d}:{n}")).collect();
+        assert_eq!(ns, expected, "{d}: every record once, in order");
+    }
+    assert_eq!(uplink.status.snapshot().sent, 90);
+    uplink.stop().await;
+    stop.cancel();
 }

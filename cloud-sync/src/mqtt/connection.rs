@@ -31,7 +31,6 @@ type Reply = oneshot::Sender<Verdict>;
 /// The connection task of one MQTT uplink.
 pub struct Connection {
     dial: Dial,
-    timeout: Duration,
     backoff: Backoff,
     link: Link,
     status: Arc<UplinkStatus>,
@@ -73,7 +72,6 @@ impl Connection {
         let keep_alive = Duration::from_secs(u64::from(super::KEEP_ALIVE_SECS));
         Ok(Self {
             dial: Dial { broker, tls, connect: Packet::Connect(connect), timeout },
-            timeout,
             backoff,
             link: Link { session: Session::new(keep_alive, timeout), chains },
             status,
@@ -117,9 +115,7 @@ impl Connection {
                 break;
             }
         }
-        fail(self.link.session.disconnected(), "the uplink stopped");
-        let far = std::time::Instant::now() + self.timeout * 4;
-        fail(self.link.session.expire(far), "the uplink stopped");
+        fail(self.link.session.abandon(), "the uplink stopped");
     }
 }
 

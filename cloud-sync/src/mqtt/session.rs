@@ -165,6 +165,13 @@ impl<T> Session<T> {
         failed
     }
 
+    /// The end: every record in flight and every waiting one, to be failed.
+    pub fn abandon(&mut self) -> Vec<T> {
+        let mut all = self.disconnected();
+        all.extend(self.waiting.drain(..).flat_map(|w| w.records.into_iter().map(|(_, t)| t)));
+        all
+    }
+
     /// Time-driven duties while up: a PINGREQ when idle for `keep_alive`; `Err` when the
     /// broker stopped answering (the caller drops the connection and calls `disconnected`).
     pub fn tick(&mut self, now: Instant, out: &mut Vec<Packet>) -> Result<(), Dead> {
@@ -314,6 +321,8 @@ mod tests {
         assert_eq!(s.expire(now + TIMEOUT), vec![1, 2]);
         assert_eq!(s.expire(now + Duration::from_secs(15)), vec![3]);
         assert_eq!(s.next_wakeup(), None);
+        s.submit(chain(&[4]), now, &mut Vec::new());
+        assert_eq!(s.abandon(), vec![4], "at the end nothing is left unanswered");
     }
 
     #[test]
