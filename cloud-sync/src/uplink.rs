@@ -222,6 +222,9 @@ async fn drive<S: Sender>(
         }
     }
     tasks.shutdown().await;
+    // Records whose requests were cut short go back, so an uplink started again on the same
+    // outbox is handed them.
+    acker.release_in_flight();
     Ok(())
 }
 
@@ -321,8 +324,10 @@ async fn release_parked(
             _ = tick.tick() => {
                 if !status.snapshot().parked_devices.is_empty() {
                     tracing::info!("retrying parked devices");
-                    acker.unpark_all();
+                    // Status first: a device parked between the two calls stays listed (and is
+                    // released next time) instead of staying parked unlisted.
                     status.clear_parked();
+                    acker.unpark_all();
                 }
             }
         }

@@ -318,8 +318,9 @@ async fn generic_mqtt_delivers_every_record_once_in_order_on_templated_topics() 
     let broker = Broker::start(tmp.path(), "allow_anonymous true");
     let sub = Subscriber::start(&broker, "site/#").await;
     let outbox = open_outbox(&tmp);
+    // The volume check: 100,000 records.
     let devices = devices(20);
-    let per_device = 500;
+    let per_device = 5_000;
     fill(&outbox, &devices, "temp", per_device).await;
 
     let started = Instant::now();
@@ -623,7 +624,9 @@ async fn throughput_into_mosquitto() {
 /// gateway, in order (contracts/drogue-cloud.md §2).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drogue_mqtt_against_the_dev_cloud_sends_as_each_sensor() {
-    let devices = devices(3);
+    // The volume check: 100,000 records from 10 sensors.
+    const PER_DEVICE: u64 = 10_000;
+    let devices = devices(10);
     let mut seed = Seed::new().application(APP).password_device(APP, GW, "gw-secret");
     for d in &devices {
         seed = seed.sensor(APP, d, None, &[GW]);
@@ -632,15 +635,22 @@ async fn drogue_mqtt_against_the_dev_cloud_sends_as_each_sensor() {
     let cloud = DevCloud::start(([127, 0, 0, 1], 0).into(), seed, stop.clone()).await.unwrap();
     let tmp = TempDir::new().unwrap();
     let outbox = open_outbox(&tmp);
-    fill(&outbox, &devices, "telemetry", 30).await;
+    fill(&outbox, &devices, "telemetry", PER_DEVICE).await;
 
     let mut config =
         CloudConfig::new(CloudKind::DrogueMqtt, cloud.mqtt_url(), Secret::new("gw-secret"));
     config.retry_min = Duration::from_millis(50);
     let uplink = Running::start(&config, "gw-secret", &outbox);
-    wait_until("every record acked", || outbox.stats().records_queued() == 0).await;
+    let started = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while outbox.stats().records_queued() > 0 {
+        assert!(Instant::now() < deadline, "{:?}", outbox.stats());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let total = devices.len() * PER_DEVICE as usize;
+    eprintln!("{total} records through drogue-mqtt into the dev cloud in {:?}", started.elapsed());
     let events: Vec<_> = cloud.events().into_iter().filter(|e| e.kind == TYPE_EVENT).collect();
-    assert_eq!(events.len(), 90);
+    assert_eq!(events.len(), total);
     for d in &devices {
         let ns: Vec<String> = events
             .iter()
@@ -652,10 +662,10 @@ async fn drogue_mqtt_against_the_dev_cloud_sends_as_each_sensor() {
             })
             .map(|e| e.data.as_ref().and_then(|v| v.as_str()).unwrap().to_owned())
             .collect();
-        let expected: Vec<String> = (0..30).map(|n| format!("{d}:{n}")).collect();
+        let expected: Vec<String> = (0..PER_DEVICE).map(|n| format!("{d}:{n}")).collect();
         assert_eq!(ns, expected, "{d}: every record once, in order");
     }
-    assert_eq!(uplink.status.snapshot().sent, 90);
+    assert_eq!(uplink.status.snapshot().sent, total as u64);
     uplink.stop().await;
     stop.cancel();
 }

@@ -160,7 +160,7 @@ pub struct ResolvedDevice {
 pub struct Loaded {
     pub config: Config,
     pub devices: Vec<ResolvedDevice>,
-    /// The gateway's cloud password, when `[cloud]` is set.
+    /// The gateway's cloud password, when `[cloud]` sets one (`kind = "mqtt"` may go without).
     pub cloud_password: Option<Secret>,
 }
 
@@ -188,11 +188,13 @@ impl Config {
                     key: "cloud".into(),
                     message: e.to_string(),
                 })?;
-                Some(match (&cloud.password, &cloud.password_file) {
-                    (Some(p), _) => p.clone(),
-                    (None, Some(file)) => read_secret(file, "cloud.password_file", text, origin)?,
-                    (None, None) => unreachable_secret(),
-                })
+                match (&cloud.password, &cloud.password_file) {
+                    (Some(p), _) => Some(p.clone()),
+                    (None, Some(file)) => {
+                        Some(read_secret(file, "cloud.password_file", text, origin)?)
+                    }
+                    (None, None) => None,
+                }
             }
         };
         Ok(Loaded { config, devices, cloud_password })
@@ -230,11 +232,6 @@ impl Config {
         }
         Ok(out)
     }
-}
-
-/// `CloudConfig::validate` guarantees one of password and password_file.
-fn unreachable_secret() -> Secret {
-    Secret::new(String::new())
 }
 
 fn invalid(origin: &str, key: &str, message: &str) -> ConfigError {

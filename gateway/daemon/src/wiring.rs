@@ -58,7 +58,9 @@ impl Gateway {
 
         // 2. The uplink, if a cloud is configured; otherwise messages wait in the outbox.
         let uplink = match (&config.cloud, loaded.cloud_password) {
-            (Some(cloud), Some(password)) => {
+            (Some(cloud), password) => {
+                // An empty password stands for none (allowed for kind = "mqtt" only).
+                let password = password.unwrap_or_else(|| gw_model::Secret::new(""));
                 let me =
                     Identity::new(config.gateway.application.clone(), config.gateway.name.clone());
                 Some(Uplink::new(cloud, &me, password).context("cannot set up the uplink")?)

@@ -161,6 +161,17 @@ impl Index {
         self.settle(dev)
     }
 
+    /// Every in-flight record goes back to its place. Returns whether a device became
+    /// deliverable.
+    pub fn release_in_flight(&mut self) -> bool {
+        let seqs: Vec<u64> = self.in_flight.keys().copied().collect();
+        let mut any = false;
+        for seq in seqs {
+            any |= self.nack(seq);
+        }
+        any
+    }
+
     /// The cloud refused `seq`'s device: the record goes back and the device is parked.
     pub fn park(&mut self, seq: u64) {
         if let Some((dev, pos)) = self.in_flight.remove(&seq) {
@@ -375,6 +386,20 @@ mod tests {
         assert_eq!(seqs(&idx.take_batch(10)), [4]);
         assert!(idx.unpark(&AppId::new("app").unwrap(), &DeviceId::new("a").unwrap()));
         assert_eq!(seqs(&idx.take_batch(10)), [1, 3]);
+    }
+
+    #[test]
+    fn released_in_flight_records_are_handed_out_again_in_order() {
+        let mut idx = index_with(&["a", "b"]);
+        for (dev, seq) in [(0, 1), (1, 2), (0, 3), (1, 4)] {
+            idx.push(dev, pos(seq));
+        }
+        assert_eq!(seqs(&idx.take_batch(10)), [1, 3, 2, 4]);
+        assert!(idx.take_batch(10).is_empty(), "all in flight");
+        assert!(idx.release_in_flight());
+        assert_eq!(idx.in_flight(), 0);
+        assert_eq!(seqs(&idx.take_batch(10)), [1, 3, 2, 4]);
+        assert!(!idx.ack(7).0);
     }
 
     #[test]

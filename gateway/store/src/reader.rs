@@ -172,6 +172,16 @@ impl Acker {
             self.shared().deliverable.notify_one();
         }
     }
+
+    /// Puts every record that was handed out and has no verdict yet back in its place, as if
+    /// each had been nacked. For an uplink that stops while the outbox stays open (a restart of
+    /// the uplink alone): its successor is handed those records again. Late verdicts for them
+    /// are ignored.
+    pub fn release_in_flight(&self) {
+        if lock(&self.shared().index).release_in_flight() {
+            self.shared().deliverable.notify_one();
+        }
+    }
 }
 
 /// Reads and checks each record; a damaged one is skipped, counted and treated as resolved.
