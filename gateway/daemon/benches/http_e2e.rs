@@ -107,8 +107,9 @@ async fn main() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut lines = BufReader::new(gw.stderr.take().unwrap()).lines().map_while(Result::ok);
     let mut web = None;
-    for line in BufReader::new(gw.stderr.take().unwrap()).lines().map_while(Result::ok) {
+    for line in lines.by_ref() {
         let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
         if v["listener"] == "web" {
             web = Some(format!("http://{}", v["addr"].as_str().unwrap()));
@@ -116,6 +117,8 @@ async fn main() {
         }
     }
     let web = web.expect("gatewayd reported its web address");
+    // keep reading, and show, what gatewayd logs (warnings and worse)
+    std::thread::spawn(move || lines.for_each(|l| eprintln!("gatewayd: {l}")));
 
     println!(
         "HTTP sensors, 100-byte JSON, one request in flight per connection, {secs} s per cell"
@@ -123,7 +126,7 @@ async fn main() {
     println!("| conns | path | accepted msg/s | p50 ms | p99 ms | cloud events/s (end to end) |");
     println!("|---:|---|---:|---:|---:|---:|");
     for conns in [1usize, 32, 256] {
-        let before = cloud.events().len();
+        let before = cloud.event_count() as usize;
         let direct = load(&cloud.url(), conns, secs).await;
         let direct_rate = direct.accepted as f64 / direct.secs;
         println!(
@@ -131,18 +134,20 @@ async fn main() {
             direct_rate,
             ms(direct.p50),
             ms(direct.p99),
-            (cloud.events().len() - before) as f64 / direct.secs
+            (cloud.event_count() as usize - before) as f64 / direct.secs
         );
 
-        let before = cloud.events().len();
+        let before = cloud.event_count() as usize;
         let t0 = Instant::now();
         let via = load(&web, conns, secs).await;
         // wait for the gateway to drain everything it acknowledged
         let deadline = Instant::now() + Duration::from_secs(120);
-        while cloud.events().len() - before < via.accepted as usize && Instant::now() < deadline {
+        while cloud.event_count() as usize - before < via.accepted as usize
+            && Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let delivered = cloud.events().len() - before;
+        let delivered = cloud.event_count() as usize - before;
         let e2e = delivered as f64 / t0.elapsed().as_secs_f64();
         println!(
             "| {conns} | sensors → gatewayd (durable ack) → dev cloud | {:.0} | {} | {} | {:.0} |",
@@ -155,6 +160,14 @@ async fn main() {
             delivered >= via.accepted as usize,
             "lost messages: {delivered} < {}",
             via.accepted
+        );
+        let status: serde_json::Value =
+            reqwest::get(format!("{web}/api/v1/status")).await.unwrap().json().await.unwrap();
+        eprintln!(
+            "uplink after {conns} conns: drained in {:?}; failures {} last error {}",
+            t0.elapsed(),
+            status["uplink"]["failures"],
+            status["uplink"]["last_error"]
         );
     }
     let _ = gw.kill();

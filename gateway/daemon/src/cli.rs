@@ -68,8 +68,9 @@ pub fn main() -> ExitCode {
             };
             logging::init(loaded.config.log.format, &loaded.config.log.level);
             runtime_then(|| async move {
+                let stop = StopSignal::install();
                 let gateway = Gateway::start(loaded, CancellationToken::new()).await?;
-                Ok(supervise(gateway, stop_signal()).await)
+                Ok(supervise(gateway, stop.wait()).await)
             })
         }
         Command::Demo(args) => {
@@ -125,19 +126,42 @@ pub async fn supervise(gateway: Gateway, stop: impl std::future::Future<Output =
     }
 }
 
-/// Resolves on SIGINT or SIGTERM.
-pub async fn stop_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (mut term, mut int) =
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-            (Ok(t), Ok(i)) => (t, i),
-            _ => {
-                tracing::error!("cannot install signal handlers; stop with SIGKILL");
-                return std::future::pending().await;
+/// SIGINT and SIGTERM, caught from the moment this is made: a stop asked for during start-up
+/// is honoured once the gateway runs, instead of killing the process half-way.
+pub struct StopSignal {
+    term: Option<tokio::signal::unix::Signal>,
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignal {
+    /// Installs the handlers. Needs a tokio runtime.
+    pub fn install() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        if term.is_err() || int.is_err() {
+            tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        }
+        Self { term: term.ok(), int: int.ok() }
+    }
+
+    /// Resolves on the first SIGTERM or SIGINT (also one that came before this call).
+    pub async fn wait(mut self) {
+        let term = async {
+            match self.term.as_mut() {
+                Some(t) => t.recv().await,
+                None => std::future::pending().await,
             }
         };
-    tokio::select! {
-        _ = term.recv() => tracing::info!(signal = "SIGTERM", "stopping"),
-        _ = int.recv() => tracing::info!(signal = "SIGINT", "stopping"),
+        let int = async {
+            match self.int.as_mut() {
+                Some(i) => i.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = term => tracing::info!(signal = "SIGTERM", "stopping"),
+            _ = int => tracing::info!(signal = "SIGINT", "stopping"),
+        }
     }
 }

@@ -36,6 +36,7 @@ fn random_hex(n: usize) -> String {
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    let signal = cli::StopSignal::install();
     let data = tempfile::Builder::new()
         .prefix("gatewayd-demo-")
         .tempdir()
@@ -94,10 +95,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let stop = async move {
         match duration {
             Some(d) => tokio::select! {
-                _ = cli::stop_signal() => {}
+                _ = signal.wait() => {}
                 _ = tokio::time::sleep(d) => tracing::info!("demo duration reached"),
             },
-            None => cli::stop_signal().await,
+            None => signal.wait().await,
         }
     };
     let code = cli::supervise(gateway, stop).await;

@@ -119,7 +119,7 @@ async fn handle(
     }
     let content_type =
         headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
-    if content_type.as_deref().is_some_and(is_json)
+    if content_type.as_deref().is_some_and(gw_model::is_json_content_type)
         && serde_json::from_slice::<serde::de::IgnoredAny>(&body).is_err()
     {
         return (StatusCode::NOT_ACCEPTABLE, "body is not valid JSON\n").into_response();
@@ -159,11 +159,6 @@ async fn handle(
     }
 }
 
-fn is_json(content_type: &str) -> bool {
-    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    essence == "application/json" || essence.ends_with("+json")
-}
-
 fn forbidden() -> Response {
     (
         StatusCode::FORBIDDEN,
@@ -175,18 +170,4 @@ fn forbidden() -> Response {
 fn bad_request(message: &str) -> Response {
     (StatusCode::BAD_REQUEST, Json(json!({"code":400,"error":"BadRequest","message": message})))
         .into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn json_content_types() {
-        assert!(is_json("application/json"));
-        assert!(is_json("application/json; charset=utf-8"));
-        assert!(is_json("application/cloudevents+json"));
-        assert!(!is_json("text/plain"));
-        assert!(!is_json("application/cbor"));
-    }
 }

@@ -116,3 +116,32 @@ fn bad_config_exits_2_before_starting() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("application"));
 }
+
+#[test]
+fn survives_its_log_reader_going_away() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--config", &config_in(dir.path(), "127.0.0.1:0")])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let line =
+        lines.find(|l| l.as_ref().is_ok_and(|l| l.contains("\"listener\":\"web\""))).unwrap();
+    let addr = serde_json::from_str::<serde_json::Value>(&line.unwrap()).unwrap()["addr"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    drop(lines); // the log reader is gone: every later log line fails to write
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0), "gatewayd at {addr} died instead of stopping cleanly");
+}

@@ -21,4 +21,4 @@ pub mod serde_util;
 pub use error::ModelError;
 pub use identity::{AuthRequest, BasicCredentials, Identity, PresentedCredential, Secret};
 pub use ids::{AppId, Channel, CommandName, DeviceId};
-pub use message::{Command, Telemetry, Timestamp};
+pub use message::{Command, Telemetry, Timestamp, is_json_content_type};

@@ -39,6 +39,13 @@ impl Timestamp {
     }
 }
 
+/// Whether a MIME type is JSON: `application/json`, `text/json` or `*/*+json`, parameters
+/// and case ignored. Drogue validates such bodies (406 when they do not parse).
+pub fn is_json_content_type(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json" || essence == "text/json" || essence.ends_with("+json")
+}
+
 /// One message a sensor handed the gateway, on its way to the cloud as that sensor.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Telemetry {
@@ -119,6 +126,17 @@ mod tests {
                 prop_assert!(Channel::new(t.channel.as_str()).is_ok());
             }
         }
+    }
+
+    #[test]
+    fn recognises_json_content_types() {
+        assert!(is_json_content_type("application/json"));
+        assert!(is_json_content_type("Application/JSON; charset=utf-8"));
+        assert!(is_json_content_type("application/cloudevents+json"));
+        assert!(is_json_content_type("text/json"));
+        assert!(!is_json_content_type("application/cbor"));
+        assert!(!is_json_content_type("text/plain"));
+        assert!(!is_json_content_type(""));
     }
 
     #[test]

@@ -164,7 +164,8 @@ impl Index {
     /// Every in-flight record goes back to its place. Returns whether a device became
     /// deliverable.
     pub fn release_in_flight(&mut self) -> bool {
-        let seqs: Vec<u64> = self.in_flight.keys().copied().collect();
+        let mut seqs: Vec<u64> = self.in_flight.keys().copied().collect();
+        seqs.sort_unstable(); // devices become deliverable again in the order they were sent
         let mut any = false;
         for seq in seqs {
             any |= self.nack(seq);

@@ -208,6 +208,10 @@ impl EventLog {
     }
 
     /// Every retained event.
+    pub(crate) fn total(&self) -> u64 {
+        *self.total.borrow()
+    }
+
     pub(crate) fn snapshot(&self) -> Vec<CloudEvent> {
         self.lock().events.iter().cloned().collect()
     }

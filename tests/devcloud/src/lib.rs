@@ -143,6 +143,12 @@ impl DevCloud {
         self.shared.events.snapshot()
     }
 
+    /// How many events have been logged since start (telemetry, connection and registry
+    /// events), without copying them.
+    pub fn event_count(&self) -> u64 {
+        self.shared.events.total()
+    }
+
     /// Waits until at least `n` events have been logged since start, or `timeout` passes,
     /// and returns the retained events either way.
     pub async fn wait_for_events(&self, n: usize, timeout: Duration) -> Vec<CloudEvent> {

@@ -65,11 +65,7 @@ fn auth_failed() -> Response {
     (StatusCode::FORBIDDEN, Json(body)).into_response()
 }
 
-/// Whether a content type is JSON: `application/json`, `text/json` or `*/*+json`.
-pub(crate) fn is_json(content_type: &str) -> bool {
-    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    essence == "application/json" || essence == "text/json" || essence.ends_with("+json")
-}
+pub(crate) use gw_model::is_json_content_type as is_json;
 
 async fn publish(
     State(state): State<AppState>,
@@ -143,19 +139,5 @@ async fn publish(
     match cmd {
         Some(cmd) => (StatusCode::OK, [("command", cmd.command)], cmd.payload).into_response(),
         None => StatusCode::ACCEPTED.into_response(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn recognises_json_content_types() {
-        assert!(is_json("application/json"));
-        assert!(is_json("Application/JSON; charset=utf-8"));
-        assert!(is_json("application/cloudevents+json"));
-        assert!(!is_json("application/cbor"));
-        assert!(!is_json("text/plain"));
     }
 }
