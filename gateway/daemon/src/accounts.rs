@@ -50,6 +50,19 @@ impl StaticAccounts {
     }
 }
 
+impl gw_model::Authenticate for StaticAccounts {
+    async fn authenticate(
+        &self,
+        request: &AuthRequest,
+        _peer: Option<std::net::IpAddr>,
+    ) -> gw_model::AuthOutcome {
+        match self.verify(request) {
+            Some(identity) => gw_model::AuthOutcome::Pass(identity),
+            None => gw_model::AuthOutcome::Fail,
+        }
+    }
+}
+
 /// Compares without an early exit on the first differing byte.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     let mut diff = a.len() ^ b.len();

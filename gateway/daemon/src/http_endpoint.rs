@@ -11,36 +11,46 @@
 //! | body above `web.max_message_bytes`             | 413    |
 //! | outbox full (`when_full = "reject"`) or closed | 503    |
 
-use std::{sync::Arc, time::SystemTime};
+use std::{net::SocketAddr, sync::Arc, time::SystemTime};
 
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{DefaultBodyLimit, Path, Query, State},
+    extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
     routing::post,
 };
-use gw_model::{AppId, AuthRequest, BasicCredentials, Channel, Telemetry, Timestamp};
-use gw_store::{Outbox, StoreError};
+use gw_model::{
+    AppId, AuthOutcome, AuthRequest, Authenticate, BasicCredentials, Channel, Ingest, IngestError,
+    Telemetry, Timestamp,
+};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::accounts::StaticAccounts;
-
-#[derive(Clone)]
-pub struct EndpointState {
-    pub outbox: Outbox,
-    pub accounts: Arc<StaticAccounts>,
+/// Who checks sensors and who takes their messages.
+pub struct EndpointState<A, I> {
+    pub auth: Arc<A>,
+    pub ingest: Arc<I>,
     pub default_app: AppId,
 }
 
+impl<A, I> Clone for EndpointState<A, I> {
+    fn clone(&self) -> Self {
+        Self {
+            auth: Arc::clone(&self.auth),
+            ingest: Arc::clone(&self.ingest),
+            default_app: self.default_app.clone(),
+        }
+    }
+}
+
 /// The routes, with the body limit applied.
-pub fn router(state: EndpointState, max_body: usize) -> Router {
+pub fn router<A: Authenticate, I: Ingest>(state: EndpointState<A, I>, max_body: usize) -> Router {
     Router::new()
-        .route("/v1/{channel}", post(publish))
-        .route("/v1/{channel}/", post(publish))
-        .route("/v1/{channel}/{*suffix}", post(publish_with_suffix))
+        .route("/v1/{channel}", post(publish::<A, I>))
+        .route("/v1/{channel}/", post(publish::<A, I>))
+        .route("/v1/{channel}/{*suffix}", post(publish_with_suffix::<A, I>))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
 }
@@ -58,29 +68,32 @@ struct PublishQuery {
     ct: Option<u64>,
 }
 
-async fn publish(
-    State(state): State<EndpointState>,
+async fn publish<A: Authenticate, I: Ingest>(
+    State(state): State<EndpointState<A, I>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(channel): Path<String>,
     query: Result<Query<PublishQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    handle(state, channel, None, query, headers, body).await
+    handle(state, peer, channel, None, query, headers, body).await
 }
 
-async fn publish_with_suffix(
-    State(state): State<EndpointState>,
+async fn publish_with_suffix<A: Authenticate, I: Ingest>(
+    State(state): State<EndpointState<A, I>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path((channel, suffix)): Path<(String, String)>,
     query: Result<Query<PublishQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let suffix = Some(suffix.trim_end_matches('/').to_owned()).filter(|s| !s.is_empty());
-    handle(state, channel, suffix, query, headers, body).await
+    handle(state, peer, channel, suffix, query, headers, body).await
 }
 
-async fn handle(
-    state: EndpointState,
+async fn handle<A: Authenticate, I: Ingest>(
+    state: EndpointState<A, I>,
+    peer: SocketAddr,
     channel: String,
     suffix: Option<String>,
     query: Result<Query<PublishQuery>, axum::extract::rejection::QueryRejection>,
@@ -109,9 +122,12 @@ async fn handle(
     ) else {
         return forbidden();
     };
-    let Some(identity) = state.accounts.verify(&request) else {
-        tracing::info!(device = %request.device, app = %request.app, "HTTP publish refused: bad credentials");
-        return forbidden();
+    let identity = match state.auth.authenticate(&request, Some(peer.ip())).await {
+        AuthOutcome::Pass(identity) => identity,
+        outcome => {
+            tracing::info!(device = %request.device, app = %request.app, %peer, ?outcome, "HTTP publish refused");
+            return forbidden();
+        }
     };
     // A sensor publishes as itself only.
     if q.as_device.as_deref().is_some_and(|d| d != identity.device().as_str()) {
@@ -135,26 +151,21 @@ async fn handle(
         received_at: Timestamp::from_system(SystemTime::now()),
         payload: body,
     };
-    match state.outbox.append(&telemetry).await {
-        Ok(_) => StatusCode::ACCEPTED.into_response(),
-        Err(e @ StoreError::QuotaExceeded { .. }) => {
-            tracing::warn!(device = %telemetry.device, cause = %e, "HTTP publish refused: outbox full");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"code":503,"error":"QuotaExceeded","message": e.to_string()})),
-            )
-                .into_response()
+    let device = telemetry.device.clone();
+    match state.ingest.publish(telemetry).await {
+        Ok(()) => StatusCode::ACCEPTED.into_response(),
+        Err(e @ IngestError::QuotaExceeded(_)) => {
+            tracing::warn!(%device, cause = %e, "HTTP publish refused: outbox full");
+            let body = json!({"code":503,"error":"QuotaExceeded","message": e.to_string()});
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
         }
-        Err(e @ StoreError::RecordTooLarge { .. }) => {
+        Err(e @ IngestError::TooLarge(_)) => {
             (StatusCode::PAYLOAD_TOO_LARGE, e.to_string()).into_response()
         }
-        Err(e) => {
-            tracing::error!(device = %telemetry.device, cause = %e, "HTTP publish failed: outbox");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({"code":503,"error":"ServiceUnavailable","message": e.to_string()})),
-            )
-                .into_response()
+        Err(e @ IngestError::Unavailable(_)) => {
+            tracing::error!(%device, cause = %e, "HTTP publish failed: outbox");
+            let body = json!({"code":503,"error":"ServiceUnavailable","message": e.to_string()});
+            (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
         }
     }
 }

@@ -73,8 +73,8 @@ impl Gateway {
         state.uplink = uplink.as_ref().map(Uplink::status);
 
         let endpoint = EndpointState {
-            outbox: outbox.clone(),
-            accounts: Arc::new(StaticAccounts::new(&loaded.devices)),
+            auth: Arc::new(StaticAccounts::new(&loaded.devices)),
+            ingest: Arc::new(outbox.clone()),
             default_app: config.gateway.application.clone(),
         };
 
@@ -100,7 +100,7 @@ impl Gateway {
         let app = web::router(state).merge(http_endpoint::router(endpoint, max_body));
         let stop = supervisor.token().clone();
         supervisor.spawn("web", async move {
-            axum::serve(listener, app)
+            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
                 .with_graceful_shutdown(stop.cancelled_owned())
                 .await
                 .context("web listener failed")

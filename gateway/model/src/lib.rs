@@ -8,6 +8,7 @@
 //!   every Drogue username form (HTTP Basic rows, MQTT CONNECT forms).
 //! - [`message`]: [`Telemetry`] from sensors and [`Command`]s for them, with [`Timestamp`].
 //! - [`registry`]: Drogue's registry device model, round-tripping its JSON.
+//! - [`southbound`]: the traits drivers use: [`Authenticate`] sensors, [`Ingest`] their messages.
 //! - [`serde_util`]: serde helpers config sections share (durations such as `"30s"`).
 //! - [`error`]: the crate's one error type.
 
@@ -17,8 +18,10 @@ pub mod ids;
 pub mod message;
 pub mod registry;
 pub mod serde_util;
+pub mod southbound;
 
 pub use error::ModelError;
 pub use identity::{AuthRequest, BasicCredentials, Identity, PresentedCredential, Secret};
 pub use ids::{AppId, Channel, CommandName, DeviceId};
 pub use message::{Command, Telemetry, Timestamp, is_json_content_type};
+pub use southbound::{AuthOutcome, Authenticate, Ingest, IngestError};

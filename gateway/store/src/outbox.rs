@@ -226,3 +226,19 @@ impl Outbox {
         self.handle.shutdown()
     }
 }
+
+/// The outbox is where southbound drivers hand their messages: `publish` resolves once the
+/// record is committed per the sync policy.
+impl gw_model::Ingest for Outbox {
+    async fn publish(&self, telemetry: Telemetry) -> Result<(), gw_model::IngestError> {
+        use gw_model::IngestError;
+        match self.append(&telemetry).await {
+            Ok(_) => Ok(()),
+            Err(e @ StoreError::QuotaExceeded { .. }) => {
+                Err(IngestError::QuotaExceeded(e.to_string()))
+            }
+            Err(e @ StoreError::RecordTooLarge { .. }) => Err(IngestError::TooLarge(e.to_string())),
+            Err(e) => Err(IngestError::Unavailable(e.to_string())),
+        }
+    }
+}
