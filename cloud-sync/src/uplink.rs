@@ -282,30 +282,32 @@ fn settle(
     t: &Telemetry,
     verdict: Verdict,
 ) -> bool {
+    // The status is updated before the outbox hears the verdict, so whoever sees a record
+    // gone from the outbox also sees it counted.
     match verdict {
         Verdict::Accepted => {
-            acker.ack(seq);
             status.record_sent();
             lock(pause).succeeded();
+            acker.ack(seq);
             true
         }
         Verdict::Rejected(why) => {
-            acker.ack(seq);
             tracing::warn!(device = %t.device, app = %t.app, channel = %t.channel, cause = %why, "cloud rejected a message; dead-lettered");
             status.record_dead_letter(why);
+            acker.ack(seq);
             true
         }
         Verdict::Refused(why) => {
-            acker.park(seq);
             tracing::warn!(device = %t.device, app = %t.app, cause = %why, "cloud refused the device; its messages are parked");
             status.record_parked(format!("{}@{}", t.device, t.app), why);
+            acker.park(seq);
             false
         }
         Verdict::Transient(why) => {
-            acker.nack(seq);
             tracing::debug!(device = %t.device, cause = %why, "send failed; will retry");
             status.record_failure(why);
             lock(pause).failed();
+            acker.nack(seq);
             false
         }
     }

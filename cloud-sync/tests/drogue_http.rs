@@ -336,9 +336,12 @@ async fn refused_device_is_parked_and_never_stalls_the_others() {
     eventually("the refused sensor is parked in the outbox and the status", || {
         let stats = outbox.stats();
         let parked: Vec<_> = stats.parked().map(|d| (d.device().as_str(), d.queued())).collect();
+        let status = uplink.status.snapshot();
+        // the status counts a record just after the outbox has its ack: wait for both
         parked == [(refused, PER_DEVICE)]
             && stats.records_queued() == PER_DEVICE
-            && uplink.status.snapshot().parked_devices == [refused_at.clone()]
+            && status.parked_devices == [refused_at.clone()]
+            && status.sent == 2 * PER_DEVICE
     })
     .await;
     let status = uplink.status.snapshot();
