@@ -93,4 +93,22 @@ pub enum StoreError {
     /// A configuration value is outside what the store accepts.
     #[error("invalid [store] {key}: {reason}")]
     InvalidConfig { key: &'static str, reason: String },
+
+    #[error("cannot write snapshot {path}")]
+    SnapshotWrite {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("cannot read snapshot {path}")]
+    SnapshotRead {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    /// The snapshot is truncated, damaged, of another kind or from a newer gatewayd.
+    #[error("snapshot {path} is unusable: {reason}")]
+    SnapshotCorrupt { path: PathBuf, reason: &'static str },
 }

@@ -12,6 +12,8 @@
 //! - [`outbox`]: [`Outbox`]: open (recovery), `append` with group commit, stats, close.
 //! - [`reader`]: [`OutboxReader`] and [`Acker`]: fair draining, ack / nack / park / unpark.
 //! - [`stats`]: [`OutboxStats`], the snapshot for the status page.
+//! - [`snapshot`]: versioned, checksummed, atomically replaced small files (credential cache,
+//!   accounts), mode 0600.
 //! - [`error`]: [`StoreError`], the crate's one error type.
 //! - `format`: segment and record framing, checksums, and the damage-tolerant scanner.
 //! - `recover`: opening a directory: scanning segments, cutting torn tails, applying acks.
@@ -24,6 +26,7 @@ pub mod config;
 pub mod error;
 pub mod outbox;
 pub mod reader;
+pub mod snapshot;
 pub mod stats;
 
 mod committer;

@@ -1,0 +1,335 @@
+//! [`CredentialChain`]: the gateway's [`Authenticate`] implementation.
+//!
+//! Order, each source final for the identities it knows (so a wrong password for a registry
+//! device never falls through to the legacy service):
+//! 1. the registry cache (synced devices, [`CredentialCache`]);
+//! 2. static `[[devices]]` from the daemon config ([`StaticDevice`], hashed in memory at
+//!    start-up, never written; matched like registry devices with a plain `pass`);
+//! 3. local accounts ([`Accounts`]), app-scoped;
+//! 4. the legacy login service, if configured: on success the account is migrated into the
+//!    local accounts (so step 3 answers for it next time and the service is not asked again).
+//!
+//! In front of all of it, the [`Limiter`] refuses identifiers and addresses with too many
+//! recent failures. Behind it, every hash check runs on the blocking pool, at most one per
+//! core at a time (a 1,000-sensor storm must not allocate 1,000 × `argon2_memory_kib`), and a
+//! success from 1. or 2. is remembered under a keyed hash of (identity, secret) until the
+//! device's credentials change at a sync.
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, RwLock},
+    time::Instant,
+};
+
+use gw_model::{
+    AppId, AuthOutcome, AuthRequest, Authenticate, DeviceId, Identity, PresentedCredential, Secret,
+    registry::{Credential, CredentialsSpec, Device, DeviceSpec, Metadata, PasswordSpec},
+};
+use tokio::sync::Semaphore;
+
+use crate::{
+    Accounts, AuthConfig, AuthError, CredentialCache, HashParams, LegacyLogin, Limiter, LimiterKey,
+    cache::{Candidates, presented_password},
+    legacy::LegacyVerdict,
+    verified::{self, VerifiedCache},
+};
+
+/// File names in the data dir.
+pub const CACHE_FILE: &str = "credentials.snap";
+pub const ACCOUNTS_FILE: &str = "accounts.snap";
+
+/// A static `[[devices]]` entry of the daemon config.
+#[derive(Clone, Debug)]
+pub struct StaticDevice {
+    pub app: AppId,
+    pub name: DeviceId,
+    pub password: Secret,
+}
+
+/// The credential chain; cheap to clone (shared state).
+#[derive(Clone, Debug)]
+pub struct CredentialChain {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    registry: RwLock<Arc<CredentialCache>>,
+    statics: Arc<CredentialCache>,
+    accounts: Arc<Accounts>,
+    legacy: Option<LegacyLogin>,
+    limiter: Mutex<Limiter>,
+    verified: Mutex<VerifiedCache>,
+    params: HashParams,
+    cache_path: Option<PathBuf>,
+    hashing: Semaphore,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl CredentialChain {
+    /// Opens the chain on `data_dir`: loads the credential cache snapshot and the accounts file
+    /// (no network call). A missing snapshot means an empty cache until the first sync; a
+    /// damaged one is an error (the daemon may log it and remove the file: the next sync
+    /// rebuilds it).
+    pub fn open(config: &AuthConfig, data_dir: &Path) -> Result<Self, AuthError> {
+        let cache_path = data_dir.join(CACHE_FILE);
+        let cache = CredentialCache::load(&cache_path)?.unwrap_or_default();
+        let params = config.hash_params()?;
+        let accounts = Accounts::open(&data_dir.join(ACCOUNTS_FILE), params.clone())?;
+        Self::new(config, cache, accounts, Some(cache_path))
+    }
+
+    /// A chain over given parts; `cache_path` is where [`Self::replace_devices`] saves the
+    /// cache (`None`: never saved).
+    pub fn new(
+        config: &AuthConfig,
+        cache: CredentialCache,
+        accounts: Accounts,
+        cache_path: Option<PathBuf>,
+    ) -> Result<Self, AuthError> {
+        config.validate()?;
+        let legacy = config
+            .legacy_login_url
+            .as_deref()
+            .map(|url| LegacyLogin::new(url, config.legacy_timeout))
+            .transpose()?;
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                registry: RwLock::new(Arc::new(cache)),
+                statics: Arc::new(CredentialCache::default()),
+                accounts: Arc::new(accounts),
+                legacy,
+                limiter: Mutex::new(Limiter::new(
+                    config.max_failures,
+                    config.lockout_min,
+                    config.lockout_max,
+                    config.limiter_entries,
+                )),
+                verified: Mutex::new(VerifiedCache::new(config.verified_cache_entries)),
+                params: config.hash_params()?,
+                cache_path,
+                hashing: Semaphore::new(cores),
+            }),
+        })
+    }
+
+    /// Adds the static `[[devices]]` of the daemon config (hashes them now, argon2id; call at
+    /// start-up, before the chain is shared). They are consulted after the registry cache and
+    /// are never written to disk.
+    pub fn with_static_devices(self, devices: &[StaticDevice]) -> Result<Self, AuthError> {
+        let as_registry: Vec<Device> = devices
+            .iter()
+            .map(|d| Device {
+                metadata: Metadata {
+                    application: Some(d.app.as_str().to_owned()),
+                    name: d.name.as_str().to_owned(),
+                    ..Default::default()
+                },
+                spec: DeviceSpec {
+                    authentication: Some(CredentialsSpec {
+                        credentials: vec![Credential::Pass(PasswordSpec::Plain(
+                            d.password.expose().to_owned(),
+                        ))],
+                        other: Default::default(),
+                    }),
+                    ..Default::default()
+                },
+                status: Default::default(),
+            })
+            .collect();
+        let statics = CredentialCache::from_devices(&as_registry, &self.inner.params)?;
+        let inner = Arc::try_unwrap(self.inner).map_err(|_| AuthError::InvalidConfig {
+            key: "devices",
+            reason: "static devices must be added before the chain is shared".into(),
+        })?;
+        Ok(Self { inner: Arc::new(Inner { statics: Arc::new(statics), ..inner }) })
+    }
+
+    /// Replaces the registry devices after a sync: hashes new or changed plain passwords on the
+    /// blocking pool (unchanged devices keep their hashes), saves the snapshot, then swaps the
+    /// cache in. Devices no longer listed lose access at once, and remembered verifications of
+    /// changed devices no longer count. Returns the number of cached devices.
+    pub async fn replace_devices(&self, devices: Vec<Device>) -> Result<usize, AuthError> {
+        let previous = self.registry();
+        let params = self.inner.params.clone();
+        let path = self.inner.cache_path.clone();
+        let cache = tokio::task::spawn_blocking(move || {
+            let cache = CredentialCache::rebuild(&devices, &params, Some(&previous))?;
+            if let Some(path) = path {
+                cache.save(&path)?;
+            }
+            Ok::<_, AuthError>(cache)
+        })
+        .await
+        .map_err(AuthError::Join)??;
+        let n = cache.len();
+        *self.inner.registry.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(cache);
+        Ok(n)
+    }
+
+    /// The current registry cache.
+    pub fn registry(&self) -> Arc<CredentialCache> {
+        self.inner.registry.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The local accounts, for `gatewayd accounts ...` and the status page.
+    pub fn accounts(&self) -> &Arc<Accounts> {
+        &self.inner.accounts
+    }
+
+    /// The whole chain, without the limiter.
+    async fn check(&self, req: &AuthRequest) -> Result<Option<Identity>, String> {
+        let attempt = verified::attempt_key(req).map_err(|e| e.to_string())?;
+        let registry = self.registry();
+        let statics = self.inner.statics.clone();
+        if let Some((identity, generation)) = lock(&self.inner.verified).get(&attempt).cloned() {
+            let (app, name) = (identity.app().as_str(), identity.device().as_str());
+            let current = [&registry, &statics].iter().find_map(|c| {
+                c.resolve(req.app.as_str(), req.device.as_str()).and(c.generation(app, name))
+            });
+            if current == Some(generation) {
+                return Ok(Some(identity));
+            }
+            lock(&self.inner.verified).remove(&attempt);
+        }
+        for cache in [&registry, &statics] {
+            if let Some(c) = cache.candidates(req) {
+                return self.check_cached(req, c, attempt).await;
+            }
+        }
+        let Some(local_id) = local_identity(req) else { return Ok(None) };
+        if let Some(hash) = self.inner.accounts.hash_of(&local_id) {
+            let pw = presented_password(req).to_owned();
+            let ok = self.blocking(move || hash.verify(&pw)).await?;
+            return Ok(ok.then_some(local_id));
+        }
+        let Some(legacy) = &self.inner.legacy else { return Ok(None) };
+        match legacy.check(local_id.device().as_str(), presented_password(req)).await {
+            LegacyVerdict::Authenticated => {
+                self.migrate(&local_id, presented_password(req)).await;
+                Ok(Some(local_id))
+            }
+            LegacyVerdict::Refused => Ok(None),
+            LegacyVerdict::Unavailable(cause) => {
+                tracing::warn!(identity = %local_id, cause = %cause, "legacy login service unavailable; login refused");
+                Ok(None)
+            }
+        }
+    }
+
+    async fn check_cached(
+        &self,
+        req: &AuthRequest,
+        c: Candidates,
+        attempt: [u8; 32],
+    ) -> Result<Option<Identity>, String> {
+        let Ok(identity) =
+            DeviceId::new(c.name.as_str()).map(|d| Identity::new(req.app.clone(), d))
+        else {
+            return Ok(None);
+        };
+        if c.hashes.is_empty() {
+            return Ok(None);
+        }
+        let pw = presented_password(req).to_owned();
+        let hashes = c.hashes;
+        let ok = self.blocking(move || hashes.iter().any(|h| h.verify(&pw))).await?;
+        if ok {
+            lock(&self.inner.verified).insert(attempt, identity.clone(), c.generation);
+        }
+        Ok(ok.then_some(identity))
+    }
+
+    /// Migrates a legacy account into the local accounts: app-scoped, marked migrated.
+    async fn migrate(&self, id: &Identity, password: &str) {
+        let accounts = self.inner.accounts.clone();
+        let params = self.inner.params.clone();
+        let (id2, pw) = (id.clone(), password.to_owned());
+        let result = self
+            .blocking(move || params.hash(&pw).and_then(|h| accounts.insert(&id2, h, true)))
+            .await;
+        match result {
+            Ok(Ok(())) => {
+                tracing::info!(identity = %id, "account migrated from the legacy login service")
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(identity = %id, cause = %e, "cannot store the migrated legacy account")
+            }
+            Err(e) => {
+                tracing::warn!(identity = %id, cause = %e, "cannot store the migrated legacy account")
+            }
+        }
+    }
+
+    /// Runs CPU-heavy work on the blocking pool, at most one per core at a time.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, String> {
+        let _permit = self.inner.hashing.acquire().await.map_err(|e| e.to_string())?;
+        tokio::task::spawn_blocking(f).await.map_err(|e| e.to_string())
+    }
+
+    /// The number of remembered successful verifications (status page, tests).
+    pub fn verified_entries(&self) -> usize {
+        lock(&self.inner.verified).len()
+    }
+}
+
+/// The local-account identity a request names: `device@app` with a password, or a username
+/// credential whose username is the device itself.
+fn local_identity(req: &AuthRequest) -> Option<Identity> {
+    match &req.credential {
+        PresentedCredential::Password(_) => {}
+        PresentedCredential::UsernamePassword { username, .. }
+            if username == req.device.as_str() => {}
+        PresentedCredential::UsernamePassword { .. } => return None,
+    }
+    Some(Identity::new(req.app.clone(), req.device.clone()))
+}
+
+impl Authenticate for CredentialChain {
+    async fn authenticate(&self, request: &AuthRequest, peer: Option<IpAddr>) -> AuthOutcome {
+        let id_key = LimiterKey::Identifier(format!("{}@{}", request.device, request.app));
+        let addr_key = peer.map(LimiterKey::Address);
+        {
+            let now = Instant::now();
+            let limiter = lock(&self.inner.limiter);
+            let limited = std::iter::once(&id_key)
+                .chain(addr_key.as_ref())
+                .any(|k| limiter.blocked_for(k, now).is_some());
+            if limited {
+                return AuthOutcome::RateLimited;
+            }
+        }
+        let outcome = match self.check(request).await {
+            Ok(Some(identity)) => AuthOutcome::Pass(identity),
+            Ok(None) => AuthOutcome::Fail,
+            Err(cause) => {
+                tracing::warn!(device = %request.device, app = %request.app, cause = %cause, "credential check failed");
+                AuthOutcome::Fail
+            }
+        };
+        let now = Instant::now();
+        let mut limiter = lock(&self.inner.limiter);
+        match &outcome {
+            AuthOutcome::Pass(_) => limiter.succeeded(&id_key),
+            _ => {
+                limiter.failed(id_key, now);
+                if let Some(k) = addr_key {
+                    limiter.failed(k, now);
+                }
+            }
+        }
+        outcome
+    }
+}
+
+#[cfg(test)]
+#[path = "chain_tests.rs"]
+mod tests;

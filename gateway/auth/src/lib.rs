@@ -1,0 +1,42 @@
+//! The gateway's credential chain: who may connect as which sensor. Devices synced from the
+//! cloud registry are kept in a [`CredentialCache`] that holds password *hashes* only and is
+//! persisted as a checksummed snapshot in the data dir, loaded before any network call; local
+//! [`Accounts`] hold app-scoped accounts (technicians, locally provisioned sensors); an
+//! optional legacy `CheckLogin` service is asked last and its accounts are migrated into the
+//! local accounts. [`CredentialChain`] ties them together behind
+//! [`gw_model::Authenticate`], with a brute-force [`Limiter`] in front and a bounded memory of
+//! recent successful verifications so reconnect storms do not re-run argon2.
+//!
+//! # Layout
+//! - [`config`]: the `[auth]` config section, [`AuthConfig`], every key documented.
+//! - [`hash`]: [`HashParams`] and [`StoredHash`]: argon2id hashing, bcrypt / sha512-crypt /
+//!   argon2id verification.
+//! - [`cache`]: [`CredentialCache`]: built from registry devices, matched with Drogue's rules,
+//!   saved to and loaded from its snapshot file.
+//! - [`accounts`]: [`Accounts`]: the local accounts file (add, list, reset, remove,
+//!   set_password, migrated lock).
+//! - [`legacy`]: [`LegacyLogin`]: the client of the old `CheckLogin` service.
+//! - [`limiter`]: [`Limiter`]: pure exponential lockout per identifier and per address.
+//! - `verified`: the keyed (HMAC-SHA256) memory of successful verifications.
+//! - [`chain`]: [`CredentialChain`]: the order, the blocking-pool discipline, the wiring.
+//! - [`error`]: [`AuthError`], the crate's one error type.
+
+pub mod accounts;
+pub mod cache;
+pub mod chain;
+pub mod config;
+pub mod error;
+pub mod hash;
+pub mod legacy;
+pub mod limiter;
+
+mod verified;
+
+pub use accounts::{Account, Accounts};
+pub use cache::CredentialCache;
+pub use chain::{CredentialChain, StaticDevice};
+pub use config::AuthConfig;
+pub use error::AuthError;
+pub use hash::{HashParams, StoredHash};
+pub use legacy::LegacyLogin;
+pub use limiter::{Limiter, LimiterKey};
