@@ -11,7 +11,7 @@ use crate::{
 };
 
 /// Characters escaped in a query value.
-const QUERY: &AsciiSet = &CONTROLS
+pub(crate) const QUERY: &AsciiSet = &CONTROLS
     .add(b' ')
     .add(b'"')
     .add(b'#')
@@ -23,7 +23,7 @@ const QUERY: &AsciiSet = &CONTROLS
     .add(b'%')
     .add(b'?');
 /// Characters escaped in a path segment.
-const SEGMENT: &AsciiSet = &QUERY.add(b'/');
+pub(crate) const SEGMENT: &AsciiSet = &QUERY.add(b'/');
 
 pub struct DrogueHttp {
     client: reqwest::Client,
@@ -37,23 +37,10 @@ impl DrogueHttp {
         gateway: &Identity,
         password: Secret,
     ) -> Result<Self, CloudError> {
-        let mut builder = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout)
+        let client = client_builder(config.timeout, config.ca_file.as_deref())?
             .pool_max_idle_per_host(config.concurrency)
-            .tcp_nodelay(true)
-            .user_agent(concat!("gatewayd/", env!("CARGO_PKG_VERSION")));
-        if let Some(path) = &config.ca_file {
-            let pem = std::fs::read(path)
-                .map_err(|source| CloudError::CaFile { path: path.clone(), source })?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|source| CloudError::CaPem { path: path.clone(), source })?;
-            builder = builder.tls_built_in_root_certs(false);
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        let client = builder.build().map_err(CloudError::Client)?;
+            .build()
+            .map_err(CloudError::Client)?;
         let authorization = BasicCredentials::new(gateway.to_string(), password).to_header();
         Ok(Self { client, base: config.url.trim_end_matches('/').to_owned(), authorization })
     }
@@ -75,6 +62,30 @@ impl DrogueHttp {
         }
         url
     }
+}
+
+/// A reqwest client builder with gatewayd's defaults: `timeout` for connect and request, the
+/// CAs of `ca_file` instead of the system's roots when given.
+pub(crate) fn client_builder(
+    timeout: std::time::Duration,
+    ca_file: Option<&std::path::Path>,
+) -> Result<reqwest::ClientBuilder, CloudError> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .tcp_nodelay(true)
+        .user_agent(concat!("gatewayd/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = ca_file {
+        let pem = std::fs::read(path)
+            .map_err(|source| CloudError::CaFile { path: path.to_owned(), source })?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|source| CloudError::CaPem { path: path.to_owned(), source })?;
+        builder = builder.tls_built_in_root_certs(false);
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    Ok(builder)
 }
 
 impl Sender for DrogueHttp {
@@ -107,8 +118,8 @@ fn classify(status: StatusCode) -> Verdict {
     }
 }
 
-fn describe(e: &reqwest::Error) -> String {
-    use std::error::Error;
+/// An error with its chain of sources, on one line.
+pub(crate) fn describe(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

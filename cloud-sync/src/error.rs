@@ -24,4 +24,24 @@ pub enum CloudError {
     Client(#[source] reqwest::Error),
     #[error("the outbox failed under the uplink")]
     Store(#[from] gw_store::StoreError),
+    #[error("registry.{key}: {reason}")]
+    RegistryConfig { key: &'static str, reason: String },
+    #[error("registry request {url} failed")]
+    RegistryRequest {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("registry answered {status} to {url}{hint}")]
+    RegistryStatus { url: String, status: u16, hint: &'static str },
+    #[error("registry sent a body that is not a device list ({url})")]
+    RegistryBody {
+        url: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("the registry listing changed under the paging ({reason}); listed nothing")]
+    RegistryShifted { reason: String },
+    #[error("event stream {url}: {reason}")]
+    Events { url: String, reason: String },
 }

@@ -1,6 +1,7 @@
 //! The cloud side of gatewayd: uplinks that drain the durable outbox to the cloud, sending
 //! each message *as* the sensor it came from, and acknowledging a record to the outbox only
-//! once the cloud accepted it.
+//! once the cloud accepted it; and the registry sync, which lists the devices the gateway may
+//! act for.
 //!
 //! # Layout
 //! - [`config`]: the `[cloud]` config section.
@@ -9,6 +10,8 @@
 //! - [`drogue_http`]: Drogue Cloud's HTTP endpoint, `POST /v1/{channel}?as={device}`.
 //! - [`mqtt`]: the MQTT uplinks (Drogue's MQTT endpoint, any broker): a pure publisher
 //!   session (packet ids, in flight, keep-alive) and a thin socket loop around it.
+//! - [`registry`]: the registry sync and its `[registry]` section: lists the application's
+//!   devices, keeps those naming this gateway, publishes the set; polls and watches events.
 //! - [`topic`]: topic templates for the generic MQTT uplink.
 //! - [`tls`]: rustls client configs (ring) for the MQTT uplinks.
 //! - [`backoff`]: exponential backoff with jitter.
@@ -20,6 +23,7 @@ pub mod config;
 pub mod drogue_http;
 pub mod error;
 pub mod mqtt;
+pub mod registry;
 pub mod status;
 pub mod tls;
 pub mod topic;
@@ -27,5 +31,9 @@ pub mod uplink;
 
 pub use config::{CloudConfig, CloudKind};
 pub use error::CloudError;
+pub use registry::{
+    DeviceChanges, RegistryConfig, RegistrySnapshot, RegistryState, RegistryStatus, RegistrySync,
+    ResyncHandle, SyncReport, SyncedDevices,
+};
 pub use status::{UplinkState, UplinkStatus};
 pub use uplink::Uplink;
