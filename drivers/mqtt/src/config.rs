@@ -1,0 +1,224 @@
+//! The `[mqtt]` config section, owned by this crate. Every key, with its default:
+//!
+//! ```toml
+//! [mqtt]
+//! listen = "0.0.0.0:1883"          # plain MQTT; port 0 = any free port (the bound address is logged)
+//! # tls_listen = "0.0.0.0:8883"    # MQTT over TLS; needs cert_file and key_file
+//! # cert_file = "/etc/gatewayd/mqtt.pem"     # server certificate chain, PEM
+//! # key_file = "/etc/gatewayd/mqtt.key"      # its private key, PEM (PKCS#8, PKCS#1 or SEC1)
+//! max_packet_size = "256KiB"       # largest MQTT packet accepted (fixed header included);
+//!                                  # "64KiB", "1MiB", or a plain integer of bytes
+//! max_connections = 1024           # connections at once over both listeners; more are closed at accept
+//! max_inflight = 32                # publishes of one connection awaiting the outbox (and QoS 1
+//!                                  # commands awaiting the sensor's PUBACK); reading pauses when full
+//! connect_timeout = "10s"          # time from accept to CONNACK (TLS handshake, CONNECT, login)
+//! ```
+
+use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::MqttError;
+
+/// The largest packet MQTT can express: a remaining length of 268,435,455 plus a 5-byte
+/// fixed header.
+const MQTT_MAX_PACKET: u64 = 268_435_460;
+/// Below this, a CONNECT with credentials and a will may not fit.
+const MIN_PACKET: u64 = 128;
+
+/// The `[mqtt]` section.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MqttConfig {
+    pub listen: SocketAddr,
+    pub tls_listen: Option<SocketAddr>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub max_packet_size: PacketSize,
+    pub max_connections: usize,
+    pub max_inflight: usize,
+    #[serde(with = "gw_model::serde_util::duration")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            tls_listen: None,
+            cert_file: None,
+            key_file: None,
+            max_packet_size: PacketSize(256 * 1024),
+            max_connections: 1024,
+            max_inflight: 32,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl MqttConfig {
+    /// Checks what serde cannot: TLS material present when TLS is on, limits in range.
+    pub fn validate(&self) -> Result<(), MqttError> {
+        let bad = |key, reason: &str| Err(MqttError::Config { key, reason: reason.to_owned() });
+        if self.tls_listen.is_some() {
+            if self.cert_file.is_none() {
+                return bad("cert_file", "tls_listen is set: a server certificate is required");
+            }
+            if self.key_file.is_none() {
+                return bad("key_file", "tls_listen is set: a private key is required");
+            }
+        }
+        if self.max_inflight == 0 {
+            return bad("max_inflight", "must be at least 1");
+        }
+        if self.max_connections == 0 {
+            return bad("max_connections", "must be at least 1");
+        }
+        if self.connect_timeout.is_zero() {
+            return bad("connect_timeout", "must be longer than 0s");
+        }
+        let size = self.max_packet_size.0;
+        if !(MIN_PACKET..=MQTT_MAX_PACKET).contains(&size) {
+            return bad(
+                "max_packet_size",
+                &format!("{size} bytes is outside {MIN_PACKET}..={MQTT_MAX_PACKET}"),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// A packet size in bytes, written `"256KiB"`, `"1MiB"`, `"500kB"` or as a plain integer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PacketSize(u64);
+
+impl PacketSize {
+    pub const fn new(bytes: u64) -> Self {
+        Self(bytes)
+    }
+
+    pub const fn bytes(self) -> u64 {
+        self.0
+    }
+
+    /// The size as `usize` (saturating on 32-bit targets).
+    pub fn as_usize(self) -> usize {
+        usize::try_from(self.0).unwrap_or(usize::MAX)
+    }
+}
+
+const UNITS: [(&str, u64); 7] = [
+    ("B", 1),
+    ("kB", 1000),
+    ("KiB", 1 << 10),
+    ("KB", 1 << 10),
+    ("MB", 1_000_000),
+    ("MiB", 1 << 20),
+    ("GiB", 1 << 30),
+];
+
+impl FromStr for PacketSize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (number, unit) = s.split_at(split);
+        let number: u64 = number
+            .parse()
+            .map_err(|_| format!("invalid size {s:?}: write it like \"256KiB\" or 262144"))?;
+        let unit = unit.trim();
+        let factor = if unit.is_empty() {
+            1
+        } else {
+            UNITS.iter().find(|(u, _)| *u == unit).map(|(_, f)| *f).ok_or_else(|| {
+                format!("invalid size {s:?}: unknown unit {unit:?}; use B, kB, KiB, MB, MiB or GiB")
+            })?
+        };
+        number.checked_mul(factor).map(Self).ok_or_else(|| format!("size {s:?} is too large"))
+    }
+}
+
+impl fmt::Display for PacketSize {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (unit, factor) in [("MiB", 1u64 << 20), ("KiB", 1 << 10)] {
+            if self.0 >= factor && (self.0 / factor) * factor == self.0 {
+                return write!(f, "{}{unit}", self.0 / factor);
+            }
+        }
+        write!(f, "{}", self.0)
+    }
+}
+
+impl Serialize for PacketSize {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for PacketSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = PacketSize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size such as \"256KiB\" or a number of bytes")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<PacketSize, E> {
+                Ok(PacketSize(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<PacketSize, E> {
+                u64::try_from(v).map(PacketSize).map_err(|_| E::custom("a size cannot be negative"))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<PacketSize, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_every_key_and_defaults() {
+        let c: MqttConfig = toml::from_str(
+            r#"
+            listen = "127.0.0.1:0"
+            tls_listen = "127.0.0.1:0"
+            cert_file = "/c.pem"
+            key_file = "/k.pem"
+            max_packet_size = "64KiB"
+            max_connections = 10
+            max_inflight = 4
+            connect_timeout = "2s"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.max_packet_size.bytes(), 65536);
+        assert_eq!(c.connect_timeout, Duration::from_secs(2));
+        c.validate().unwrap();
+        let d: MqttConfig = toml::from_str("max_packet_size = 1000").unwrap();
+        assert_eq!(d.max_packet_size.bytes(), 1000);
+        assert_eq!(d.listen.port(), 1883);
+        assert_eq!(MqttConfig::default().max_packet_size.to_string(), "256KiB");
+        // the default round-trips through TOML
+        let text = toml::to_string(&MqttConfig::default()).unwrap();
+        assert_eq!(toml::from_str::<MqttConfig>(&text).unwrap(), MqttConfig::default());
+    }
+
+    #[test]
+    fn refuses_unknown_keys_and_bad_values_by_name() {
+        let e = toml::from_str::<MqttConfig>("port = 1").unwrap_err().to_string();
+        assert!(e.contains("port"), "{e}");
+        let e = toml::from_str::<MqttConfig>("max_packet_size = \"12 parsecs\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown unit"), "{e}");
+        let c: MqttConfig = toml::from_str("tls_listen = \"0.0.0.0:8883\"").unwrap();
+        assert!(matches!(c.validate(), Err(MqttError::Config { key: "cert_file", .. })));
+        let c = MqttConfig { max_inflight: 0, ..MqttConfig::default() };
+        assert!(matches!(c.validate(), Err(MqttError::Config { key: "max_inflight", .. })));
+    }
+}

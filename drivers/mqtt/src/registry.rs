@@ -1,0 +1,217 @@
+//! The endpoint's shared state across connections: the registry of live sessions by device
+//! (one per device: a newer connection takes over), the [`Commands`] handle the daemon pushes
+//! commands through, and the counters behind [`EndpointStats`].
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+};
+
+use bytes::Bytes;
+use gw_model::{CommandName, Identity};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// A command on its way into one session.
+#[derive(Debug)]
+pub(crate) struct PushedCommand {
+    pub name: CommandName,
+    pub payload: Bytes,
+}
+
+/// One live session, as the registry knows it.
+struct Entry {
+    conn: u64,
+    /// Cancelled to make the session end (takeover).
+    kick: CancellationToken,
+    commands: mpsc::Sender<PushedCommand>,
+    subscribed: Arc<AtomicBool>,
+}
+
+/// Connects and disconnects of one device since start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceConnections {
+    pub connected: bool,
+    pub connects: u64,
+    pub disconnects: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct Registry {
+    live: Mutex<HashMap<Identity, Entry>>,
+    devices: Mutex<HashMap<Identity, DeviceConnections>>,
+    pub counters: Counters,
+}
+
+/// The endpoint's counters.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub accepted: AtomicU64,
+    pub refused_connections: AtomicU64,
+    pub refused_logins: AtomicU64,
+    pub bad_frames: AtomicU64,
+    pub takeovers: AtomicU64,
+    pub publishes: AtomicU64,
+    pub commands_delivered: AtomicU64,
+    pub wills: AtomicU64,
+}
+
+/// What a registered session gets back.
+pub(crate) struct Registration {
+    pub commands: mpsc::Receiver<PushedCommand>,
+    pub subscribed: Arc<AtomicBool>,
+}
+
+/// Commands queued towards one session before [`Commands::push`] reports it full.
+const COMMAND_QUEUE: usize = 16;
+
+impl Registry {
+    /// Registers `identity`'s session, kicking out an older one of the same device.
+    pub fn register(
+        &self,
+        identity: &Identity,
+        conn: u64,
+        kick: CancellationToken,
+    ) -> Registration {
+        let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+        let subscribed = Arc::new(AtomicBool::new(false));
+        let entry = Entry { conn, kick, commands: tx, subscribed: subscribed.clone() };
+        let old = lock(&self.live).insert(identity.clone(), entry);
+        if let Some(old) = old {
+            tracing::info!(device = %identity, "MQTT session taken over by a new connection");
+            self.counters.takeovers.fetch_add(1, Ordering::Relaxed);
+            old.kick.cancel();
+        }
+        let mut devices = lock(&self.devices);
+        let d = devices.entry(identity.clone()).or_default();
+        d.connects += 1;
+        d.connected = true;
+        Registration { commands: rx, subscribed }
+    }
+
+    /// Removes the session `conn` of `identity` (unless a newer one replaced it).
+    pub fn unregister(&self, identity: &Identity, conn: u64) {
+        let mut live = lock(&self.live);
+        let current = live.get(identity).is_some_and(|e| e.conn == conn);
+        if current {
+            live.remove(identity);
+        }
+        let still_connected = live.contains_key(identity);
+        drop(live);
+        let mut devices = lock(&self.devices);
+        let d = devices.entry(identity.clone()).or_default();
+        d.disconnects += 1;
+        d.connected = still_connected;
+    }
+
+    fn snapshot(&self) -> EndpointStats {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut devices: Vec<_> =
+            lock(&self.devices).iter().map(|(id, d)| (id.clone(), *d)).collect();
+        devices.sort_by(|a, b| a.0.cmp(&b.0));
+        EndpointStats {
+            sessions: lock(&self.live).len(),
+            accepted_connections: get(&c.accepted),
+            refused_connections: get(&c.refused_connections),
+            refused_logins: get(&c.refused_logins),
+            bad_frames: get(&c.bad_frames),
+            takeovers: get(&c.takeovers),
+            publishes: get(&c.publishes),
+            commands_delivered: get(&c.commands_delivered),
+            wills: get(&c.wills),
+            devices,
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The handle the daemon pushes commands for connected sensors through. Cheap to clone.
+#[derive(Clone)]
+pub struct Commands {
+    registry: Arc<Registry>,
+}
+
+/// What became of a pushed command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// Queued to the device's live session, which has a command subscription; it is published
+    /// on `command/inbox//<command>` at the granted QoS.
+    Queued,
+    /// The device has no live MQTT session.
+    NotConnected,
+    /// The device is connected but has not subscribed to `command/inbox/...`.
+    NotSubscribed,
+    /// The session's command queue is full (the sensor is not reading): try later.
+    Full,
+}
+
+impl Commands {
+    pub(crate) fn new(registry: Arc<Registry>) -> Self {
+        Self { registry }
+    }
+
+    /// Pushes command `name` with `payload` to `device`'s live session.
+    pub fn push(&self, device: &Identity, name: CommandName, payload: Bytes) -> Delivery {
+        let live = lock(&self.registry.live);
+        let Some(entry) = live.get(device) else { return Delivery::NotConnected };
+        if !entry.subscribed.load(Ordering::Relaxed) {
+            return Delivery::NotSubscribed;
+        }
+        match entry.commands.try_send(PushedCommand { name, payload }) {
+            Ok(()) => Delivery::Queued,
+            Err(mpsc::error::TrySendError::Full(_)) => Delivery::Full,
+            Err(mpsc::error::TrySendError::Closed(_)) => Delivery::NotConnected,
+        }
+    }
+
+    /// Whether `device` has a live session with a command subscription.
+    pub fn is_subscribed(&self, device: &Identity) -> bool {
+        lock(&self.registry.live).get(device).is_some_and(|e| e.subscribed.load(Ordering::Relaxed))
+    }
+}
+
+/// A handle to the endpoint's counters. Cheap to clone.
+#[derive(Clone)]
+pub struct Stats {
+    registry: Arc<Registry>,
+}
+
+impl Stats {
+    pub(crate) fn new(registry: Arc<Registry>) -> Self {
+        Self { registry }
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> EndpointStats {
+        self.registry.snapshot()
+    }
+}
+
+/// The endpoint's counters at one moment, for the status page and metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EndpointStats {
+    /// Sessions connected now (past CONNACK).
+    pub sessions: usize,
+    pub accepted_connections: u64,
+    /// Connections closed at accept because `max_connections` were open.
+    pub refused_connections: u64,
+    /// CONNECTs answered with a refusal (bad credentials, rate limited, no clean session).
+    pub refused_logins: u64,
+    /// Connections closed for a packet that could not be decoded or was too large.
+    pub bad_frames: u64,
+    pub takeovers: u64,
+    /// Messages handed to the ingest and committed.
+    pub publishes: u64,
+    pub commands_delivered: u64,
+    /// Last wills handed to the ingest.
+    pub wills: u64,
+    /// Per device, sorted: connected now, connects and disconnects since start.
+    pub devices: Vec<(Identity, DeviceConnections)>,
+}

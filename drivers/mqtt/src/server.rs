@@ -1,0 +1,441 @@
+//! The thin socket loop: TCP (and optional TLS) listeners, one task per connection that reads
+//! packets, feeds them to the pure [`Session`], and carries out its [`Action`]s (write
+//! packets, authenticate, ingest, register, close). Ingest requests run as their own tasks so
+//! a message handed over is committed even when its connection goes away; the endpoint's
+//! [`MqttEndpoint::run`] returns once every connection and ingest task has finished.
+
+use std::{
+    collections::VecDeque,
+    io,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant, SystemTime},
+};
+
+use bytes::BytesMut;
+use gw_model::{AppId, Authenticate, Ingest, Timestamp};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc},
+};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    Codec, MqttConfig, MqttError,
+    io::{read_connect, read_packet},
+    packet::{ConnAck, ConnectCode, Packet, Version},
+    registry::{Commands, Registry, Stats},
+    session::{Action, CloseReason, Session, SessionConfig},
+};
+
+/// How long a closing connection may take to flush its last packets.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The southbound MQTT endpoint: bound listeners, ready to [`run`](MqttEndpoint::run).
+pub struct MqttEndpoint<A, I> {
+    plain: TcpListener,
+    tls: Option<(TcpListener, TlsAcceptor)>,
+    shared: Arc<Shared<A, I>>,
+}
+
+struct Shared<A, I> {
+    auth: Arc<A>,
+    ingest: Arc<I>,
+    session: SessionConfig,
+    registry: Arc<Registry>,
+    limit: Arc<Semaphore>,
+    next_conn: AtomicU64,
+    tasks: TaskTracker,
+}
+
+impl<A: Authenticate, I: Ingest> MqttEndpoint<A, I> {
+    /// Validates `config`, loads the TLS certificate and key if `tls_listen` is set, and binds
+    /// the listeners. Sensors that log in with a bare device name belong to `default_app`.
+    pub async fn bind(
+        config: &MqttConfig,
+        auth: Arc<A>,
+        ingest: Arc<I>,
+        default_app: AppId,
+    ) -> Result<Self, MqttError> {
+        config.validate()?;
+        let tls = match config.tls_listen {
+            Some(addr) => {
+                let acceptor = tls_acceptor(config)?;
+                Some((bind(addr).await?, acceptor))
+            }
+            None => None,
+        };
+        let plain = bind(config.listen).await?;
+        let shared = Arc::new(Shared {
+            auth,
+            ingest,
+            session: SessionConfig {
+                default_app,
+                max_inflight: config.max_inflight,
+                max_packet_size: config.max_packet_size.as_usize(),
+                connect_timeout: config.connect_timeout,
+            },
+            registry: Arc::new(Registry::default()),
+            limit: Arc::new(Semaphore::new(config.max_connections)),
+            next_conn: AtomicU64::new(1),
+            tasks: TaskTracker::new(),
+        });
+        Ok(Self { plain, tls, shared })
+    }
+
+    /// The bound plain MQTT address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.plain.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// The bound MQTT-over-TLS address, if TLS is configured.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
+    /// The handle to push commands to connected sensors; valid before and after `run`.
+    pub fn commands(&self) -> Commands {
+        Commands::new(self.shared.registry.clone())
+    }
+
+    /// The handle to the endpoint's counters.
+    pub fn stats(&self) -> Stats {
+        Stats::new(self.shared.registry.clone())
+    }
+
+    /// Serves until `token` is cancelled, then ends every session (v5: DISCONNECT 0x8B) and
+    /// returns once all connection and ingest tasks are done.
+    pub async fn run(self, token: CancellationToken) {
+        let Self { plain, tls, shared } = self;
+        tracing::info!(addr = %plain.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
+            "MQTT endpoint listening");
+        let plain_loop = accept_loop(plain, None, shared.clone(), token.clone());
+        match tls {
+            Some((listener, acceptor)) => {
+                tracing::info!(addr = %listener.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
+                    "MQTT TLS endpoint listening");
+                let tls_loop = accept_loop(listener, Some(acceptor), shared.clone(), token.clone());
+                tokio::join!(plain_loop, tls_loop);
+            }
+            None => plain_loop.await,
+        }
+        shared.tasks.close();
+        shared.tasks.wait().await;
+        tracing::info!("MQTT endpoint stopped");
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, MqttError> {
+    TcpListener::bind(addr).await.map_err(|source| MqttError::Bind { addr, source })
+}
+
+fn tls_acceptor(config: &MqttConfig) -> Result<TlsAcceptor, MqttError> {
+    let (Some(cert), Some(key)) = (&config.cert_file, &config.key_file) else {
+        return Err(MqttError::Config {
+            key: "cert_file",
+            reason: "tls_listen needs cert_file and key_file".into(),
+        });
+    };
+    let tls_err = |what, path: &std::path::Path, reason: String| MqttError::Tls {
+        what,
+        path: path.to_owned(),
+        reason,
+    };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| tls_err("certificate", cert, e.to_string()))?;
+    if chain.is_empty() {
+        return Err(tls_err("certificate", cert, "no PEM certificate found".into()));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| tls_err("private key", key, e.to_string()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_err("protocol versions", cert, e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key_der)
+        .map_err(|e| tls_err("certificate and key", cert, e.to_string()))?;
+    Ok(TlsAcceptor::from(Arc::new(server)))
+}
+
+async fn accept_loop<A: Authenticate, I: Ingest>(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared<A, I>>,
+    token: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            () = token.cancelled() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(cause = %e, "MQTT accept failed");
+                // e.g. out of file descriptors: do not spin
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(50)) => continue,
+                    () = token.cancelled() => return,
+                }
+            }
+        };
+        let counters = &shared.registry.counters;
+        let Ok(permit) = shared.limit.clone().try_acquire_owned() else {
+            counters.refused_connections.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%peer, "MQTT connection refused: max_connections reached");
+            drop(stream);
+            continue;
+        };
+        counters.accepted.fetch_add(1, Ordering::Relaxed);
+        let _ = stream.set_nodelay(true);
+        let conn = Conn {
+            shared: shared.clone(),
+            peer,
+            id: shared.next_conn.fetch_add(1, Ordering::Relaxed),
+            token: token.clone(),
+            _permit: permit,
+        };
+        let tls = tls.clone();
+        shared.tasks.spawn(async move {
+            match tls {
+                None => conn.serve(stream).await,
+                Some(acceptor) => conn.serve_tls(stream, acceptor).await,
+            }
+        });
+    }
+}
+
+/// One accepted connection.
+struct Conn<A, I> {
+    shared: Arc<Shared<A, I>>,
+    peer: SocketAddr,
+    id: u64,
+    /// The endpoint's shutdown token.
+    token: CancellationToken,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<A: Authenticate, I: Ingest> Conn<A, I> {
+    async fn serve_tls(self, stream: TcpStream, acceptor: TlsAcceptor) {
+        let timeout = self.shared.session.connect_timeout;
+        let handshake = tokio::select! {
+            r = tokio::time::timeout(timeout, acceptor.accept(stream)) => r,
+            () = self.token.cancelled() => return,
+        };
+        match handshake {
+            Ok(Ok(tls)) => self.serve(tls).await,
+            Ok(Err(e)) => {
+                tracing::info!(peer = %self.peer, cause = %e, "MQTT TLS handshake failed")
+            }
+            Err(_) => tracing::info!(peer = %self.peer, "MQTT TLS handshake timed out"),
+        }
+    }
+
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(self, stream: S) {
+        let (mut rd, mut wr) = tokio::io::split(stream);
+        let mut buf = BytesMut::new();
+        let shared = &self.shared;
+        let counters = &shared.registry.counters;
+        let started = Instant::now();
+        let mut session = Session::new(
+            shared.session.clone(),
+            started,
+            Timestamp::from_system(SystemTime::now()),
+        );
+        let max = shared.session.max_packet_size;
+        // the version is known from the CONNECT: until then, only the sniffer reads
+        let first = tokio::select! {
+            r = read_connect(&mut rd, &mut buf, max) => r,
+            () = sleep_until(session.next_deadline()) => {
+                tracing::debug!(peer = %self.peer, "MQTT connection sent no CONNECT in time");
+                return;
+            }
+            () = self.token.cancelled() => return,
+        };
+        let (codec, connect) = match first {
+            Ok(Some(c)) => c,
+            Ok(None) | Err(MqttError::Io(_) | MqttError::UnexpectedEof) => return,
+            Err(e) => {
+                counters.bad_frames.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(peer = %self.peer, cause = %e, "MQTT connection sent a bad CONNECT");
+                if let MqttError::UnsupportedProtocol { .. } = e {
+                    let refused = ConnAck::new(ConnectCode::UnsupportedProtocolVersion);
+                    let codec = Codec::new(Version::V311, max);
+                    let mut out = BytesMut::new();
+                    if codec.encode(&Packet::ConnAck(refused), &mut out).is_ok() {
+                        let _ = tokio::time::timeout(CLOSE_TIMEOUT, wr.write_all(&out)).await;
+                    }
+                }
+                return;
+            }
+        };
+
+        let (results_tx, mut results_rx) = mpsc::channel(shared.session.max_inflight + 1);
+        let kick = self.token.child_token();
+        let mut registered = None;
+        let mut commands: Option<mpsc::Receiver<_>> = None;
+        let mut pending: VecDeque<Action> =
+            session.handle_packet(Packet::Connect(connect), Instant::now()).into();
+        let mut out = BytesMut::new();
+        let mut closing = None;
+        loop {
+            while let Some(action) = pending.pop_front() {
+                match action {
+                    Action::Send(packet) => {
+                        if let Packet::Publish(_) = packet {
+                            counters.commands_delivered.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if let Err(e) = codec.encode(&packet, &mut out) {
+                            tracing::warn!(packet = packet.name(), cause = %e,
+                                "cannot encode MQTT packet");
+                        }
+                    }
+                    Action::Authenticate(request) => {
+                        let outcome = tokio::select! {
+                            o = shared.auth.authenticate(&request, Some(self.peer.ip())) => o,
+                            () = sleep_until(session.next_deadline()) => {
+                                pending.extend(session.tick(Instant::now()));
+                                continue;
+                            }
+                            () = self.token.cancelled() => return,
+                        };
+                        if !matches!(outcome, gw_model::AuthOutcome::Pass(_)) {
+                            tracing::info!(device = %request.device, app = %request.app,
+                                peer = %self.peer, ?outcome, "MQTT login refused");
+                        }
+                        pending.extend(session.auth_done(outcome, Instant::now()));
+                    }
+                    Action::Connected(identity) => {
+                        tracing::info!(device = %identity, peer = %self.peer,
+                            version = %codec.version(), "MQTT session started");
+                        let reg = shared.registry.register(&identity, self.id, kick.clone());
+                        commands = Some(reg.commands);
+                        registered = Some((identity, reg.subscribed));
+                    }
+                    Action::Ingest { token, telemetry } => {
+                        let (ingest, tx) = (shared.ingest.clone(), results_tx.clone());
+                        let registry = shared.registry.clone();
+                        shared.tasks.spawn(async move {
+                            let result = ingest.publish(telemetry).await;
+                            if result.is_ok() {
+                                registry.counters.publishes.fetch_add(1, Ordering::Relaxed);
+                            }
+                            // the connection may be gone: then nobody waits for the answer
+                            let _ = tx.send((token, result)).await;
+                        });
+                    }
+                    Action::PublishWill(telemetry) => {
+                        let ingest = shared.ingest.clone();
+                        let registry = shared.registry.clone();
+                        shared.tasks.spawn(async move {
+                            let device = telemetry.device.clone();
+                            match ingest.publish(telemetry).await {
+                                Ok(()) => {
+                                    registry.counters.wills.fetch_add(1, Ordering::Relaxed);
+                                    tracing::info!(%device, "MQTT last will published");
+                                }
+                                Err(e) => tracing::warn!(%device, cause = %e,
+                                    "MQTT last will not stored"),
+                            }
+                        });
+                    }
+                    Action::Close(reason) => closing = Some(reason),
+                }
+            }
+            if let Some((_, subscribed)) = &registered {
+                subscribed.store(session.is_subscribed(), Ordering::Relaxed);
+            }
+            if !out.is_empty() {
+                let written = tokio::select! {
+                    r = wr.write_all(&out) => r,
+                    () = kick.cancelled(), if closing.is_none() => Err(io::ErrorKind::Interrupted.into()),
+                    () = tokio::time::sleep(CLOSE_TIMEOUT), if closing.is_some() => Err(io::ErrorKind::TimedOut.into()),
+                };
+                out.clear();
+                if written.is_err() && closing.is_none() {
+                    pending.extend(session.connection_lost(Instant::now()));
+                    continue;
+                }
+            }
+            if let Some(reason) = closing {
+                self.finish(reason, registered.as_ref().map(|(id, _)| id));
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, wr.shutdown()).await;
+                return;
+            }
+            let wants_read = session.wants_read();
+            let accepts_commands = session.accepts_commands();
+            let deadline = session.next_deadline();
+            pending.extend(tokio::select! {
+                r = read_packet(&mut rd, &mut buf, &codec), if wants_read => {
+                    let now = Instant::now();
+                    match r {
+                        Ok(Some(packet)) => session.handle_packet(packet, now),
+                        Ok(None) | Err(MqttError::Io(_) | MqttError::UnexpectedEof) => {
+                            session.connection_lost(now)
+                        }
+                        Err(e) => {
+                            tracing::info!(peer = %self.peer, cause = %e, "MQTT bad frame");
+                            session.bad_frame(&e, now)
+                        }
+                    }
+                }
+                Some((token, result)) = results_rx.recv() => {
+                    session.ingest_done(token, result, Instant::now())
+                }
+                Some(cmd) = recv(&mut commands), if accepts_commands => {
+                    session.command(&cmd.name, cmd.payload)
+                }
+                () = sleep_until(deadline), if deadline.is_some() => session.tick(Instant::now()),
+                () = kick.cancelled() => {
+                    if self.token.is_cancelled() {
+                        session.shutdown(Instant::now())
+                    } else {
+                        session.taken_over(Instant::now())
+                    }
+                }
+            });
+        }
+    }
+
+    /// Counts and logs the end of a session and leaves the registry.
+    fn finish(&self, reason: CloseReason, identity: Option<&gw_model::Identity>) {
+        let counters = &self.shared.registry.counters;
+        match reason {
+            CloseReason::LoginRefused(_) => {
+                counters.refused_logins.fetch_add(1, Ordering::Relaxed);
+            }
+            CloseReason::BadFrame => {
+                counters.bad_frames.fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+        if let Some(identity) = identity {
+            tracing::info!(device = %identity, peer = %self.peer, ?reason, "MQTT session ended");
+            self.shared.registry.unregister(identity, self.id);
+        } else {
+            tracing::debug!(peer = %self.peer, ?reason, "MQTT connection closed");
+        }
+    }
+}
+
+async fn recv<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+        None => std::future::pending().await,
+    }
+}
