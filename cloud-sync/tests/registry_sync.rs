@@ -340,3 +340,124 @@ async fn unknown_application_is_an_error_not_an_empty_set() {
     assert!(sync.subscribe().borrow().is_none());
     shutdown.cancel();
 }
+
+/// A registry that misbehaves on purpose, for what the dev cloud does not do.
+#[derive(Clone, Copy, PartialEq)]
+enum Quirk {
+    /// Deletes the first device right before answering the first request at an offset > 0,
+    /// as a concurrent DELETE would.
+    DeleteDuringPaging,
+    /// Ignores `offset` and always answers the first page.
+    IgnoreOffset,
+    /// Answers as listed.
+    None,
+}
+
+struct Fake {
+    devices: std::sync::Mutex<Vec<serde_json::Value>>,
+    quirk: Quirk,
+    requests: std::sync::atomic::AtomicUsize,
+}
+
+async fn fake_registry(
+    devices: Vec<serde_json::Value>,
+    quirk: Quirk,
+    shutdown: &CancellationToken,
+) -> (String, Arc<Fake>) {
+    use axum::{
+        Json,
+        extract::{Query, State},
+        routing::get,
+    };
+    #[derive(serde::Deserialize)]
+    struct Page {
+        limit: usize,
+        offset: usize,
+    }
+    async fn list(
+        State(fake): State<Arc<Fake>>,
+        Query(q): Query<Page>,
+    ) -> Json<Vec<serde_json::Value>> {
+        let n = fake.requests.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut devices = fake.devices.lock().unwrap();
+        if fake.quirk == Quirk::DeleteDuringPaging && q.offset > 0 && n == 1 {
+            devices.remove(0);
+        }
+        let offset = if fake.quirk == Quirk::IgnoreOffset { 0 } else { q.offset };
+        Json(devices.iter().skip(offset).take(q.limit).cloned().collect())
+    }
+    let fake = Arc::new(Fake {
+        devices: std::sync::Mutex::new(devices),
+        quirk,
+        requests: std::sync::atomic::AtomicUsize::new(0),
+    });
+    let router = axum::Router::new()
+        .route("/api/registry/v1alpha1/apps/{app}/devices", get(list))
+        .with_state(fake.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let until = shutdown.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move { until.cancelled().await })
+            .await
+            .unwrap();
+    });
+    (url, fake)
+}
+
+fn fake_device(name: &str) -> serde_json::Value {
+    serde_json::json!({"metadata":{"application":APP,"name":name,"uid":format!("uid-{name}")},
+        "spec":{"gatewaySelector":{"matchNames":[GW]}}})
+}
+
+#[tokio::test]
+async fn a_listing_shifted_by_a_concurrent_delete_starts_over() {
+    let shutdown = CancellationToken::new();
+    let devices = (0..7).map(|n| fake_device(&format!("d{n}"))).collect();
+    let (url, fake) = fake_registry(devices, Quirk::DeleteDuringPaging, &shutdown).await;
+    let mut c = config(&url);
+    c.page_size = 3;
+    let sync = RegistrySync::new(&c, &gateway(), Secret::new(TOKEN)).unwrap();
+    let report = sync.sync_once().await.unwrap();
+    // Without the overlap check, d3 would be skipped: d0 went away before offset 2 was read.
+    let set = sync.subscribe().borrow().clone().unwrap();
+    assert_eq!(names(&set), ["d1", "d2", "d3", "d4", "d5", "d6"]);
+    assert_eq!(report.listed, 6);
+    // 2 requests of the shifted pass, then 3 of the complete one (offsets 0, 2, 4)
+    assert_eq!(fake.requests.load(std::sync::atomic::Ordering::SeqCst), 5);
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_registry_ignoring_offset_is_an_error_not_a_loop() {
+    let shutdown = CancellationToken::new();
+    let devices = (0..5).map(|n| fake_device(&format!("d{n}"))).collect();
+    let (url, _) = fake_registry(devices, Quirk::IgnoreOffset, &shutdown).await;
+    let mut c = config(&url);
+    c.page_size = 2;
+    let sync = RegistrySync::new(&c, &gateway(), Secret::new(TOKEN)).unwrap();
+    let err = tokio::time::timeout(PATIENCE, sync.sync_once()).await.unwrap().unwrap_err();
+    assert!(matches!(err, CloudError::RegistryShifted { .. }), "{err}");
+    assert!(sync.subscribe().borrow().is_none());
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn devices_that_do_not_parse_are_skipped_and_counted() {
+    let shutdown = CancellationToken::new();
+    let devices = vec![
+        fake_device("a"),
+        serde_json::json!({"metadata":{"application":APP,"name":"b","colour":"red"}}),
+        serde_json::json!({"metadata":{"application":"elsewhere","name":"c"},
+            "spec":{"gatewaySelector":{"matchNames":[GW]}}}),
+        fake_device("d"),
+    ];
+    let (url, _) = fake_registry(devices, Quirk::None, &shutdown).await;
+    let sync = RegistrySync::new(&config(&url), &gateway(), Secret::new(TOKEN)).unwrap();
+    let report = sync.sync_once().await.unwrap();
+    assert_eq!((report.listed, report.invalid, report.devices), (4, 2, 2));
+    assert_eq!(names(&sync.subscribe().borrow().clone().unwrap()), ["a", "d"]);
+    assert_eq!(sync.status().snapshot().invalid, 2);
+    shutdown.cancel();
+}
