@@ -183,7 +183,7 @@ async fn removal_in_the_registry_is_published_within_an_interval() {
     let after = wait_set(&mut rx, "the removals", |s| names(s) == ["stays"]).await;
     let took = changed_at.elapsed();
     // one interval (+10 % jitter) and the listing itself; generous for a loaded machine
-    assert!(took < SHORT * 2 + Duration::from_secs(1), "took {took:?}");
+    assert!(took < SHORT * 3 + Duration::from_millis(1500), "took {took:?}");
     assert!(after.generation > first.generation);
     let changes = after.changes_since(Some(&first));
     assert_eq!(changes.removed, ["deleted", "reassigned"]);
