@@ -23,9 +23,8 @@ use axum::{
 };
 use gw_model::{
     AppId, AuthOutcome, AuthRequest, Authenticate, BasicCredentials, Channel, Ingest, IngestError,
-    Telemetry, Timestamp,
+    PublishQuery, Telemetry, Timestamp,
 };
-use serde::Deserialize;
 use serde_json::json;
 
 /// Who checks sensors and who takes their messages.
@@ -53,19 +52,6 @@ pub fn router<A: Authenticate, I: Ingest>(state: EndpointState<A, I>, max_body: 
         .route("/v1/{channel}/{*suffix}", post(publish_with_suffix::<A, I>))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
-}
-
-/// Drogue's query parameters; any other key is a 400.
-#[derive(Debug, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct PublishQuery {
-    application: Option<String>,
-    device: Option<String>,
-    data_schema: Option<String>,
-    #[serde(rename = "as")]
-    as_device: Option<String>,
-    #[serde(alias = "commandTimeout")]
-    ct: Option<u64>,
 }
 
 async fn publish<A: Authenticate, I: Ingest>(

@@ -162,6 +162,25 @@ impl BasicCredentials {
     }
 }
 
+/// The query parameters of Drogue's HTTP endpoint, `POST /v1/{channel}?...` (also the one
+/// Uri-Query string Drogue's CoAP endpoint parses). Unknown keys are refused.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishQuery {
+    /// The application, for the Basic user forms without `@app`.
+    pub application: Option<String>,
+    /// The device, for the username + password forms.
+    pub device: Option<String>,
+    /// Becomes the CloudEvent `dataschema`.
+    pub data_schema: Option<String>,
+    /// The device a gateway publishes for.
+    #[serde(rename = "as")]
+    pub as_device: Option<String>,
+    /// Seconds to wait for a command after the publish (`ct` or `commandTimeout`).
+    #[serde(alias = "commandTimeout")]
+    pub ct: Option<u64>,
+}
+
 /// The credential a sensor presents, before it is checked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PresentedCredential {

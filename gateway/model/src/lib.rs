@@ -21,7 +21,9 @@ pub mod serde_util;
 pub mod southbound;
 
 pub use error::ModelError;
-pub use identity::{AuthRequest, BasicCredentials, Identity, PresentedCredential, Secret};
+pub use identity::{
+    AuthRequest, BasicCredentials, Identity, PresentedCredential, PublishQuery, Secret,
+};
 pub use ids::{AppId, Channel, CommandName, DeviceId};
 pub use message::{Command, Telemetry, Timestamp, is_json_content_type};
 pub use southbound::{AuthOutcome, Authenticate, Ingest, IngestError};

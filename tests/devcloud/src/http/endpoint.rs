@@ -12,8 +12,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use gw_model::{AuthRequest, BasicCredentials};
-use serde::Deserialize;
+use gw_model::{AuthRequest, BasicCredentials, PublishQuery};
 use serde_json::json;
 
 use super::AppState;
@@ -25,19 +24,6 @@ use crate::{
 
 /// The longest `ct` honoured, so a typo cannot pin a request for days.
 const MAX_COMMAND_WAIT: Duration = Duration::from_secs(3600);
-
-/// The query parameters Drogue's HTTP endpoint knows; anything else is a 400.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PublishQuery {
-    application: Option<String>,
-    device: Option<String>,
-    data_schema: Option<String>,
-    #[serde(rename = "as")]
-    as_device: Option<String>,
-    #[serde(alias = "commandTimeout")]
-    ct: Option<u64>,
-}
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
