@@ -21,6 +21,8 @@ pub enum ModelError {
     NotUtf8,
     #[error("Basic credentials have no ':' between user and password")]
     NoColon,
+    #[error("invalid size {value:?}: {reason}")]
+    InvalidSize { value: String, reason: &'static str },
     #[error("percent-encoding in {value:?} does not decode to UTF-8")]
     BadPercent { value: String },
 }

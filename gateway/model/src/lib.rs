@@ -26,4 +26,5 @@ pub use identity::{
 };
 pub use ids::{AppId, Channel, CommandName, DeviceId};
 pub use message::{Command, Telemetry, Timestamp, is_json_content_type};
+pub use serde_util::ByteSize;
 pub use southbound::{AuthOutcome, Authenticate, Ingest, IngestError};

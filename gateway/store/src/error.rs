@@ -86,10 +86,6 @@ pub enum StoreError {
     #[error("the outbox is closed")]
     Closed,
 
-    /// A size such as `max_bytes = "256MiB"` could not be parsed.
-    #[error("invalid size {value:?}: {reason}")]
-    InvalidSize { value: String, reason: &'static str },
-
     /// A configuration value is outside what the store accepts.
     #[error("invalid [store] {key}: {reason}")]
     InvalidConfig { key: &'static str, reason: String },
