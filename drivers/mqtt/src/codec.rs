@@ -238,6 +238,13 @@ mod tests {
             Packet::PubAck(PubAck { pkid: 1, reason: PubAckReason::NotAuthorized }),
             Packet::ConnAck(ConnAck::new(ConnectCode::BadUserNamePassword)),
             Packet::Disconnect(Disconnect { reason: DisconnectReason::KeepAliveTimeout }),
+            Packet::ConnAck(ConnAck {
+                max_packet_size: Some(1024),
+                receive_max: Some(8),
+                max_qos: Some(QoS::AtLeastOnce),
+                retain_available: Some(false),
+                ..ConnAck::new(ConnectCode::Success)
+            }),
         ] {
             let mut buf = encoded(codec, &packet);
             assert_eq!(

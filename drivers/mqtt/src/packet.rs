@@ -173,11 +173,24 @@ pub struct ConnAck {
     pub code: ConnectCode,
     /// v5: the largest packet the server accepts.
     pub max_packet_size: Option<u32>,
+    /// v5 Receive Maximum: QoS 1 publishes the server takes in flight.
+    pub receive_max: Option<u16>,
+    /// v5 Maximum QoS (0 or 1; absent means 2).
+    pub max_qos: Option<QoS>,
+    /// v5 Retain Available.
+    pub retain_available: Option<bool>,
 }
 
 impl ConnAck {
     pub fn new(code: ConnectCode) -> Self {
-        Self { session_present: false, code, max_packet_size: None }
+        Self {
+            session_present: false,
+            code,
+            max_packet_size: None,
+            receive_max: None,
+            max_qos: None,
+            retain_available: None,
+        }
     }
 }
 

@@ -91,6 +91,9 @@ fn from_wire(p: w::Packet) -> Result<Packet, CodecError> {
                 w::ConnectReturnCode::NotAuthorized => ConnectCode::NotAuthorized,
             },
             max_packet_size: None,
+            receive_max: None,
+            max_qos: None,
+            retain_available: None,
         }),
         w::Packet::Publish(p) => Packet::Publish(Publish {
             topic: p.topic,

@@ -95,11 +95,21 @@ fn from_wire(p: w::Packet) -> Result<Packet, CodecError> {
                 max_packet_size: props.and_then(|p| p.max_packet_size),
             })
         }
-        w::Packet::ConnAck(a) => Packet::ConnAck(ConnAck {
-            session_present: a.session_present,
-            code: connect_code_in(a.code),
-            max_packet_size: a.properties.and_then(|p| p.max_packet_size),
-        }),
+        w::Packet::ConnAck(a) => {
+            let props = a.properties.as_ref();
+            Packet::ConnAck(ConnAck {
+                session_present: a.session_present,
+                code: connect_code_in(a.code),
+                max_packet_size: props.and_then(|p| p.max_packet_size),
+                receive_max: props.and_then(|p| p.receive_max),
+                max_qos: props.and_then(|p| p.max_qos).map(|q| match q {
+                    0 => QoS::AtMostOnce,
+                    1 => QoS::AtLeastOnce,
+                    _ => QoS::ExactlyOnce,
+                }),
+                retain_available: props.and_then(|p| p.retain_available).map(|r| r != 0),
+            })
+        }
         w::Packet::Publish(p) => {
             let props = p.properties.unwrap_or_else(empty_publish_properties);
             Packet::Publish(Publish {
@@ -192,8 +202,15 @@ fn to_wire(p: &Packet) -> w::Packet {
         Packet::ConnAck(a) => w::Packet::ConnAck(w::ConnAck {
             session_present: a.session_present,
             code: connect_code_out(a.code),
-            properties: a.max_packet_size.map(|max| w::ConnAckProperties {
-                max_packet_size: Some(max),
+            properties: (a.max_packet_size.is_some()
+                || a.receive_max.is_some()
+                || a.max_qos.is_some()
+                || a.retain_available.is_some())
+            .then(|| w::ConnAckProperties {
+                max_packet_size: a.max_packet_size,
+                receive_max: a.receive_max,
+                max_qos: a.max_qos.map(|q| q as u8),
+                retain_available: a.retain_available.map(u8::from),
                 ..empty_connack_properties()
             }),
         }),

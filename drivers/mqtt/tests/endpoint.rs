@@ -113,6 +113,7 @@ impl Authenticate for TestAuth {
 
 struct Harness {
     addr: SocketAddr,
+    tls_addr: Option<SocketAddr>,
     ingest: Arc<TestIngest>,
     commands: Commands,
     stats: Stats,
@@ -141,11 +142,11 @@ impl Harness {
             MqttEndpoint::bind(&config, Arc::new(auth), ingest.clone(), AppId::new("app").unwrap())
                 .await
                 .unwrap();
-        let addr = endpoint.local_addr();
+        let (addr, tls_addr) = (endpoint.local_addr(), endpoint.tls_addr());
         let (commands, stats) = (endpoint.commands(), endpoint.stats());
         let token = CancellationToken::new();
         let task = tokio::spawn(endpoint.run(token.clone()));
-        Self { addr, ingest, commands, stats, token, task }
+        Self { addr, tls_addr, ingest, commands, stats, token, task }
     }
 
     async fn stop(self) {
@@ -475,6 +476,62 @@ async fn idle_connection_without_connect_is_closed() {
     let r = tokio::time::timeout(DEADLINE, s.read_to_end(&mut rest)).await;
     assert!(r.is_ok(), "the endpoint kept an idle connection");
     h.stop().await;
+}
+
+#[tokio::test]
+async fn mosquitto_pub_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
+        .args(["-nodes", "-days", "2", "-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .await
+        .unwrap();
+    assert!(made.success());
+    let (c, k) = (cert.clone(), key.clone());
+    let h = Harness::with(move |config| {
+        config.tls_listen = Some("127.0.0.1:0".parse().unwrap());
+        config.cert_file = Some(c);
+        config.key_file = Some(k);
+    })
+    .await;
+    let tls = h.tls_addr.unwrap();
+    let mut c = Command::new("mosquitto_pub");
+    c.args(["-h", "127.0.0.1", "-p", &tls.port().to_string(), "--cafile"])
+        .arg(&cert)
+        .args(["-V", "mqttv5", "-u", "sensor1@app", "-P", "pw", "-t", "secure", "-q", "1"])
+        .args(["-m", "over tls"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let out = output(c).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let t = h.ingest.records().pop().unwrap();
+    assert_eq!((t.channel.as_str(), &t.payload[..]), ("secure", &b"over tls"[..]));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn tls_without_a_key_is_a_clear_error() {
+    let config = MqttConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        tls_listen: Some("127.0.0.1:0".parse().unwrap()),
+        cert_file: Some("/nonexistent/cert.pem".into()),
+        key_file: Some("/nonexistent/key.pem".into()),
+        ..MqttConfig::default()
+    };
+    let auth = Arc::new(TestAuth(HashMap::new()));
+    let err = MqttEndpoint::bind(&config, auth, TestIngest::new(), AppId::new("app").unwrap())
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("/nonexistent/cert.pem"), "{err}");
 }
 
 #[path = "endpoint/rumqttc_clients.rs"]

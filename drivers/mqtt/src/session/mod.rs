@@ -449,7 +449,11 @@ impl Session {
     fn accept(&mut self, c: Connect, identity: Identity, now: Instant) -> Vec<Action> {
         let mut ack = ConnAck::new(ConnectCode::Success);
         if c.version == Version::V5 {
+            // what a v5 client should know: no QoS 2, no retained messages, the window
             ack.max_packet_size = u32::try_from(self.config.max_packet_size).ok();
+            ack.receive_max = Some(u16::try_from(self.config.max_inflight).unwrap_or(u16::MAX));
+            ack.max_qos = Some(QoS::AtLeastOnce);
+            ack.retain_available = Some(false);
         }
         // 1.5 × keep-alive, in milliseconds
         let keep_alive =
