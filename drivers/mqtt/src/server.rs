@@ -3,6 +3,14 @@
 //! packets, authenticate, ingest, register, close). Ingest requests run as their own tasks so
 //! a message handed over is committed even when its connection goes away; the endpoint's
 //! [`MqttEndpoint::run`] returns once every connection and ingest task has finished.
+//!
+//! Limits: a connection above `max_connections` is closed at accept, before any packet (no
+//! CONNACK: the CONNECT has not been read); a connection that does not complete the TLS
+//! handshake, CONNECT and login within `connect_timeout` is closed; a packet that cannot be
+//! decoded or exceeds `max_packet_size` closes its connection and is counted
+//! ([`EndpointStats::bad_frames`](crate::EndpointStats)); the endpoint itself never stops
+//! for a client's bytes. A command pushed while its session is closing is lost (delivery is
+//! at most once, as Drogue's).
 
 use std::{
     collections::VecDeque,

@@ -10,7 +10,14 @@
 //!   CONNECT failure. A rate-limited login gets not authorized (v3 `5`, v5 `0x87`).
 //!   Credentials are read with [`AuthRequest::from_mqtt`]; a bare device name uses the
 //!   gateway's application.
+//! - One session per device: a second connection of the same device takes over, and the
+//!   endpoint closes the older one (v5 DISCONNECT 0x8E "session taken over"; its will is
+//!   published). Drogue refuses the newer one instead; taking over lets a sensor that lost
+//!   its connection silently come back at once.
 //! - Keep-alive: no packet for 1.5 × the keep-alive closes the session (v5 DISCONNECT 0x8D).
+//!   The clock pauses while the in-flight window is full (the endpoint is not reading then).
+//! - A v5 CONNACK announces the limits: Maximum Packet Size, Receive Maximum (=
+//!   `max_inflight`), Maximum QoS 1, Retain Available 0.
 //! - PUBLISH to `<channel>` at QoS 0 or 1 goes to the ingest; a QoS 1 PUBLISH is acknowledged
 //!   only once its ingest resolved, and PUBACKs leave in packet order. `<channel>/<device>` is
 //!   accepted only when `<device>` is the connected device itself: a sensor publishes as
@@ -249,6 +256,8 @@ impl Session {
             State::AwaitConnect { deadline } | State::Authenticating { deadline, .. } => {
                 Some(*deadline)
             }
+            // while the window is full the loop does not read: the client is not idle
+            State::Connected(live) if live.inflight.len() >= self.config.max_inflight => None,
             State::Connected(live) => live.keep_alive.map(|ka| live.last_rx + ka),
             State::Closed => None,
         }
@@ -340,7 +349,12 @@ impl Session {
         result: Result<(), IngestError>,
         now: Instant,
     ) -> Vec<Action> {
+        let max_inflight = self.config.max_inflight;
         let State::Connected(live) = &mut self.state else { return Vec::new() };
+        if live.inflight.len() >= max_inflight {
+            // reading resumes now: the keep-alive counts from here
+            live.last_rx = live.last_rx.max(now);
+        }
         let Some(entry) = live.inflight.iter_mut().find(|e| e.token == Some(token)) else {
             return Vec::new();
         };

@@ -275,6 +275,21 @@ fn keep_alive_expires_after_one_and_a_half_times() {
 }
 
 #[test]
+fn keep_alive_is_paused_while_the_window_is_full() {
+    let t0 = Instant::now();
+    let mut s = connected(Version::V311, t0);
+    let tokens: Vec<_> = (1..=4)
+        .map(|i| token_of(&s.handle_packet(publish("t", QoS::AtLeastOnce, i), t0)))
+        .collect();
+    // a stalled outbox for a minute is not the client's fault
+    assert_eq!(s.next_deadline(), None);
+    let t60 = t0 + Duration::from_secs(60);
+    assert!(s.tick(t60).is_empty());
+    s.ingest_done(tokens[0], Ok(()), t60);
+    assert_eq!(s.next_deadline(), Some(t60 + Duration::from_secs(15)));
+}
+
+#[test]
 fn will_only_on_unclean_end_and_only_to_a_valid_channel() {
     let t0 = Instant::now();
     let with_will = |topic: &str| {
