@@ -187,7 +187,8 @@ impl CredentialChain {
         let attempt = verified::attempt_key(req).map_err(|e| e.to_string())?;
         let registry = self.registry();
         let statics = self.inner.statics.clone();
-        if let Some((identity, generation)) = lock(&self.inner.verified).get(&attempt).cloned() {
+        let remembered = lock(&self.inner.verified).get(&attempt).cloned();
+        if let Some((identity, generation)) = remembered {
             let (app, name) = (identity.app().as_str(), identity.device().as_str());
             let current = [&registry, &statics].iter().find_map(|c| {
                 c.resolve(req.app.as_str(), req.device.as_str()).and(c.generation(app, name))

@@ -1,1 +1,157 @@
+//! The chain's order, the remembered verifications, replacement after a sync, rate limiting.
 
+use std::net::IpAddr;
+
+use serde_json::json;
+
+use super::*;
+
+fn config() -> AuthConfig {
+    AuthConfig { argon2_memory_kib: 64, ..Default::default() }
+}
+
+fn dev(name: &str, spec: serde_json::Value) -> Device {
+    serde_json::from_value(json!({"metadata":{"application":"app","name":name},"spec":spec}))
+        .unwrap()
+}
+
+fn pass(name: &str, password: &str) -> Device {
+    dev(name, json!({"authentication":{"credentials":[{"pass":password}]}}))
+}
+
+fn req(device: &str, password: &str) -> AuthRequest {
+    AuthRequest {
+        app: AppId::new("app").unwrap(),
+        device: DeviceId::new(device).unwrap(),
+        credential: PresentedCredential::Password(Secret::new(password)),
+    }
+}
+
+fn id(s: &str) -> Identity {
+    s.parse().unwrap()
+}
+
+fn chain(dir: &Path) -> CredentialChain {
+    CredentialChain::open(&config(), dir).unwrap()
+}
+
+#[tokio::test]
+async fn registry_device_passes_by_alias_as_its_canonical_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = chain(dir.path());
+    let d = dev("s1", json!({"alias":["alt"],"authentication":{"credentials":[{"pass":"pw"}]}}));
+    assert_eq!(c.replace_devices(vec![d]).await.unwrap(), 1);
+    assert_eq!(c.authenticate(&req("alt", "pw"), None).await, AuthOutcome::Pass(id("s1@app")));
+    assert_eq!(c.authenticate(&req("s1", "nope"), None).await, AuthOutcome::Fail);
+    assert_eq!(c.authenticate(&req("unknown", "pw"), None).await, AuthOutcome::Fail);
+}
+
+#[tokio::test]
+async fn success_is_remembered_without_the_secret_and_forgotten_when_the_password_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = chain(dir.path());
+    c.replace_devices(vec![pass("s1", "old")]).await.unwrap();
+    assert!(matches!(c.authenticate(&req("s1", "old"), None).await, AuthOutcome::Pass(_)));
+    assert_eq!(c.verified_entries(), 1);
+    // an unchanged sync keeps the memory valid
+    c.replace_devices(vec![pass("s1", "old")]).await.unwrap();
+    assert!(matches!(c.authenticate(&req("s1", "old"), None).await, AuthOutcome::Pass(_)));
+    // a changed password invalidates it
+    c.replace_devices(vec![pass("s1", "new")]).await.unwrap();
+    assert_eq!(c.authenticate(&req("s1", "old"), None).await, AuthOutcome::Fail);
+    assert!(matches!(c.authenticate(&req("s1", "new"), None).await, AuthOutcome::Pass(_)));
+}
+
+#[tokio::test]
+async fn removed_device_loses_access_after_replace_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = chain(dir.path());
+    c.replace_devices(vec![pass("s1", "pw"), pass("s2", "pw2")]).await.unwrap();
+    assert!(matches!(c.authenticate(&req("s1", "pw"), None).await, AuthOutcome::Pass(_)));
+    c.replace_devices(vec![pass("s2", "pw2")]).await.unwrap();
+    assert_eq!(
+        c.authenticate(&req("s1", "pw"), None).await,
+        AuthOutcome::Fail,
+        "remembered success no longer counts"
+    );
+    // ... and a restart from the snapshot agrees
+    let c = chain(dir.path());
+    assert_eq!(c.authenticate(&req("s1", "pw"), None).await, AuthOutcome::Fail);
+    assert!(matches!(c.authenticate(&req("s2", "pw2"), None).await, AuthOutcome::Pass(_)));
+}
+
+#[tokio::test]
+async fn cold_start_authenticates_from_the_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    chain(dir.path()).replace_devices(vec![pass("s1", "pw")]).await.unwrap();
+    let c = chain(dir.path());
+    assert_eq!(c.registry().len(), 1);
+    assert_eq!(c.authenticate(&req("s1", "pw"), None).await, AuthOutcome::Pass(id("s1@app")));
+}
+
+#[tokio::test]
+async fn static_devices_pass_and_are_never_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = chain(dir.path())
+        .with_static_devices(&[StaticDevice {
+            app: AppId::new("app").unwrap(),
+            name: DeviceId::new("static1").unwrap(),
+            password: Secret::new("static-secret-777"),
+        }])
+        .unwrap();
+    assert_eq!(
+        c.authenticate(&req("static1", "static-secret-777"), None).await,
+        AuthOutcome::Pass(id("static1@app"))
+    );
+    assert_eq!(c.authenticate(&req("static1", "x"), None).await, AuthOutcome::Fail);
+    c.replace_devices(vec![pass("s1", "pw")]).await.unwrap();
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        assert!(!bytes.windows(6).any(|w| w == b"static"), "static device written to disk");
+    }
+}
+
+#[tokio::test]
+async fn registry_comes_before_local_accounts() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = chain(dir.path());
+    c.replace_devices(vec![pass("s1", "registry-pw")]).await.unwrap();
+    c.accounts().add(&id("s1@app"), &Secret::new("local-pw")).unwrap();
+    c.accounts().add(&id("tech@app"), &Secret::new("tech-pw")).unwrap();
+    assert_eq!(
+        c.authenticate(&req("s1", "local-pw"), None).await,
+        AuthOutcome::Fail,
+        "the registry decides for its devices"
+    );
+    assert_eq!(
+        c.authenticate(&req("tech", "tech-pw"), None).await,
+        AuthOutcome::Pass(id("tech@app"))
+    );
+    assert_eq!(c.authenticate(&req("tech", "wrong"), None).await, AuthOutcome::Fail);
+}
+
+#[tokio::test]
+async fn failures_are_rate_limited_per_identifier_and_per_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = chain(dir.path());
+    c.replace_devices(vec![pass("s1", "pw"), pass("s2", "pw")]).await.unwrap();
+    let peer: IpAddr = "192.0.2.7".parse().unwrap();
+    for _ in 0..5 {
+        assert_eq!(c.authenticate(&req("s1", "bad"), None).await, AuthOutcome::Fail);
+    }
+    assert_eq!(
+        c.authenticate(&req("s1", "pw"), None).await,
+        AuthOutcome::RateLimited,
+        "even the right password"
+    );
+    assert!(matches!(c.authenticate(&req("s2", "pw"), None).await, AuthOutcome::Pass(_)));
+    for i in 0..5 {
+        let _ = c.authenticate(&req(&format!("nobody{i}"), "x"), Some(peer)).await;
+    }
+    assert_eq!(
+        c.authenticate(&req("s2", "pw"), Some(peer)).await,
+        AuthOutcome::RateLimited,
+        "address locked"
+    );
+    assert!(matches!(c.authenticate(&req("s2", "pw"), None).await, AuthOutcome::Pass(_)));
+}
