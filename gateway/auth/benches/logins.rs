@@ -1,6 +1,8 @@
 //! 1,000 simultaneous sensor logins from the credential cache, cold (a fresh chain loaded from
 //! the snapshot, as right after a reboot) and warm (the same sensors reconnecting), with the
 //! default `[auth]` argon2id parameters. Run: `cargo bench -p gw-auth --bench logins`.
+//! `ARGON2_MEMORY_KIB=8192 ARGON2_ITERATIONS=2 cargo bench ...` measures other parameters
+//! (the < 5 s / < 1 s targets are asserted for the defaults only).
 
 use std::time::{Duration, Instant};
 
@@ -46,7 +48,13 @@ fn main() {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
-        let config = AuthConfig::default();
+        let env = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u32>().ok());
+        let defaults = AuthConfig::default();
+        let config = AuthConfig {
+            argon2_memory_kib: env("ARGON2_MEMORY_KIB").unwrap_or(defaults.argon2_memory_kib),
+            argon2_iterations: env("ARGON2_ITERATIONS").unwrap_or(defaults.argon2_iterations),
+            ..defaults.clone()
+        };
         let params = config.hash_params().expect("params");
         let started = Instant::now();
         for _ in 0..20 {
@@ -76,7 +84,9 @@ fn main() {
         println!("{SENSORS} simultaneous logins, cold (fresh chain from the snapshot): {:.3} s (target < 5 s)", cold.as_secs_f64());
         let warm = storm(&chain).await;
         println!("{SENSORS} simultaneous logins, warm (reconnect): {:.3} s (target < 1 s)", warm.as_secs_f64());
-        assert!(cold < Duration::from_secs(5), "cold storm over target");
-        assert!(warm < Duration::from_secs(1), "warm storm over target");
+        if config == defaults {
+            assert!(cold < Duration::from_secs(5), "cold storm over target");
+            assert!(warm < Duration::from_secs(1), "warm storm over target");
+        }
     });
 }

@@ -7,6 +7,25 @@
 //! [`gw_model::Authenticate`], with a brute-force [`Limiter`] in front and a bounded memory of
 //! recent successful verifications so reconnect storms do not re-run argon2.
 //!
+//! # Use from the daemon
+//!
+//! ```no_run
+//! # async fn wiring(devices: Vec<gw_model::registry::Device>) -> Result<(), gw_auth::AuthError> {
+//! use gw_auth::{AuthConfig, CredentialChain};
+//! let config = AuthConfig::default(); // the [auth] section
+//! let data_dir = std::path::Path::new("/var/lib/gatewayd");
+//! // at start-up, before any network call: loads credentials.snap and accounts.snap
+//! let chain = CredentialChain::open(&config, data_dir)?.with_static_devices(&[])?;
+//! // after each registry sync: hash, save the snapshot, swap (removed devices lose access)
+//! chain.replace_devices(devices).await?;
+//! // drivers get `chain.clone()` as their `gw_model::Authenticate`
+//! # Ok(()) }
+//! ```
+//!
+//! `gatewayd accounts add|list|reset|remove` open [`Accounts`] on
+//! `<data_dir>/`[`chain::ACCOUNTS_FILE`] with [`AuthConfig::hash_params`]; a running daemon
+//! sees the changes after [`Accounts::reload`] (or a restart).
+//!
 //! # Layout
 //! - [`config`]: the `[auth]` config section, [`AuthConfig`], every key documented.
 //! - [`hash`]: [`HashParams`] and [`StoredHash`]: argon2id hashing, bcrypt / sha512-crypt /

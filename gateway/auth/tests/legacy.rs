@@ -1,5 +1,6 @@
 //! Legacy login migration against a small `CheckLogin` service (seeds/003) on 127.0.0.1:0
 //! that counts the calls it gets.
+#![allow(clippy::unwrap_used)] // test code: a failed unwrap is a failed test
 
 use std::{
     net::SocketAddr,
