@@ -515,7 +515,7 @@ impl Session {
                     device: live.identity.device().clone(),
                     channel,
                     suffix: None,
-                    content_type: p.content_type,
+                    content_type: content_type_of(p.content_type, &p.payload),
                     data_schema: None,
                     received_at: stamp(self.epoch, now),
                     payload: p.payload,
@@ -589,7 +589,7 @@ impl Session {
                         device: live.identity.device().clone(),
                         channel,
                         suffix: None,
-                        content_type: will.content_type,
+                        content_type: content_type_of(will.content_type, &will.payload),
                         data_schema: None,
                         received_at: stamp(self.epoch, now),
                         payload: will.payload,
@@ -658,6 +658,17 @@ impl Live {
 }
 
 /// Whether `payload` is one JSON value.
+/// The content type a message travels with: the v5 property when the sensor set one; otherwise,
+/// as Drogue's MQTT endpoint does, JSON when the payload parses as JSON, else
+/// `application/octet-stream` (MQTT 3.1.1 has no content type at all).
+fn content_type_of(declared: Option<String>, payload: &[u8]) -> Option<String> {
+    declared.or_else(|| {
+        let guessed =
+            if is_json(payload) { "application/json" } else { "application/octet-stream" };
+        Some(guessed.to_owned())
+    })
+}
+
 fn is_json(payload: &[u8]) -> bool {
     serde_json::from_slice::<serde::de::IgnoredAny>(payload).is_ok()
 }

@@ -246,6 +246,22 @@ fn content_type_is_kept() {
 }
 
 #[test]
+fn without_a_declared_content_type_json_is_recognised_as_drogue_does() {
+    let t0 = Instant::now();
+    for (payload, expected) in [
+        (&b"{\"t\": 21}"[..], "application/json"),
+        (&b"21.5"[..], "application/json"),
+        (&b"\x01\x02 not json"[..], "application/octet-stream"),
+    ] {
+        let mut s = connected(Version::V311, t0);
+        let p = Publish::new("t", QoS::AtMostOnce, Bytes::copy_from_slice(payload));
+        let a = s.handle_packet(Packet::Publish(p), t0);
+        let [Action::Ingest { telemetry, .. }] = &a[..] else { panic!("{a:?}") };
+        assert_eq!(telemetry.content_type.as_deref(), Some(expected), "{payload:?}");
+    }
+}
+
+#[test]
 fn keep_alive_expires_after_one_and_a_half_times() {
     let t0 = Instant::now();
     let mut c = connect_packet(Version::V5);
