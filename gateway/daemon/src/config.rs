@@ -43,6 +43,9 @@ pub struct Config {
     /// Where messages go; without it the gateway buffers in the outbox until one is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cloud: Option<gw_cloud_sync::CloudConfig>,
+    /// The southbound MQTT endpoint; without the section there is no MQTT listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mqtt: Option<gw_driver_mqtt::MqttConfig>,
     #[serde(default)]
     pub web: WebConfig,
     #[serde(default)]
@@ -180,6 +183,9 @@ impl Config {
         })?;
         let devices = config.resolve_devices(text, origin)?;
         config.store.validate().map_err(|e| invalid(origin, "store", &e.to_string()))?;
+        if let Some(mqtt) = &config.mqtt {
+            mqtt.validate().map_err(|e| invalid(origin, "mqtt", &e.to_string()))?;
+        }
         let cloud_password = match &config.cloud {
             None => None,
             Some(cloud) => {

@@ -78,6 +78,7 @@ pub struct WebState {
     pub listeners: Arc<Mutex<Vec<Listener>>>,
     pub outbox: Option<gw_store::Outbox>,
     pub uplink: Option<Arc<gw_cloud_sync::UplinkStatus>>,
+    pub mqtt: Option<gw_driver_mqtt::Stats>,
 }
 
 impl WebState {
@@ -90,6 +91,7 @@ impl WebState {
             listeners: Arc::default(),
             outbox: None,
             uplink: None,
+            mqtt: None,
         }
     }
 
@@ -134,6 +136,7 @@ async fn readyz(State(state): State<WebState>) -> Response {
 async fn status(State(state): State<WebState>) -> Response {
     let outbox = state.outbox.as_ref().map(|o| o.stats());
     let uplink = state.uplink.as_ref().map(|u| u.snapshot());
+    let mqtt = state.mqtt.as_ref().map(|m| mqtt_json(&m.snapshot()));
     let body = serde_json::json!({
         "gateway": {
             "name": state.gateway,
@@ -145,8 +148,36 @@ async fn status(State(state): State<WebState>) -> Response {
         "listeners": state.listeners(),
         "outbox": outbox,
         "uplink": uplink,
+        "mqtt": mqtt,
     });
     ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
+}
+
+fn mqtt_json(s: &gw_driver_mqtt::EndpointStats) -> serde_json::Value {
+    let devices: Vec<serde_json::Value> = s
+        .devices
+        .iter()
+        .map(|(id, c)| {
+            serde_json::json!({
+                "device": id.to_string(),
+                "connected": c.connected,
+                "connects": c.connects,
+                "disconnects": c.disconnects,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "sessions": s.sessions,
+        "accepted_connections": s.accepted_connections,
+        "refused_connections": s.refused_connections,
+        "refused_logins": s.refused_logins,
+        "bad_frames": s.bad_frames,
+        "takeovers": s.takeovers,
+        "publishes": s.publishes,
+        "commands_delivered": s.commands_delivered,
+        "wills": s.wills,
+        "devices": devices,
+    })
 }
 
 async fn index(State(state): State<WebState>) -> Response {

@@ -5,6 +5,7 @@ use std::{net::SocketAddr, path::Path, sync::Arc};
 
 use anyhow::Context;
 use gw_cloud_sync::Uplink;
+use gw_driver_mqtt::MqttEndpoint;
 use gw_model::Identity;
 use gw_store::Outbox;
 use tokio_util::sync::CancellationToken;
@@ -72,9 +73,11 @@ impl Gateway {
         };
         state.uplink = uplink.as_ref().map(Uplink::status);
 
+        let auth = Arc::new(StaticAccounts::new(&loaded.devices));
+        let ingest = Arc::new(outbox.clone());
         let endpoint = EndpointState {
-            auth: Arc::new(StaticAccounts::new(&loaded.devices)),
-            ingest: Arc::new(outbox.clone()),
+            auth: Arc::clone(&auth),
+            ingest: Arc::clone(&ingest),
             default_app: config.gateway.application.clone(),
         };
 
@@ -88,7 +91,39 @@ impl Gateway {
         tracing::info!(listener = "web", addr = %web_addr, "listening");
         web_bound.set();
 
+        let mqtt = match &config.mqtt {
+            Some(mqtt_config) => {
+                let bound = readiness.condition("mqtt listener");
+                let endpoint = MqttEndpoint::bind(
+                    mqtt_config,
+                    Arc::clone(&auth),
+                    Arc::clone(&ingest),
+                    config.gateway.application.clone(),
+                )
+                .await
+                .context("cannot start the MQTT endpoint")?;
+                let addr = endpoint.local_addr();
+                tracing::info!(listener = "mqtt", %addr, "listening");
+                state.add_listener("mqtt", addr);
+                if let Some(tls) = endpoint.tls_addr() {
+                    tracing::info!(listener = "mqtts", addr = %tls, "listening");
+                    state.add_listener("mqtts", tls);
+                }
+                state.mqtt = Some(endpoint.stats());
+                bound.set();
+                Some(endpoint)
+            }
+            None => None,
+        };
+
         // 4. Components.
+        if let Some(endpoint) = mqtt {
+            let stop = supervisor.token().clone();
+            supervisor.spawn("mqtt", async move {
+                endpoint.run(stop).await;
+                Ok(())
+            });
+        }
         if let Some(uplink) = uplink {
             let reader = outbox.reader();
             let stop = supervisor.token().clone();

@@ -59,7 +59,13 @@ impl Running {
     }
 
     pub fn web_addr(&self) -> String {
-        let line = self.wait_for("\"listener\":\"web\"", Duration::from_secs(20));
+        self.listener_addr("web")
+    }
+
+    /// The address a listener reported (`listening` log line), in the order they bind: web,
+    /// then mqtt.
+    pub fn listener_addr(&self, name: &str) -> String {
+        let line = self.wait_for(&format!("\"listener\":\"{name}\""), Duration::from_secs(20));
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         v["addr"].as_str().unwrap().to_owned()
     }

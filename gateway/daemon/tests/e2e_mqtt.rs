@@ -1,0 +1,119 @@
+//! End to end over MQTT: real mosquitto clients publish to the real gatewayd, which forwards
+//! to the dev cloud as each sensor.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::{
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use common::{Running, write};
+use gw_devcloud::{DevCloud, Seed};
+use tokio_util::sync::CancellationToken;
+
+const APP: &str = "my-app";
+
+fn have_mosquitto_clients() -> bool {
+    let ok = Command::new("mosquitto_pub").arg("--help").output().is_ok();
+    if !ok {
+        assert!(std::env::var_os("CI").is_none(), "mosquitto_pub missing in CI");
+        eprintln!("SKIP: mosquitto_pub not installed");
+    }
+    ok
+}
+
+fn config(dir: &Path, cloud: &str) -> String {
+    let text = format!(
+        "[gateway]\nname = \"gw1\"\napplication = \"{APP}\"\ndata_dir = {:?}\n\n\
+         [cloud]\nkind = \"drogue-http\"\nurl = {cloud:?}\npassword = \"gw-secret\"\n\
+         retry_min = \"50ms\"\nretry_max = \"200ms\"\n\n\
+         [mqtt]\nlisten = \"127.0.0.1:0\"\n\n[web]\nlisten = \"127.0.0.1:0\"\n\n\
+         [log]\nformat = \"json\"\n\n\
+         [[devices]]\nname = \"sensor1\"\npassword = \"pw1\"\n",
+        dir.join("data").display().to_string()
+    );
+    write(dir, "gatewayd.toml", &text)
+}
+
+fn mosquitto_pub(
+    port: &str,
+    version: &str,
+    password: &str,
+    extra: &[&str],
+) -> std::process::Output {
+    Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", port, "-V", version, "-q", "1", "-i", "pub-test"])
+        .args(["-u", "sensor1@my-app", "-P", password, "-t", "temperature"])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_pub_reaches_the_cloud_as_the_sensor() {
+    if !have_mosquitto_clients() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let seed = Seed::new().application(APP).password_device(APP, "gw1", "gw-secret").sensor(
+        APP,
+        "sensor1",
+        None,
+        &["gw1"],
+    );
+    let cloud = DevCloud::start("127.0.0.1:0".parse().unwrap(), seed, CancellationToken::new())
+        .await
+        .unwrap();
+    let gw = Running::start(&config(dir.path(), &cloud.url()), None);
+    let web = gw.web_addr();
+    let mqtt = gw.listener_addr("mqtt");
+    let port = mqtt.rsplit_once(':').unwrap().1.to_owned();
+
+    let out = mosquitto_pub(&port, "mqttv311", "pw1", &["-m", r#"{"v":311}"#]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = mosquitto_pub(
+        &port,
+        "mqttv5",
+        "pw1",
+        &["-m", r#"{"v":5}"#, "-D", "publish", "content-type", "application/json"],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let events = loop {
+        let events: Vec<_> =
+            cloud.events().into_iter().filter(|e| e.kind == "io.drogue.event.v1").collect();
+        if events.len() >= 2 || Instant::now() > deadline {
+            break events;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(events.len(), 2, "{events:?}");
+    for (e, v) in events.iter().zip([311, 5]) {
+        assert_eq!(e.device.as_deref(), Some("sensor1"));
+        assert_eq!(e.sender.as_deref(), Some("gw1"));
+        assert_eq!(e.subject, "temperature");
+        assert_eq!(e.data, Some(serde_json::json!({ "v": v })));
+    }
+    assert_eq!(events[1].datacontenttype.as_deref(), Some("application/json"));
+
+    // a wrong password: the client's own words for it
+    let out = mosquitto_pub(&port, "mqttv311", "wrong", &["-m", "x"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad user name or password"), "{stderr}");
+    let out = mosquitto_pub(&port, "mqttv5", "wrong", &["-m", "x"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Bad User Name or Password"), "{stderr}");
+
+    // the status page counts the sessions and refusals
+    let status: serde_json::Value =
+        reqwest::get(format!("http://{web}/api/v1/status")).await.unwrap().json().await.unwrap();
+    assert_eq!(status["mqtt"]["publishes"], 2, "{status}");
+    assert_eq!(status["mqtt"]["refused_logins"], 2, "{status}");
+}
