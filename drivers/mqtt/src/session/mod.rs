@@ -31,6 +31,9 @@
 //!   closes the connection so the client retries; a QoS 0 message the store refused is
 //!   dropped. A packet above the maximum size closes the session (v5 DISCONNECT 0x95: MQTT 5
 //!   does not allow 0x95 in a PUBACK).
+//! - Content type: the v5 `content_type` property when the sensor set one; otherwise, as
+//!   Drogue, `application/json` when the payload parses as JSON, else
+//!   `application/octet-stream` (also for the will).
 //! - QoS 2 is not supported: v5 DISCONNECT 0x9B "QoS not supported", 3.1.1 closes.
 //!   v5 topic aliases are not offered: a PUBLISH with one gets DISCONNECT 0x94.
 //! - SUBSCRIBE accepts `command/inbox/#`, `command/inbox/+/#` and `command/inbox//#`, granting
@@ -657,7 +660,6 @@ impl Live {
     }
 }
 
-/// Whether `payload` is one JSON value.
 /// The content type a message travels with: the v5 property when the sensor set one; otherwise,
 /// as Drogue's MQTT endpoint does, JSON when the payload parses as JSON, else
 /// `application/octet-stream` (MQTT 3.1.1 has no content type at all).
@@ -669,6 +671,7 @@ fn content_type_of(declared: Option<String>, payload: &[u8]) -> Option<String> {
     })
 }
 
+/// Whether `payload` is one JSON value.
 fn is_json(payload: &[u8]) -> bool {
     serde_json::from_slice::<serde::de::IgnoredAny>(payload).is_ok()
 }
