@@ -442,6 +442,25 @@ async fn puback_waits_for_the_ingest() {
 }
 
 #[tokio::test]
+async fn command_push_says_why_it_cannot_deliver() {
+    let h = Harness::start().await;
+    let id: Identity = "sensor1@app".parse().unwrap();
+    let push = || h.commands.push(&id, CommandName::new("c").unwrap(), Bytes::new());
+    assert_eq!(push(), Delivery::NotConnected);
+    let (s, _, _) = raw_connect(h.addr, Version::V5).await;
+    h.wait_sessions(1).await;
+    assert_eq!(push(), Delivery::NotSubscribed);
+    assert!(!h.commands.is_subscribed(&id));
+    drop(s);
+    h.wait_sessions(0).await;
+    assert_eq!(push(), Delivery::NotConnected);
+    let stats = h.stats.snapshot();
+    let (who, conns) = &stats.devices[0];
+    assert_eq!((who, conns.connected, conns.connects, conns.disconnects), (&id, false, 1, 1));
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn bad_frames_are_counted_and_the_endpoint_keeps_serving() {
     let h = Harness::start().await;
     let (mut s, _codec, _buf) = raw_connect(h.addr, Version::V311).await;
