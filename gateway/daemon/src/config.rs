@@ -43,6 +43,13 @@ pub struct Config {
     /// Where messages go; without it the gateway buffers in the outbox until one is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cloud: Option<gw_cloud_sync::CloudConfig>,
+    /// Where the devices this gateway may act for come from; without it, only `[[devices]]`
+    /// and local accounts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<gw_cloud_sync::RegistryConfig>,
+    /// How sensors are authenticated (hash parameters, legacy login, brute-force limits).
+    #[serde(default)]
+    pub auth: gw_auth::AuthConfig,
     /// The southbound MQTT endpoint; without the section there is no MQTT listener.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mqtt: Option<gw_driver_mqtt::MqttConfig>,
@@ -165,6 +172,8 @@ pub struct Loaded {
     pub devices: Vec<ResolvedDevice>,
     /// The gateway's cloud password, when `[cloud]` sets one (`kind = "mqtt"` may go without).
     pub cloud_password: Option<Secret>,
+    /// The registry API token, when `[registry]` is set.
+    pub registry_token: Option<Secret>,
 }
 
 impl Config {
@@ -203,7 +212,23 @@ impl Config {
                 }
             }
         };
-        Ok(Loaded { config, devices, cloud_password })
+        config.auth.validate().map_err(|e| invalid(origin, "auth", &e.to_string()))?;
+        let registry_token = match &config.registry {
+            None => None,
+            Some(registry) => {
+                registry.validate().map_err(|e| invalid(origin, "registry", &e.to_string()))?;
+                match (&registry.token, &registry.token_file) {
+                    (Some(t), _) => Some(t.clone()),
+                    (None, Some(file)) => {
+                        Some(read_secret(file, "registry.token_file", text, origin)?)
+                    }
+                    (None, None) => {
+                        return Err(invalid(origin, "registry", "needs token_file or token"));
+                    }
+                }
+            }
+        };
+        Ok(Loaded { config, devices, cloud_password, registry_token })
     }
 
     fn resolve_devices(
@@ -294,6 +319,7 @@ mod tests {
         std::fs::write(&secret, "pw\n").unwrap();
         DEFAULT_CONFIG
             .replace("/etc/gatewayd/cloud.secret", &secret.display().to_string())
+            .replace("/etc/gatewayd/registry.token", &secret.display().to_string())
             .lines()
             .map(|l| match l.strip_prefix("# ") {
                 Some(rest) if looks_like_toml(rest) => rest.to_owned(),

@@ -9,12 +9,10 @@
 //! - [`supervisor`]: runs components as tasks under one cancellation token.
 //! - [`web`]: the web listener (health, readiness, status JSON, front page).
 //! - [`http_endpoint`]: southbound HTTP, `POST /v1/{channel}` (Drogue's device contract).
-//! - [`accounts`]: the devices configured on the gateway (`[[devices]]`).
 //! - [`demo`]: `gatewayd demo`, the gateway beside an embedded dev cloud.
 //! - [`sd_notify`]: systemd readiness notification.
 //! - [`logging`]: tracing set-up, human or JSON.
 
-pub mod accounts;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -79,6 +79,7 @@ pub struct WebState {
     pub outbox: Option<gw_store::Outbox>,
     pub uplink: Option<Arc<gw_cloud_sync::UplinkStatus>>,
     pub mqtt: Option<gw_driver_mqtt::Stats>,
+    pub registry: Option<Arc<gw_cloud_sync::RegistryStatus>>,
 }
 
 impl WebState {
@@ -92,6 +93,7 @@ impl WebState {
             outbox: None,
             uplink: None,
             mqtt: None,
+            registry: None,
         }
     }
 
@@ -149,6 +151,7 @@ async fn status(State(state): State<WebState>) -> Response {
         "outbox": outbox,
         "uplink": uplink,
         "mqtt": mqtt,
+        "registry": state.registry.as_ref().map(|r| r.snapshot()),
     });
     ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
 }

@@ -4,14 +4,14 @@
 use std::{net::SocketAddr, path::Path, sync::Arc};
 
 use anyhow::Context;
-use gw_cloud_sync::Uplink;
+use gw_auth::{AuthError, CredentialChain, StaticDevice};
+use gw_cloud_sync::{RegistrySync, Uplink};
 use gw_driver_mqtt::MqttEndpoint;
 use gw_model::Identity;
 use gw_store::Outbox;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    accounts::StaticAccounts,
     config::Loaded,
     http_endpoint::{self, EndpointState},
     supervisor::{Outcome, Supervisor},
@@ -73,7 +73,20 @@ impl Gateway {
         };
         state.uplink = uplink.as_ref().map(Uplink::status);
 
-        let auth = Arc::new(StaticAccounts::new(&loaded.devices));
+        // 3. Who may log in: the credential cache (loaded from its snapshot, before any network
+        // call), the static [[devices]], local accounts, the legacy login service.
+        let chain = open_credentials(&config, &loaded.devices).await?;
+        let me = Identity::new(config.gateway.application.clone(), config.gateway.name.clone());
+        let registry = match (&config.registry, loaded.registry_token) {
+            (Some(registry), Some(token)) => {
+                let sync = RegistrySync::new(registry, &me, token)
+                    .context("cannot set up the registry sync")?;
+                state.registry = Some(sync.status());
+                Some(sync)
+            }
+            _ => None,
+        };
+        let auth = Arc::new(chain);
         let ingest = Arc::new(outbox.clone());
         let endpoint = EndpointState {
             auth: Arc::clone(&auth),
@@ -81,7 +94,7 @@ impl Gateway {
             default_app: config.gateway.application.clone(),
         };
 
-        // 3. Listeners.
+        // 4. Listeners.
         let listen = config.web.listen;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
@@ -116,7 +129,17 @@ impl Gateway {
             None => None,
         };
 
-        // 4. Components.
+        // 5. Components.
+        if let Some(sync) = registry {
+            let devices = sync.subscribe();
+            let stop = supervisor.token().clone();
+            supervisor.spawn("registry sync", async move {
+                sync.run(stop).await;
+                Ok(())
+            });
+            let (chain, stop) = (Arc::clone(&auth), supervisor.token().clone());
+            supervisor.spawn("credential cache", apply_registry(chain, devices, stop));
+        }
         if let Some(endpoint) = mqtt {
             let stop = supervisor.token().clone();
             supervisor.spawn("mqtt", async move {
@@ -170,6 +193,69 @@ impl Gateway {
             Err(e) => tracing::error!(cause = %e, "outbox close panicked"),
         }
         outcome
+    }
+}
+
+/// Opens the credential chain from the data directory. A damaged credential snapshot is moved
+/// aside (the next registry sync rebuilds it) rather than keeping the gateway down.
+async fn open_credentials(
+    config: &crate::config::Config,
+    devices: &[crate::config::ResolvedDevice],
+) -> anyhow::Result<CredentialChain> {
+    let statics: Vec<StaticDevice> = devices
+        .iter()
+        .map(|d| StaticDevice {
+            app: d.app.clone(),
+            name: d.name.clone(),
+            password: d.password.clone(),
+        })
+        .collect();
+    let (auth, dir) = (config.auth.clone(), config.gateway.data_dir.clone());
+    tokio::task::spawn_blocking(move || {
+        let chain = match CredentialChain::open(&auth, &dir) {
+            Ok(chain) => chain,
+            Err(e @ (AuthError::Snapshot(_) | AuthError::Decode { .. })) => {
+                let file = dir.join(gw_auth::chain::CACHE_FILE);
+                let aside = dir.join(format!("{}.damaged", gw_auth::chain::CACHE_FILE));
+                tracing::error!(cause = %e, file = %file.display(), "credential snapshot damaged; moved aside, the next registry sync rebuilds it");
+                std::fs::rename(&file, &aside)
+                    .with_context(|| format!("cannot move {} aside", file.display()))?;
+                CredentialChain::open(&auth, &dir).context("cannot open the credential chain")?
+            }
+            Err(e) => return Err(anyhow::Error::new(e).context("cannot open the credential chain")),
+        };
+        chain.with_static_devices(&statics).context("cannot hash the static devices' passwords")
+    })
+    .await
+    .context("opening the credential chain panicked")?
+}
+
+/// Feeds every newly synced device set into the credential cache (hashed, persisted, swapped in).
+async fn apply_registry(
+    chain: Arc<CredentialChain>,
+    mut devices: tokio::sync::watch::Receiver<Option<Arc<gw_cloud_sync::SyncedDevices>>>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(()),
+            changed = devices.changed() => {
+                if changed.is_err() {
+                    // the sync stopped: only at shutdown
+                    stop.cancelled().await;
+                    return Ok(());
+                }
+            }
+        }
+        let Some(set) = devices.borrow_and_update().clone() else { continue };
+        match chain.replace_devices(set.devices.clone()).await {
+            Ok(n) => {
+                tracing::info!(devices = n, generation = set.generation, "credential cache updated")
+            }
+            Err(e) => {
+                tracing::error!(cause = %e, "cannot update the credential cache; keeping the previous one")
+            }
+        }
     }
 }
 

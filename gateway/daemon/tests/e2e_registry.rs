@@ -1,0 +1,137 @@
+//! The registry decides who may log in: devices synced from the dev cloud authenticate through
+//! the real gatewayd, keep doing so with the cloud gone (from the on-disk snapshot), and lose
+//! access when the registry no longer names the gateway.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use common::{Running, write};
+use gw_devcloud::{DevCloud, Seed, seed::device_with};
+use gw_model::registry::Device;
+use tokio_util::sync::CancellationToken;
+
+const APP: &str = "my-app";
+
+fn config(dir: &Path, cloud: &str) -> String {
+    let text = format!(
+        "[gateway]\nname = \"gw1\"\napplication = \"{APP}\"\ndata_dir = {:?}\n\n\
+         [registry]\nurl = {cloud:?}\ntoken = \"api-token\"\ninterval = \"200ms\"\ntimeout = \"2s\"\n\n\
+         [web]\nlisten = \"127.0.0.1:0\"\n\n[log]\nformat = \"json\"\n",
+        dir.join("data").display().to_string()
+    );
+    write(dir, "gatewayd.toml", &text)
+}
+
+async fn post(client: &reqwest::Client, web: &str, user: &str, pw: &str) -> u16 {
+    client
+        .post(format!("http://{web}/v1/temperature"))
+        .basic_auth(user, Some(pw))
+        .body("21")
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Polls until the sensor gets `want`, or fails after 15 s.
+async fn until_status(client: &reqwest::Client, web: &str, user: &str, pw: &str, want: u16) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let got = post(client, web, user, pw).await;
+        if got == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{user}: still {got}, wanted {want}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_devices_log_in_offline_too_and_lose_access_when_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let providers: Device = serde_json::from_value(serde_json::json!({
+        "metadata": {"application": APP, "name": "via-providers"},
+        "spec": {"providers": ["gw1"], "credentials": {"credentials": [{"pass": "pw-providers"}]}}
+    }))
+    .unwrap();
+    let seed = Seed::new()
+        .user("admin", "api-token")
+        .application(APP)
+        .password_device(APP, "gw1", "gw-secret")
+        .sensor(APP, "listed", Some("pw-listed"), &["gw1"])
+        .sensor(APP, "other-gateway", Some("pw-other"), &["gw2"])
+        .device(providers);
+    let stop_cloud = CancellationToken::new();
+    let cloud =
+        DevCloud::start("127.0.0.1:0".parse().unwrap(), seed, stop_cloud.clone()).await.unwrap();
+    let cfg = config(dir.path(), &cloud.url());
+    let client = reqwest::Client::new();
+
+    {
+        let gw = Running::start(&cfg, None);
+        let web = gw.web_addr();
+        until_status(&client, &web, "listed@my-app", "pw-listed", 202).await;
+        until_status(&client, &web, "via-providers@my-app", "pw-providers", 202).await;
+        assert_eq!(post(&client, &web, "other-gateway@my-app", "pw-other").await, 403);
+        assert_eq!(post(&client, &web, "listed@my-app", "wrong").await, 403);
+        let status: serde_json::Value = client
+            .get(format!("http://{web}/api/v1/status"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(status["registry"]["devices"], 2, "{status}");
+    } // gatewayd stopped (killed)
+
+    // the snapshot holds no plain password and only its owner may read it
+    let snapshot = dir.path().join("data").join(gw_auth::chain::CACHE_FILE);
+    let bytes = std::fs::read(&snapshot).unwrap();
+    for pw in ["pw-listed", "pw-providers"] {
+        assert!(!bytes.windows(pw.len()).any(|w| w == pw.as_bytes()), "{pw} in the snapshot");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&snapshot).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    // the cloud goes away; after a restart the sensors still log in from the snapshot
+    stop_cloud.cancel();
+    cloud.stopped().await;
+    {
+        let gw = Running::start(&cfg, None);
+        let web = gw.web_addr();
+        assert_eq!(post(&client, &web, "listed@my-app", "pw-listed").await, 202);
+        assert_eq!(post(&client, &web, "via-providers@my-app", "pw-providers").await, 202);
+        assert_eq!(post(&client, &web, "other-gateway@my-app", "pw-other").await, 403);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_the_registry_stops_listing_loses_access_within_an_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = Seed::new()
+        .user("admin", "api-token")
+        .application(APP)
+        .password_device(APP, "gw1", "gw-secret")
+        .sensor(APP, "listed", Some("pw-listed"), &["gw1"]);
+    let cloud = DevCloud::start("127.0.0.1:0".parse().unwrap(), seed, CancellationToken::new())
+        .await
+        .unwrap();
+    let gw = Running::start(&config(dir.path(), &cloud.url()), None);
+    let web = gw.web_addr();
+    let client = reqwest::Client::new();
+    until_status(&client, &web, "listed@my-app", "pw-listed", 202).await;
+
+    cloud.apply_device(device_with(APP, "listed", Some("pw-listed"), &["gw2"])).unwrap();
+    let revoked = Instant::now();
+    until_status(&client, &web, "listed@my-app", "pw-listed", 403).await;
+    eprintln!("access revoked {:?} after the registry change", revoked.elapsed());
+}
