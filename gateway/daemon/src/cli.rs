@@ -37,6 +37,13 @@ enum Command {
     PrintConfig,
     /// Check a config file: exit 0, or print the problem (key and line) and exit 1.
     CheckConfig { file: PathBuf },
+    /// Manage the gateway's local accounts (in the data directory of the config).
+    Accounts {
+        #[arg(long, short, default_value = "/etc/gatewayd/gatewayd.toml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: crate::accounts_cli::AccountsCommand,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -58,6 +65,7 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Accounts { config, command } => crate::accounts_cli::run(&config, command),
         Command::Run { config } => {
             let loaded = match Config::load(&config) {
                 Ok(l) => l,

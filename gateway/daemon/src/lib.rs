@@ -3,7 +3,8 @@
 //! component fails.
 //!
 //! # Layout
-//! - [`cli`]: the command line (`run`, `demo`, `print-config`, `check-config`).
+//! - [`cli`]: the command line (`run`, `demo`, `print-config`, `check-config`, `accounts`).
+//! - [`accounts_cli`]: `gatewayd accounts`: local accounts in the data directory.
 //! - [`config`]: the config file, its sections and secret files.
 //! - [`wiring`]: builds the gateway from its config in one top-to-bottom function.
 //! - [`supervisor`]: runs components as tasks under one cancellation token.
@@ -13,6 +14,7 @@
 //! - [`sd_notify`]: systemd readiness notification.
 //! - [`logging`]: tracing set-up, human or JSON.
 
+pub mod accounts_cli;
 pub mod cli;
 pub mod config;
 pub mod demo;

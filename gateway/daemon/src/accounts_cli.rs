@@ -1,0 +1,114 @@
+//! `gatewayd accounts`: the gateway's local accounts (locally provisioned sensors, technicians,
+//! and accounts migrated from a legacy login service), kept in the data directory.
+//!
+//! A running gatewayd reads the accounts file at start-up; restart it to apply changes.
+
+use std::{io::BufRead, path::PathBuf, process::ExitCode};
+
+use anyhow::Context;
+use clap::Subcommand;
+use gw_auth::{Accounts, chain::ACCOUNTS_FILE};
+use gw_model::{Identity, Secret};
+
+use crate::config::Config;
+
+#[derive(Subcommand, Debug)]
+pub enum AccountsCommand {
+    /// Add an account `device@app` (the app defaults to gateway.application).
+    Add {
+        id: String,
+        /// Read the password from this file; without it, from the first line of stdin.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
+    /// List the accounts, with those migrated from the legacy login service marked.
+    List,
+    /// Clear an account's migrated lock (so its password may be changed), optionally setting a
+    /// new password at the same time.
+    Reset {
+        id: String,
+        /// Also set a new password, read from this file.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
+    /// Change an account's password; refused for a migrated account until `reset`.
+    SetPassword {
+        id: String,
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
+    /// Remove an account.
+    Remove { id: String },
+}
+
+pub fn run(config_path: &PathBuf, command: AccountsCommand) -> ExitCode {
+    match execute(config_path, command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gatewayd accounts: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn execute(config_path: &PathBuf, command: AccountsCommand) -> anyhow::Result<()> {
+    let loaded = Config::load(config_path)?;
+    let config = loaded.config;
+    let params = config.auth.hash_params().context("auth parameters")?;
+    std::fs::create_dir_all(&config.gateway.data_dir).with_context(|| {
+        format!("cannot create data directory {}", config.gateway.data_dir.display())
+    })?;
+    let accounts = Accounts::open(&config.gateway.data_dir.join(ACCOUNTS_FILE), params)
+        .context("cannot open the accounts file")?;
+    let app = &config.gateway.application;
+    let identity = |id: &str| {
+        Identity::parse(id, Some(app)).with_context(|| format!("{id:?} is not device@app"))
+    };
+    match command {
+        AccountsCommand::Add { id, password_file } => {
+            let id = identity(&id)?;
+            accounts.add(&id, &password(password_file)?)?;
+            println!("added {id}");
+        }
+        AccountsCommand::List => {
+            for a in accounts.list() {
+                let note =
+                    if a.migrated { "  (migrated; password locked until reset)" } else { "" };
+                println!("{}@{}{note}", a.name, a.app);
+            }
+        }
+        AccountsCommand::Reset { id, password_file } => {
+            let id = identity(&id)?;
+            let new = password_file.map(|f| password(Some(f))).transpose()?;
+            accounts.reset(&id, new.as_ref())?;
+            println!("reset {id}");
+        }
+        AccountsCommand::SetPassword { id, password_file } => {
+            let id = identity(&id)?;
+            accounts.set_password(&id, &password(password_file)?)?;
+            println!("password of {id} changed");
+        }
+        AccountsCommand::Remove { id } => {
+            let id = identity(&id)?;
+            accounts.remove(&id)?;
+            println!("removed {id}");
+        }
+    }
+    Ok(())
+}
+
+/// A password from a file, or from the first line of stdin.
+fn password(file: Option<PathBuf>) -> anyhow::Result<Secret> {
+    let text = match file {
+        Some(f) => std::fs::read_to_string(&f)
+            .with_context(|| format!("cannot read password file {}", f.display()))?,
+        None => {
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line).context("cannot read the password")?;
+            line
+        }
+    };
+    let pw = text.trim_end_matches(['\n', '\r']);
+    anyhow::ensure!(!pw.is_empty(), "the password is empty");
+    Ok(Secret::new(pw))
+}
