@@ -3,7 +3,11 @@
 //!
 //! A running gatewayd reads the accounts file at start-up; restart it to apply changes.
 
-use std::{io::BufRead, path::PathBuf, process::ExitCode};
+use std::{
+    io::BufRead,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use anyhow::Context;
 use clap::Subcommand;
@@ -41,7 +45,7 @@ pub enum AccountsCommand {
     Remove { id: String },
 }
 
-pub fn run(config_path: &PathBuf, command: AccountsCommand) -> ExitCode {
+pub fn run(config_path: &Path, command: AccountsCommand) -> ExitCode {
     match execute(config_path, command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -51,7 +55,7 @@ pub fn run(config_path: &PathBuf, command: AccountsCommand) -> ExitCode {
     }
 }
 
-fn execute(config_path: &PathBuf, command: AccountsCommand) -> anyhow::Result<()> {
+fn execute(config_path: &Path, command: AccountsCommand) -> anyhow::Result<()> {
     let loaded = Config::load(config_path)?;
     let config = loaded.config;
     let params = config.auth.hash_params().context("auth parameters")?;
