@@ -19,6 +19,9 @@ pub struct DemoArgs {
     /// The gateway's web listener (status page, southbound HTTP).
     #[arg(long, default_value = "127.0.0.1:0")]
     web: SocketAddr,
+    /// The gateway's southbound MQTT listener.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    mqtt: SocketAddr,
     /// The dev cloud's listener.
     #[arg(long, default_value = "127.0.0.1:0")]
     cloud: SocketAddr,
@@ -60,20 +63,25 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .context("cannot start the dev cloud")?;
     let cloud_url = cloud.url();
 
-    // 2. The gateway, configured as an installer would, through the same config parser.
-    let mut text = format!(
+    // 2. The gateway, configured as an installer would, through the same config parser: it
+    // learns its sensors and their credentials from the dev cloud's registry.
+    let text = format!(
         "[gateway]\nname = {GATEWAY:?}\napplication = {APP:?}\ndata_dir = {:?}\n\n\
          [cloud]\nkind = \"drogue-http\"\nurl = {cloud_url:?}\npassword = {gateway_password:?}\n\
-         retry_max = \"5s\"\n\n[web]\nlisten = \"{}\"\n",
+         retry_max = \"5s\"\n\n\
+         [registry]\nurl = {cloud_url:?}\ntoken = {token:?}\ninterval = \"30s\"\n\
+         events_url = \"{cloud_url}/api/devcloud/v1/events\"\n\n\
+         [mqtt]\nlisten = \"{}\"\n\n[web]\nlisten = \"{}\"\n",
         data.path().display().to_string(),
+        args.mqtt,
         args.web,
     );
-    for (name, pw) in SENSORS.iter().zip(&sensor_passwords) {
-        text.push_str(&format!("\n[[devices]]\nname = {name:?}\npassword = {pw:?}\n"));
-    }
     let loaded = Config::from_str_at(&text, "demo config")?;
     let mut gateway = Gateway::start(loaded, shutdown.clone()).await?;
     let web = gateway.web_addr();
+    let mqtt = gateway.listener("mqtt").context("the demo gateway has an MQTT listener")?;
+
+    registry_synced(web, &shutdown).await;
 
     // 3. Simulated sensors, posting through the gateway's southbound HTTP endpoint.
     let sensors: Vec<(String, String)> =
@@ -81,7 +89,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let interval = *args.interval;
     let stop = shutdown.clone();
     gateway.supervisor().spawn("demo sensors", async move {
-        simulate(web, sensors, interval, stop).await;
+        simulate(web, mqtt, sensors, interval, stop).await;
         Ok(())
     });
     gateway.supervisor().spawn("dev cloud", async move {
@@ -89,7 +97,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         Ok(())
     });
 
-    print_banner(web, &cloud_url, &token, &sensor_passwords[0]);
+    print_banner(web, mqtt, &cloud_url, &token, &sensor_passwords[0]);
 
     let duration = args.duration.map(Duration::from);
     let stop = async move {
@@ -106,62 +114,117 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     Ok(code)
 }
 
-fn print_banner(web: SocketAddr, cloud: &str, token: &str, sensor1_password: &str) {
+fn print_banner(
+    web: SocketAddr,
+    mqtt: SocketAddr,
+    cloud: &str,
+    token: &str,
+    sensor1_password: &str,
+) {
     println!(
         "\ngatewayd demo: a dev cloud, gateway {GATEWAY} of application {APP}, and sensors {sensors}\n\
-         posting a temperature through the gateway every few seconds.\n\n\
+         posting a temperature through the gateway every few seconds ({http} over HTTP, {last}\n\
+         over MQTT). The gateway learns the sensors and their passwords from the cloud's registry.\n\n\
          \x20 gateway            http://{web}/\n\
          \x20 gateway status     http://{web}/api/v1/status\n\
+         \x20 gateway MQTT       mqtt://{mqtt}\n\
          \x20 dev cloud          {cloud}/\n\
          \x20 cloud event log    {cloud}/api/devcloud/v1/events\n\n\
          Send a message as sensor1 (202 once it is on the gateway's disk):\n\
          \x20 curl -i -u sensor1@{APP}:{sensor1_password} -H 'Content-Type: application/json' -d '{{\"temp\":21.5}}' http://{web}/v1/temperature\n\
+         Or over MQTT (PUBACK once it is on disk):\n\
+         \x20 mosquitto_pub -h {mqtt_host} -p {mqtt_port} -q 1 -u sensor1@{APP} -P {sensor1_password} -t temperature -m '{{\"temp\":22}}'\n\
          See it arrive in the cloud as sensor1, sent by {GATEWAY}:\n\
          \x20 curl -s '{cloud}/api/devcloud/v1/events?since=0'\n\
          Look at the registry with Drogue's CLI (cargo install drg):\n\
          \x20 drg login {cloud} --access-token admin:{token} && drg get devices --application {APP}\n\n\
          Stop with Ctrl-C.\n",
         sensors = SENSORS.join(", "),
+        http = SENSORS[..SENSORS.len() - 1].join(" and "),
+        last = SENSORS[SENSORS.len() - 1],
+        mqtt_host = mqtt.ip(),
+        mqtt_port = mqtt.port(),
     );
 }
 
-/// Each sensor posts a JSON reading every `interval`; failures are logged and retried on the
-/// next tick, as a real sensor would.
+/// Waits (up to 20 s) until the gateway holds its sensors' credentials from the registry, so
+/// the first readings (and the printed hints) are not refused.
+async fn registry_synced(web: SocketAddr, stop: &CancellationToken) {
+    let client = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::time::Instant::now() < deadline && !stop.is_cancelled() {
+        let status = client.get(format!("http://{web}/api/v1/status")).send().await;
+        if let Ok(r) = status
+            && let Ok(v) = r.json::<serde_json::Value>().await
+            && v["credentials"]["registry_devices"].as_u64() >= Some(SENSORS.len() as u64)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tracing::warn!("the demo gateway has not synced its registry yet; starting the sensors anyway");
+}
+
+/// The sensors post a JSON reading every `interval`, the first ones over HTTP, the last over
+/// MQTT (QoS 1); failures are logged and the next tick tries again, as a real sensor would.
 async fn simulate(
     web: SocketAddr,
+    mqtt: SocketAddr,
     sensors: Vec<(String, String)>,
     interval: Duration,
     stop: CancellationToken,
 ) {
-    let client = reqwest::Client::new();
-    let url = format!("http://{web}/v1/temperature");
-    let mut tick = tokio::time::interval(interval);
-    let mut n: u64 = 0;
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        n += 1;
-        for (i, (name, password)) in sensors.iter().enumerate() {
-            let reading = 20.0 + (n as f64 / 5.0 + i as f64).sin() * 3.0;
-            let body = format!("{{\"temp\":{reading:.2},\"seq\":{n}}}");
-            let sent = client
-                .post(&url)
-                .basic_auth(format!("{name}@{APP}"), Some(password))
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await;
-            match sent {
-                Ok(r) if r.status() == reqwest::StatusCode::ACCEPTED => {
-                    tracing::debug!(sensor = %name, seq = n, "demo reading accepted")
-                }
-                Ok(r) => {
-                    tracing::warn!(sensor = %name, status = %r.status(), "demo reading refused")
-                }
-                Err(e) => tracing::warn!(sensor = %name, cause = %e, "demo reading failed"),
+    let Some(((mqtt_name, mqtt_password), http_sensors)) = sensors.split_last() else { return };
+    let mut options =
+        rumqttc::MqttOptions::new(format!("{mqtt_name}@{APP}"), mqtt.ip().to_string(), mqtt.port());
+    options.set_credentials(format!("{mqtt_name}@{APP}"), mqtt_password.clone());
+    options.set_keep_alive(Duration::from_secs(30));
+    let (mqtt_client, mut events) = rumqttc::AsyncClient::new(options, 16);
+    let mqtt_loop = async {
+        loop {
+            if let Err(e) = events.poll().await {
+                tracing::warn!(sensor = %mqtt_name, cause = %e, "demo MQTT sensor disconnected");
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
+    };
+    let readings = async {
+        let client = reqwest::Client::new();
+        let url = format!("http://{web}/v1/temperature");
+        let mut tick = tokio::time::interval(interval);
+        for n in 1u64.. {
+            tick.tick().await;
+            let reading = |i: usize| 20.0 + (n as f64 / 5.0 + i as f64).sin() * 3.0;
+            for (i, (name, password)) in http_sensors.iter().enumerate() {
+                let body = format!("{{\"temp\":{:.2},\"seq\":{n}}}", reading(i));
+                let sent = client
+                    .post(&url)
+                    .basic_auth(format!("{name}@{APP}"), Some(password))
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await;
+                match sent {
+                    Ok(r) if r.status() == reqwest::StatusCode::ACCEPTED => {
+                        tracing::debug!(sensor = %name, seq = n, "demo reading accepted")
+                    }
+                    Ok(r) => {
+                        tracing::warn!(sensor = %name, status = %r.status(), "demo reading refused")
+                    }
+                    Err(e) => tracing::warn!(sensor = %name, cause = %e, "demo reading failed"),
+                }
+            }
+            let body = format!("{{\"temp\":{:.2},\"seq\":{n}}}", reading(http_sensors.len()));
+            if let Err(e) =
+                mqtt_client.publish("temperature", rumqttc::QoS::AtLeastOnce, false, body).await
+            {
+                tracing::warn!(sensor = %mqtt_name, cause = %e, "demo MQTT reading failed");
+            }
+        }
+    };
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        _ = mqtt_loop => {}
+        _ = readings => {}
     }
 }

@@ -80,6 +80,7 @@ pub struct WebState {
     pub uplink: Option<Arc<gw_cloud_sync::UplinkStatus>>,
     pub mqtt: Option<gw_driver_mqtt::Stats>,
     pub registry: Option<Arc<gw_cloud_sync::RegistryStatus>>,
+    pub credentials: Option<Arc<gw_auth::CredentialChain>>,
 }
 
 impl WebState {
@@ -94,6 +95,7 @@ impl WebState {
             uplink: None,
             mqtt: None,
             registry: None,
+            credentials: None,
         }
     }
 
@@ -101,7 +103,7 @@ impl WebState {
         self.listeners.lock().unwrap_or_else(|p| p.into_inner()).push(Listener { name, addr });
     }
 
-    fn listeners(&self) -> Vec<Listener> {
+    pub fn listeners(&self) -> Vec<Listener> {
         self.listeners.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
@@ -152,6 +154,11 @@ async fn status(State(state): State<WebState>) -> Response {
         "uplink": uplink,
         "mqtt": mqtt,
         "registry": state.registry.as_ref().map(|r| r.snapshot()),
+        "credentials": state.credentials.as_ref().map(|c| serde_json::json!({
+            "registry_devices": c.registry().len(),
+            "local_accounts": c.accounts().list().len(),
+            "remembered_logins": c.verified_entries(),
+        })),
     });
     ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
 }

@@ -24,6 +24,7 @@ pub struct Gateway {
     web_addr: SocketAddr,
     grace: std::time::Duration,
     outbox: Outbox,
+    listeners: Vec<web::Listener>,
 }
 
 impl Gateway {
@@ -87,6 +88,7 @@ impl Gateway {
             _ => None,
         };
         let auth = Arc::new(chain);
+        state.credentials = Some(Arc::clone(&auth));
         let ingest = Arc::new(outbox.clone());
         let endpoint = EndpointState {
             auth: Arc::clone(&auth),
@@ -155,6 +157,7 @@ impl Gateway {
             });
         }
         let max_body = usize::try_from(config.web.max_message_bytes.bytes()).unwrap_or(usize::MAX);
+        let listeners = state.listeners();
         let app = web::router(state).merge(http_endpoint::router(endpoint, max_body));
         let stop = supervisor.token().clone();
         supervisor.spawn("web", async move {
@@ -170,11 +173,16 @@ impl Gateway {
             devices = loaded.devices.len(),
             "gateway started"
         );
-        Ok(Self { supervisor, web_addr, grace: config.gateway.shutdown_grace, outbox })
+        Ok(Self { supervisor, web_addr, grace: config.gateway.shutdown_grace, outbox, listeners })
     }
 
     pub fn web_addr(&self) -> SocketAddr {
         self.web_addr
+    }
+
+    /// The bound address of a listener (`web`, `mqtt`, `mqtts`), if it exists.
+    pub fn listener(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners.iter().find(|l| l.name == name).map(|l| l.addr)
     }
 
     /// Adds a component (the demo's dev cloud and sensors run beside the gateway this way).
