@@ -25,8 +25,10 @@ pub(crate) struct PushedCommand {
 /// One live session, as the registry knows it.
 struct Entry {
     conn: u64,
-    /// Cancelled to make the session end (takeover).
+    /// Cancelled to make the session end (takeover, revocation).
     kick: CancellationToken,
+    /// Set before `kick` is cancelled when the device's access was revoked.
+    revoked: Arc<AtomicBool>,
     commands: mpsc::Sender<PushedCommand>,
     subscribed: Arc<AtomicBool>,
 }
@@ -75,10 +77,11 @@ impl Registry {
         identity: &Identity,
         conn: u64,
         kick: CancellationToken,
+        revoked: Arc<AtomicBool>,
     ) -> Registration {
         let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
         let subscribed = Arc::new(AtomicBool::new(false));
-        let entry = Entry { conn, kick, commands: tx, subscribed: subscribed.clone() };
+        let entry = Entry { conn, kick, revoked, commands: tx, subscribed: subscribed.clone() };
         let old = lock(&self.live).insert(identity.clone(), entry);
         if let Some(old) = old {
             tracing::info!(device = %identity, "MQTT session taken over by a new connection");
@@ -90,6 +93,18 @@ impl Registry {
         d.connects += 1;
         d.connected = true;
         Registration { commands: rx, subscribed }
+    }
+
+    /// Ends `identity`'s live session because it lost its access. Returns whether one was live.
+    pub fn revoke(&self, identity: &Identity) -> bool {
+        match lock(&self.live).get(identity) {
+            Some(entry) => {
+                entry.revoked.store(true, Ordering::Release);
+                entry.kick.cancel();
+                true
+            }
+            None => false,
+        }
     }
 
     /// Removes the session `conn` of `identity` (unless a newer one replaced it).
@@ -155,6 +170,13 @@ pub enum Delivery {
 impl Commands {
     pub(crate) fn new(registry: Arc<Registry>) -> Self {
         Self { registry }
+    }
+
+    /// Ends `device`'s live session, if any, because it may no longer log in (removed from
+    /// the registry): v5 clients get DISCONNECT 0x87 (not authorized). Returns whether a
+    /// session was live.
+    pub fn disconnect(&self, device: &Identity) -> bool {
+        self.registry.revoke(device)
     }
 
     /// Pushes command `name` with `payload` to `device`'s live session.

@@ -288,6 +288,7 @@ impl<A: Authenticate, I: Ingest> Conn<A, I> {
 
         let (results_tx, mut results_rx) = mpsc::channel(shared.session.max_inflight + 1);
         let kick = self.token.child_token();
+        let revoked = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut registered = None;
         let mut commands: Option<mpsc::Receiver<_>> = None;
         let mut pending: VecDeque<Action> =
@@ -324,7 +325,12 @@ impl<A: Authenticate, I: Ingest> Conn<A, I> {
                     Action::Connected(identity) => {
                         tracing::info!(device = %identity, peer = %self.peer,
                             version = %codec.version(), "MQTT session started");
-                        let reg = shared.registry.register(&identity, self.id, kick.clone());
+                        let reg = shared.registry.register(
+                            &identity,
+                            self.id,
+                            kick.clone(),
+                            Arc::clone(&revoked),
+                        );
                         commands = Some(reg.commands);
                         registered = Some((identity, reg.subscribed));
                     }
@@ -405,6 +411,8 @@ impl<A: Authenticate, I: Ingest> Conn<A, I> {
                 () = kick.cancelled() => {
                     if self.token.is_cancelled() {
                         session.shutdown(Instant::now())
+                    } else if revoked.load(Ordering::Acquire) {
+                        session.revoked(Instant::now())
                     } else {
                         session.taken_over(Instant::now())
                     }

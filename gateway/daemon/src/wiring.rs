@@ -140,7 +140,10 @@ impl Gateway {
                 Ok(())
             });
             let (chain, stop) = (Arc::clone(&auth), supervisor.token().clone());
-            supervisor.spawn("credential cache", apply_registry(chain, devices, stop));
+            let sessions = mqtt.as_ref().map(MqttEndpoint::commands);
+            let app = config.gateway.application.clone();
+            supervisor
+                .spawn("credential cache", apply_registry(chain, devices, sessions, app, stop));
         }
         if let Some(endpoint) = mqtt {
             let stop = supervisor.token().clone();
@@ -238,12 +241,16 @@ async fn open_credentials(
     .context("opening the credential chain panicked")?
 }
 
-/// Feeds every newly synced device set into the credential cache (hashed, persisted, swapped in).
+/// Feeds every newly synced device set into the credential cache (hashed, persisted, swapped
+/// in), then ends the MQTT sessions of devices that left the set: they may no longer log in.
 async fn apply_registry(
     chain: Arc<CredentialChain>,
     mut devices: tokio::sync::watch::Receiver<Option<Arc<gw_cloud_sync::SyncedDevices>>>,
+    sessions: Option<gw_driver_mqtt::Commands>,
+    app: gw_model::AppId,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
+    let mut previous: Option<Arc<gw_cloud_sync::SyncedDevices>> = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return Ok(()),
@@ -261,9 +268,21 @@ async fn apply_registry(
                 tracing::info!(devices = n, generation = set.generation, "credential cache updated")
             }
             Err(e) => {
-                tracing::error!(cause = %e, "cannot update the credential cache; keeping the previous one")
+                tracing::error!(cause = %e, "cannot update the credential cache; keeping the previous one");
+                continue;
             }
         }
+        let removed = set.changes_since(previous.as_deref()).removed;
+        if let Some(sessions) = &sessions {
+            for name in removed {
+                let Ok(device) = gw_model::DeviceId::new(name.as_str()) else { continue };
+                let identity = Identity::new(app.clone(), device);
+                if sessions.disconnect(&identity) {
+                    tracing::info!(device = %identity, "access revoked by the registry; MQTT session closed");
+                }
+            }
+        }
+        previous = Some(set);
     }
 }
 

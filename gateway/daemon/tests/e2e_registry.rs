@@ -22,6 +22,7 @@ fn config(dir: &Path, cloud: &str) -> String {
     let text = format!(
         "[gateway]\nname = \"gw1\"\napplication = \"{APP}\"\ndata_dir = {:?}\n\n\
          [registry]\nurl = {cloud:?}\ntoken = \"api-token\"\ninterval = \"200ms\"\ntimeout = \"2s\"\n\n\
+         [mqtt]\nlisten = \"127.0.0.1:0\"\n\n\
          [web]\nlisten = \"127.0.0.1:0\"\n\n[log]\nformat = \"json\"\n",
         dir.join("data").display().to_string()
     );
@@ -134,4 +135,93 @@ async fn a_device_the_registry_stops_listing_loses_access_within_an_interval() {
     let revoked = Instant::now();
     until_status(&client, &web, "listed@my-app", "pw-listed", 403).await;
     eprintln!("access revoked {:?} after the registry change", revoked.elapsed());
+}
+
+fn mosquitto(
+    tool: &str,
+    port: &str,
+    user: &str,
+    pw: &str,
+    extra: &[&str],
+) -> std::process::Command {
+    let mut c = std::process::Command::new(tool);
+    c.args(["-h", "127.0.0.1", "-p", port, "-V", "mqttv5", "-u", user, "-P", pw]).args(extra);
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_sessions_of_a_device_the_registry_drops_are_closed() {
+    if std::process::Command::new("mosquitto_sub").arg("--help").output().is_err() {
+        assert!(std::env::var_os("CI").is_none(), "mosquitto clients missing in CI");
+        eprintln!("SKIP: mosquitto clients not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let seed = Seed::new()
+        .user("admin", "api-token")
+        .application(APP)
+        .password_device(APP, "gw1", "gw-secret")
+        .sensor(APP, "listed", Some("pw-listed"), &["gw1"])
+        .sensor(APP, "other-gateway", Some("pw-other"), &["gw2"]);
+    let cloud = DevCloud::start("127.0.0.1:0".parse().unwrap(), seed, CancellationToken::new())
+        .await
+        .unwrap();
+    let gw = Running::start(&config(dir.path(), &cloud.url()), None);
+    let web = gw.web_addr();
+    let port = gw.listener_addr("mqtt").rsplit_once(':').unwrap().1.to_owned();
+    let client = reqwest::Client::new();
+    until_status(&client, &web, "listed@my-app", "pw-listed", 202).await;
+
+    // a registry device publishes over MQTT; a device of another gateway is refused
+    let publish = |user: &str, pw: &str| {
+        mosquitto("mosquitto_pub", &port, user, pw, &["-q", "1", "-t", "temperature", "-m", "21"])
+            .output()
+            .unwrap()
+    };
+    assert!(publish("listed@my-app", "pw-listed").status.success());
+    assert!(!publish("other-gateway@my-app", "pw-other").status.success());
+
+    // a subscribed session of `listed` is closed when the registry drops it
+    let mut sub =
+        mosquitto("mosquitto_sub", &port, "listed@my-app", "pw-listed", &["-t", "command/inbox/#"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status: serde_json::Value = client
+            .get(format!("http://{web}/api/v1/status"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if status["mqtt"]["sessions"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the subscriber never connected: {status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cloud.apply_device(device_with(APP, "listed", Some("pw-listed"), &["gw2"])).unwrap();
+    let revoked = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = sub.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the revoked session stayed open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut sub.stderr.take().unwrap(), &mut stderr).unwrap();
+    eprintln!(
+        "session closed {:?} after the registry change ({status:?}): {stderr}",
+        revoked.elapsed()
+    );
+    // mosquitto_sub ends (with status 0 on a v5 DISCONNECT from the server); the gateway says why
+    let line = gw.wait_for("access revoked by the registry", Duration::from_secs(5));
+    assert!(line.contains("listed@my-app"), "{line}");
+    assert!(!publish("listed@my-app", "pw-listed").status.success(), "no new login either");
 }

@@ -131,6 +131,8 @@ pub enum CloseReason {
     PublishRefused,
     /// A newer connection of the same device took over.
     TakenOver,
+    /// The device lost its access (the registry no longer lists it for this gateway).
+    Revoked,
     /// The endpoint is shutting down.
     Shutdown,
 }
@@ -144,6 +146,7 @@ impl CloseReason {
             CloseReason::QoSNotSupported => DisconnectReason::QoSNotSupported,
             CloseReason::TopicAlias => DisconnectReason::TopicAliasInvalid,
             CloseReason::TakenOver => DisconnectReason::SessionTakenOver,
+            CloseReason::Revoked => DisconnectReason::NotAuthorized,
             CloseReason::Shutdown => DisconnectReason::ServerShuttingDown,
             CloseReason::PublishRefused => DisconnectReason::ImplementationSpecificError,
             CloseReason::ConnectTimeout
@@ -432,6 +435,11 @@ impl Session {
     /// A newer connection of the same device took over.
     pub fn taken_over(&mut self, now: Instant) -> Vec<Action> {
         self.close(CloseReason::TakenOver, now)
+    }
+
+    /// The device's access was revoked: the session ends (v5: DISCONNECT 0x87).
+    pub fn revoked(&mut self, now: Instant) -> Vec<Action> {
+        self.close(CloseReason::Revoked, now)
     }
 
     /// The endpoint is shutting down.

@@ -443,3 +443,17 @@ fn json_check_matches_serde() {
     assert!(!is_json(b"{\"a\": }"));
     assert!(!is_json(b""));
 }
+
+#[test]
+fn revoked_session_is_told_not_authorized_and_closed() {
+    let t0 = Instant::now();
+    let mut s = connected(Version::V5, t0);
+    let a = s.revoked(t0);
+    assert!(
+        a.contains(&Action::Send(Packet::Disconnect(Disconnect {
+            reason: DisconnectReason::NotAuthorized
+        }))),
+        "{a:?}"
+    );
+    assert_eq!(a.last(), Some(&Action::Close(CloseReason::Revoked)));
+}
