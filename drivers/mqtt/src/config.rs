@@ -14,9 +14,9 @@
 //! connect_timeout = "10s"          # time from accept to CONNACK (TLS handshake, CONNECT, login)
 //! ```
 
-use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 use crate::MqttError;
 
@@ -48,7 +48,7 @@ impl Default for MqttConfig {
             tls_listen: None,
             cert_file: None,
             key_file: None,
-            max_packet_size: PacketSize(256 * 1024),
+            max_packet_size: PacketSize::new(256 * 1024),
             max_connections: 1024,
             max_inflight: 32,
             connect_timeout: Duration::from_secs(10),
@@ -77,7 +77,7 @@ impl MqttConfig {
         if self.connect_timeout.is_zero() {
             return bad("connect_timeout", "must be longer than 0s");
         }
-        let size = self.max_packet_size.0;
+        let size = self.max_packet_size.bytes();
         if !(MIN_PACKET..=MQTT_MAX_PACKET).contains(&size) {
             return bad(
                 "max_packet_size",
@@ -88,94 +88,9 @@ impl MqttConfig {
     }
 }
 
-/// A packet size in bytes, written `"256KiB"`, `"1MiB"`, `"500kB"` or as a plain integer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct PacketSize(u64);
-
-impl PacketSize {
-    pub const fn new(bytes: u64) -> Self {
-        Self(bytes)
-    }
-
-    pub const fn bytes(self) -> u64 {
-        self.0
-    }
-
-    /// The size as `usize` (saturating on 32-bit targets).
-    pub fn as_usize(self) -> usize {
-        usize::try_from(self.0).unwrap_or(usize::MAX)
-    }
-}
-
-const UNITS: [(&str, u64); 7] = [
-    ("B", 1),
-    ("kB", 1000),
-    ("KiB", 1 << 10),
-    ("KB", 1 << 10),
-    ("MB", 1_000_000),
-    ("MiB", 1 << 20),
-    ("GiB", 1 << 30),
-];
-
-impl FromStr for PacketSize {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let s = s.trim();
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (number, unit) = s.split_at(split);
-        let number: u64 = number
-            .parse()
-            .map_err(|_| format!("invalid size {s:?}: write it like \"256KiB\" or 262144"))?;
-        let unit = unit.trim();
-        let factor = if unit.is_empty() {
-            1
-        } else {
-            UNITS.iter().find(|(u, _)| *u == unit).map(|(_, f)| *f).ok_or_else(|| {
-                format!("invalid size {s:?}: unknown unit {unit:?}; use B, kB, KiB, MB, MiB or GiB")
-            })?
-        };
-        number.checked_mul(factor).map(Self).ok_or_else(|| format!("size {s:?} is too large"))
-    }
-}
-
-impl fmt::Display for PacketSize {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (unit, factor) in [("MiB", 1u64 << 20), ("KiB", 1 << 10)] {
-            if self.0 >= factor && (self.0 / factor) * factor == self.0 {
-                return write!(f, "{}{unit}", self.0 / factor);
-            }
-        }
-        write!(f, "{}", self.0)
-    }
-}
-
-impl Serialize for PacketSize {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_string())
-    }
-}
-
-impl<'de> Deserialize<'de> for PacketSize {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Visitor;
-        impl serde::de::Visitor<'_> for Visitor {
-            type Value = PacketSize;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a size such as \"256KiB\" or a number of bytes")
-            }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<PacketSize, E> {
-                Ok(PacketSize(v))
-            }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<PacketSize, E> {
-                u64::try_from(v).map(PacketSize).map_err(|_| E::custom("a size cannot be negative"))
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<PacketSize, E> {
-                v.parse().map_err(E::custom)
-            }
-        }
-        d.deserialize_any(Visitor)
-    }
-}
+/// A packet size, written `"256KiB"`, `"1MiB"`, `"500kB"` or as a plain integer of bytes: the
+/// size type every config section shares.
+pub use gw_model::ByteSize as PacketSize;
 
 #[cfg(test)]
 mod tests {

@@ -86,7 +86,8 @@ impl<A: Authenticate, I: Ingest> MqttEndpoint<A, I> {
             session: SessionConfig {
                 default_app,
                 max_inflight: config.max_inflight,
-                max_packet_size: config.max_packet_size.as_usize(),
+                max_packet_size: usize::try_from(config.max_packet_size.bytes())
+                    .unwrap_or(usize::MAX),
                 connect_timeout: config.connect_timeout,
             },
             registry: Arc::new(Registry::default()),
