@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Running, write};
+use common::{Running, status, write};
 use gw_devcloud::{DevCloud, Seed};
 use tokio_util::sync::CancellationToken;
 
@@ -148,18 +148,12 @@ async fn acknowledged_messages_survive_sigkill_under_load() {
     let bound = rounds * (CONCURRENCY + ACKS_PER_COMMIT_CYCLE);
     assert!(duplicates <= bound, "{duplicates} duplicates after {rounds} kills (bound {bound})");
 
-    let status: serde_json::Value =
-        reqwest::get(format!("http://{web}/api/v1/status")).await.unwrap().json().await.unwrap();
+    let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(10);
-    let mut status = status;
+    let mut status = status(&client, &web).await;
     while status["outbox"]["records_queued"] != 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        status = reqwest::get(format!("http://{web}/api/v1/status"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        status = common::status(&client, &web).await;
     }
     assert_eq!(status["outbox"]["records_queued"], 0, "{status}");
 }

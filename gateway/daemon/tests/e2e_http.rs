@@ -14,7 +14,7 @@ use std::{
 };
 
 use base64::Engine;
-use common::{BIN, Running, write};
+use common::{BIN, Running, status, write};
 use gw_devcloud::{CloudEvent, DevCloud, Seed};
 use tokio_util::sync::CancellationToken;
 
@@ -150,10 +150,6 @@ async fn curl_publish_reaches_the_cloud_as_the_sensor() {
     assert_eq!((e.device.as_deref(), e.subject.as_str()), (Some("sensor2"), "temp"));
     assert_eq!(e.payload(), b"hello");
     assert_eq!(e.datacontenttype.as_deref(), Some("text/plain"));
-}
-
-async fn status(client: &reqwest::Client, web: &str) -> serde_json::Value {
-    client.get(format!("http://{web}/api/v1/status")).send().await.unwrap().json().await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,20 +11,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Running, write};
+use common::{Running, have_mosquitto_clients, status, write};
 use gw_devcloud::{DevCloud, Seed};
 use tokio_util::sync::CancellationToken;
 
 const APP: &str = "my-app";
-
-fn have_mosquitto_clients() -> bool {
-    let ok = Command::new("mosquitto_pub").arg("--help").output().is_ok();
-    if !ok {
-        assert!(std::env::var_os("CI").is_none(), "mosquitto_pub missing in CI");
-        eprintln!("SKIP: mosquitto_pub not installed");
-    }
-    ok
-}
 
 fn config(dir: &Path, cloud: &str) -> String {
     let text = format!(
@@ -112,8 +103,7 @@ async fn mosquitto_pub_reaches_the_cloud_as_the_sensor() {
     assert!(stderr.contains("Bad User Name or Password"), "{stderr}");
 
     // the status page counts the sessions and refusals
-    let status: serde_json::Value =
-        reqwest::get(format!("http://{web}/api/v1/status")).await.unwrap().json().await.unwrap();
+    let status = status(&reqwest::Client::new(), &web).await;
     assert_eq!(status["mqtt"]["publishes"], 2, "{status}");
     assert_eq!(status["mqtt"]["refused_logins"], 2, "{status}");
 }

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Running, write};
+use common::{Running, have_mosquitto_clients, status, write};
 use gw_devcloud::{DevCloud, Seed, seed::device_with};
 use gw_model::registry::Device;
 use tokio_util::sync::CancellationToken;
@@ -84,7 +84,7 @@ async fn registry_devices_log_in_offline_too_and_lose_access_when_removed() {
         assert_eq!(post(&client, &web, "listed@my-app", "wrong").await, 403);
         // the same through the MQTT endpoint, with the real mosquitto client
         let port = gw.listener_addr("mqtt").rsplit_once(':').unwrap().1.to_owned();
-        if std::process::Command::new("mosquitto_pub").arg("--help").output().is_ok() {
+        if have_mosquitto_clients() {
             let publish = |user: &str, pw: &str| {
                 mosquitto("mosquitto_pub", &port, user, pw, &["-q", "1", "-t", "t", "-m", "1"])
                     .output()
@@ -95,18 +95,8 @@ async fn registry_devices_log_in_offline_too_and_lose_access_when_removed() {
             assert!(publish("listed@my-app", "pw-listed"), "matchNames device over MQTT");
             assert!(publish("via-providers@my-app", "pw-providers"), "providers device over MQTT");
             assert!(!publish("other-gateway@my-app", "pw-other"), "another gateway's device");
-        } else {
-            assert!(std::env::var_os("CI").is_none(), "mosquitto clients missing in CI");
-            eprintln!("SKIP (MQTT part): mosquitto clients not installed");
         }
-        let status: serde_json::Value = client
-            .get(format!("http://{web}/api/v1/status"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let status = status(&client, &web).await;
         assert_eq!(status["registry"]["devices"], 2, "{status}");
     } // gatewayd stopped (killed)
 
@@ -168,9 +158,7 @@ fn mosquitto(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt_sessions_of_a_device_the_registry_drops_are_closed() {
-    if std::process::Command::new("mosquitto_sub").arg("--help").output().is_err() {
-        assert!(std::env::var_os("CI").is_none(), "mosquitto clients missing in CI");
-        eprintln!("SKIP: mosquitto clients not installed");
+    if !have_mosquitto_clients() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -207,14 +195,7 @@ async fn mqtt_sessions_of_a_device_the_registry_drops_are_closed() {
             .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let status: serde_json::Value = client
-            .get(format!("http://{web}/api/v1/status"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let status = status(&client, &web).await;
         if status["mqtt"]["sessions"] == 1 {
             break;
         }

@@ -12,6 +12,21 @@ use std::{
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_gatewayd");
 
+/// `GET /api/v1/status` of a gateway at `web` (`host:port`).
+pub async fn status(client: &reqwest::Client, web: &str) -> serde_json::Value {
+    client.get(format!("http://{web}/api/v1/status")).send().await.unwrap().json().await.unwrap()
+}
+
+/// Whether the mosquitto clients are installed; in CI their absence fails the test.
+pub fn have_mosquitto_clients() -> bool {
+    let ok = Command::new("mosquitto_pub").arg("--help").output().is_ok();
+    if !ok {
+        assert!(std::env::var_os("CI").is_none(), "mosquitto clients missing in CI");
+        eprintln!("SKIP: mosquitto clients not installed");
+    }
+    ok
+}
+
 pub fn write(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
