@@ -8,7 +8,9 @@
 //!   every Drogue username form (HTTP Basic rows, MQTT CONNECT forms).
 //! - [`message`]: [`Telemetry`] from sensors and [`Command`]s for them, with [`Timestamp`].
 //! - [`registry`]: Drogue's registry device model, round-tripping its JSON.
-//! - [`southbound`]: the traits drivers use: [`Authenticate`] sensors, [`Ingest`] their messages.
+//! - [`southbound`]: the traits drivers use: [`Authenticate`] sensors, [`Ingest`] their messages,
+//!   take waiting commands from a [`CommandSource`]; intakes hand cloud commands to a
+//!   [`CommandSink`].
 //! - [`serde_util`]: serde helpers config sections share (durations such as `"30s"`).
 //! - [`error`]: the crate's one error type.
 
@@ -27,4 +29,6 @@ pub use identity::{
 pub use ids::{AppId, Channel, CommandName, DeviceId};
 pub use message::{Command, Telemetry, Timestamp, is_json_content_type};
 pub use serde_util::ByteSize;
-pub use southbound::{AuthOutcome, Authenticate, Ingest, IngestError};
+pub use southbound::{
+    AuthOutcome, Authenticate, CommandOutcome, CommandSink, CommandSource, Ingest, IngestError,
+};

@@ -2,9 +2,9 @@
 //! the daemon implements: check who a sensor is, and hand over its messages durably. Drivers
 //! depend on these and on nothing else of the gateway.
 
-use std::{future::Future, net::IpAddr};
+use std::{future::Future, net::IpAddr, time::Duration};
 
-use crate::{AuthRequest, Identity, Telemetry};
+use crate::{AuthRequest, Command, Identity, Telemetry};
 
 /// Why a message could not be taken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -46,4 +46,51 @@ pub trait Authenticate: Send + Sync + 'static {
         request: &AuthRequest,
         peer: Option<IpAddr>,
     ) -> impl Future<Output = AuthOutcome> + Send;
+}
+
+/// Commands waiting for a device, for drivers that hand them over in the answer to the
+/// device's own request (CoAP 2.05 with option 4210, HTTP 200 with a `command:` header). The
+/// daemon's command router implements it.
+pub trait CommandSource: Send + Sync + 'static {
+    /// Takes the oldest unexpired command for `device`: one queued while it slept, or else one
+    /// that arrives within `wait` (`Duration::ZERO`: only what is queued now). A command this
+    /// returns counts as delivered, so the driver must put it in its answer.
+    fn next_command(
+        &self,
+        device: &Identity,
+        wait: Duration,
+    ) -> impl Future<Output = Option<Command>> + Send;
+}
+
+/// What became of a command the cloud handed the gateway. The push endpoint answers with it
+/// (200, 202, 404, 413, 503), and an MQTT intake acknowledges upstream only for
+/// [`Delivered`](CommandOutcome::Delivered) and [`Queued`](CommandOutcome::Queued).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandOutcome {
+    /// Handed to the device's live connection (or handled by the gateway itself).
+    Delivered,
+    /// Stored durably for the device until it makes contact or the command expires.
+    Queued,
+    /// The device is not one this gateway proxies.
+    UnknownDevice,
+    /// The command is larger than the gateway takes.
+    TooLarge,
+    /// The device's queue (or the store) is full: try again later.
+    QueueFull,
+    /// Refused for another reason (e.g. the command had already expired).
+    Rejected(String),
+}
+
+impl CommandOutcome {
+    /// Whether the cloud may forget the command: it was delivered or durably queued.
+    pub fn is_accepted(&self) -> bool {
+        matches!(self, Self::Delivered | Self::Queued)
+    }
+}
+
+/// Takes commands from the cloud (external push, MQTT `command/inbox`, HTTP command waits) and
+/// resolves once the command was delivered or durably queued, or refused. The daemon's command
+/// router implements it; the cloud-sync intakes depend only on this.
+pub trait CommandSink: Send + Sync + 'static {
+    fn submit(&self, command: Command) -> impl Future<Output = CommandOutcome> + Send;
 }
