@@ -203,6 +203,11 @@ impl CredentialChain {
                 return self.check_cached(req, c, attempt).await;
             }
         }
+        self.check_local(req).await
+    }
+
+    /// Local accounts, then the legacy login service (with migration).
+    async fn check_local(&self, req: &AuthRequest) -> Result<Option<Identity>, String> {
         let Some(local_id) = local_identity(req) else { return Ok(None) };
         if let Some(hash) = self.inner.accounts.hash_of(&local_id) {
             let pw = presented_password(req).to_owned();
@@ -294,8 +299,25 @@ fn local_identity(req: &AuthRequest) -> Option<Identity> {
     Some(Identity::new(req.app.clone(), req.device.clone()))
 }
 
-impl Authenticate for CredentialChain {
-    async fn authenticate(&self, request: &AuthRequest, peer: Option<IpAddr>) -> AuthOutcome {
+impl CredentialChain {
+    /// Authenticates a person (a technician at the status page) against the local accounts and
+    /// the legacy login service only: registry and static devices are sensors and never log in
+    /// here. Rate-limited like sensor logins.
+    pub async fn authenticate_local(
+        &self,
+        request: &AuthRequest,
+        peer: Option<IpAddr>,
+    ) -> AuthOutcome {
+        self.limited(request, peer, self.check_local(request)).await
+    }
+
+    /// Runs `check` unless the identifier or the address is rate-limited, and records the result.
+    async fn limited(
+        &self,
+        request: &AuthRequest,
+        peer: Option<IpAddr>,
+        check: impl std::future::Future<Output = Result<Option<Identity>, String>>,
+    ) -> AuthOutcome {
         let id_key = LimiterKey::Identifier(format!("{}@{}", request.device, request.app));
         let addr_key = peer.map(LimiterKey::Address);
         {
@@ -308,7 +330,7 @@ impl Authenticate for CredentialChain {
                 return AuthOutcome::RateLimited;
             }
         }
-        let outcome = match self.check(request).await {
+        let outcome = match check.await {
             Ok(Some(identity)) => AuthOutcome::Pass(identity),
             Ok(None) => AuthOutcome::Fail,
             Err(cause) => {
@@ -328,6 +350,12 @@ impl Authenticate for CredentialChain {
             }
         }
         outcome
+    }
+}
+
+impl Authenticate for CredentialChain {
+    async fn authenticate(&self, request: &AuthRequest, peer: Option<IpAddr>) -> AuthOutcome {
+        self.limited(request, peer, self.check(request)).await
     }
 }
 

@@ -155,3 +155,29 @@ async fn failures_are_rate_limited_per_identifier_and_per_address() {
     );
     assert!(matches!(c.authenticate(&req("s2", "pw"), None).await, AuthOutcome::Pass(_)));
 }
+
+#[tokio::test]
+async fn people_log_in_with_local_accounts_only_never_as_a_registry_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = chain(dir.path());
+    c.replace_devices(vec![pass("s1", "sensorpw")]).await.unwrap();
+    c.accounts().add(&id("tech@app"), &Secret::new("techpw")).unwrap();
+    // a sensor's registry credentials open no status page
+    assert_eq!(c.authenticate_local(&req("s1", "sensorpw"), None).await, AuthOutcome::Fail);
+    assert_eq!(
+        c.authenticate_local(&req("tech", "techpw"), None).await,
+        AuthOutcome::Pass(id("tech@app"))
+    );
+    assert_eq!(c.authenticate_local(&req("tech", "wrong"), None).await, AuthOutcome::Fail);
+    // failures count against the same limiter as sensor logins
+    let peer: IpAddr = "192.0.2.9".parse().unwrap();
+    let mut limited = false;
+    for _ in 0..20 {
+        if c.authenticate_local(&req("tech", "wrong"), Some(peer)).await == AuthOutcome::RateLimited
+        {
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited, "20 bad passwords in a row must be rate-limited");
+}
