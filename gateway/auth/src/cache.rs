@@ -174,6 +174,11 @@ impl CredentialCache {
         self.devices.is_empty()
     }
 
+    /// Every cached device as `(app, canonical name)`, sorted.
+    pub fn devices(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.devices.keys().map(|(a, n)| (a.as_str(), n.as_str()))
+    }
+
     /// The canonical name of the device `id` (name, alias or unique username) in `app`.
     pub fn resolve(&self, app: &str, id: &str) -> Option<&str> {
         self.index.get(&(app.to_owned(), id.to_owned())).map(String::as_str)

@@ -177,6 +177,11 @@ impl CredentialChain {
         self.inner.registry.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// The static devices of the config (`[[devices]]`).
+    pub fn static_devices(&self) -> Arc<CredentialCache> {
+        self.inner.statics.clone()
+    }
+
     /// The local accounts, for `gatewayd accounts ...` and the status page.
     pub fn accounts(&self) -> &Arc<Accounts> {
         &self.inner.accounts

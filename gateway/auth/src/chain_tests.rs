@@ -44,6 +44,8 @@ async fn registry_device_passes_by_alias_as_its_canonical_name() {
     assert_eq!(c.authenticate(&req("alt", "pw"), None).await, AuthOutcome::Pass(id("s1@app")));
     assert_eq!(c.authenticate(&req("s1", "nope"), None).await, AuthOutcome::Fail);
     assert_eq!(c.authenticate(&req("unknown", "pw"), None).await, AuthOutcome::Fail);
+    assert_eq!(c.registry().devices().collect::<Vec<_>>(), [("app", "s1")]);
+    assert!(c.static_devices().is_empty());
 }
 
 #[tokio::test]
