@@ -107,4 +107,36 @@ pub enum StoreError {
     /// The snapshot is truncated, damaged, of another kind or from a newer gatewayd.
     #[error("snapshot {path} is unusable: {reason}")]
     SnapshotCorrupt { path: PathBuf, reason: &'static str },
+
+    /// The device has `max_per_device` commands waiting already.
+    #[error("command queue of {device} is full ({max} commands waiting)")]
+    CommandQueueFull { device: String, max: usize },
+
+    /// The queue holds `max_total` commands or `max_bytes` payload bytes already.
+    #[error(
+        "command queue is full: {queued} commands of {max}, {bytes} payload bytes of {max_bytes}"
+    )]
+    CommandStoreFull { queued: usize, bytes: u64, max: usize, max_bytes: u64 },
+
+    /// The command's expiry has passed already: there is nothing to queue.
+    #[error("the command has expired")]
+    CommandExpired,
+
+    #[error("cannot encode a command for the command log")]
+    CommandEncode(#[source] postcard::Error),
+
+    #[error("command log {path}")]
+    CommandLog {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    /// A write to the command log failed earlier; reopening (restarting the daemon) cuts
+    /// what may be partial and recovers everything that was durable.
+    #[error("the command log stopped after a failed write: {reason}")]
+    CommandLogFailed { reason: String },
+
+    #[error("command log {path} is unusable: {reason}")]
+    CommandLogCorrupt { path: PathBuf, reason: &'static str },
 }

@@ -5,13 +5,17 @@
 //! behind it). The uplink drains the outbox through a reader that hands out records fairly
 //! across devices, keeps each device's order, survives parked devices, and persists acks so
 //! that after a crash only unacknowledged records are sent again. See
-//! `docs/design/outbox.md` for the file format, recovery and the delivery contract.
+//! `docs/design/outbox.md` for the file format, recovery and the delivery contract. Beside
+//! it, the [`CommandQueue`] keeps commands for sensors that are not connected, durably, with
+//! bounds and expiry.
 //!
 //! # Layout
 //! - [`config`]: the `[store]` config section, [`StoreConfig`], and the size parser.
 //! - [`outbox`]: [`Outbox`]: open (recovery), `append` with group commit, stats, close.
 //! - [`reader`]: [`OutboxReader`] and [`Acker`]: fair draining, ack / nack / park / unpark.
 //! - [`stats`]: [`OutboxStats`], the snapshot for the status page.
+//! - [`commands`]: [`CommandQueue`], the durable command queue (an fsync'd append log with
+//!   per-device and total bounds, expiry and compaction).
 //! - [`snapshot`]: versioned, checksummed, atomically replaced small files (credential cache,
 //!   accounts), mode 0600.
 //! - [`error`]: [`StoreError`], the crate's one error type.
@@ -22,6 +26,7 @@
 //! - `index`: the in-memory index: per-device queues, round-robin, in-flight, parked.
 //! - `shared`: state shared between producers, the committer and the reader.
 
+pub mod commands;
 pub mod config;
 pub mod error;
 pub mod outbox;
@@ -35,6 +40,7 @@ mod index;
 mod recover;
 mod shared;
 
+pub use commands::{CommandQueue, QueueLimits, QueueStats, QueuedCommand, Taken};
 pub use config::{ByteSize, StoreConfig, SyncPolicy, WhenFull};
 pub use error::StoreError;
 pub use outbox::{Outbox, Seq};
