@@ -148,6 +148,7 @@ mod tests {
             data_schema: None,
             received_at: gw_model::Timestamp::from_millis(0),
             payload: bytes::Bytes::from_static(b"{}"),
+            command_wait: None,
         }
     }
 

@@ -72,6 +72,7 @@ impl Stream {
             data_schema: self.schema.map(str::to_owned),
             received_at: Timestamp::from_millis(1_700_000_000_000 + n),
             payload,
+            command_wait: None,
         }
     }
 }

@@ -216,6 +216,7 @@ fn record(device: &str, channel: &str, n: u64) -> Telemetry {
         received_at: Timestamp::from_millis(1_700_000_000_000 + n),
         // A JSON string, so Drogue's endpoint keeps it as JSON data.
         payload: Bytes::from(format!("\"{device}:{n}\"")),
+        command_wait: None,
     }
 }
 

@@ -126,7 +126,9 @@ async fn handle<A: Authenticate, I: Ingest>(
     {
         return (StatusCode::NOT_ACCEPTABLE, "body is not valid JSON\n").into_response();
     }
-    let _ = q.ct; // waiting for commands arrives with the command router
+    // The sensor's wait travels with the message, so an uplink that can wait upstream (Drogue
+    // HTTP `ct=`) waits for what is left of it.
+    let command_wait = q.ct.filter(|secs| *secs > 0).map(std::time::Duration::from_secs);
     let telemetry = Telemetry {
         app: identity.app().clone(),
         device: identity.device().clone(),
@@ -136,6 +138,7 @@ async fn handle<A: Authenticate, I: Ingest>(
         data_schema: q.data_schema,
         received_at: Timestamp::from_system(SystemTime::now()),
         payload: body,
+        command_wait,
     };
     let device = telemetry.device.clone();
     match state.ingest.publish(telemetry).await {

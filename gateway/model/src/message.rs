@@ -61,6 +61,35 @@ pub struct Telemetry {
     pub data_schema: Option<String>,
     pub received_at: Timestamp,
     pub payload: Bytes,
+    /// How long the sensor waits for a command in the answer to this message (HTTP or CoAP
+    /// `ct=`), counted from `received_at`. An uplink that can wait upstream (Drogue HTTP
+    /// `ct=`) waits for what is left of it. Records written before this field existed decode
+    /// with `None` (gw-store reads both layouts).
+    pub command_wait: Option<Duration>,
+}
+
+impl Telemetry {
+    /// A message with no suffix, content type, data schema or command wait; set those fields
+    /// as needed.
+    pub fn new(
+        app: AppId,
+        device: DeviceId,
+        channel: Channel,
+        received_at: Timestamp,
+        payload: Bytes,
+    ) -> Self {
+        Self {
+            app,
+            device,
+            channel,
+            suffix: None,
+            content_type: None,
+            data_schema: None,
+            received_at,
+            payload,
+            command_wait: None,
+        }
+    }
 }
 
 /// A command for a device, from the cloud.
@@ -97,8 +126,9 @@ mod tests {
             proptest::option::of("\\PC{0,20}"),
             any::<u64>(),
             proptest::collection::vec(any::<u8>(), 0..200),
+            proptest::option::of(0u64..100_000),
         )
-            .prop_map(|(app, dev, ch, suffix, ct, ds, ts, payload)| Telemetry {
+            .prop_map(|(app, dev, ch, suffix, ct, ds, ts, payload, wait)| Telemetry {
                 app: AppId::new(app).unwrap(),
                 device: DeviceId::new(dev).unwrap(),
                 channel: Channel::new(ch).unwrap(),
@@ -107,6 +137,7 @@ mod tests {
                 data_schema: ds,
                 received_at: Timestamp::from_millis(ts),
                 payload: Bytes::from(payload),
+                command_wait: wait.map(Duration::from_millis),
             })
     }
 

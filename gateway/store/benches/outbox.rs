@@ -55,6 +55,7 @@ fn telemetry(device: usize) -> Telemetry {
         data_schema: None,
         received_at: Timestamp::from_millis(1_700_000_000_000),
         payload: Bytes::from(vec![b'x'; PAYLOAD]),
+        command_wait: None,
     }
 }
 

@@ -6,7 +6,9 @@
 //! header   "GWOUTBOX" | version u32 LE (1) | reserved u32 (0)                 16 bytes
 //! record   len u32 LE | crc u32 LE | seq u64 LE | kind u8 | body (len bytes)  17 + len bytes
 //!          crc = CRC-32 (IEEE) of len | seq | kind | body
-//! kind 1   data: body = postcard(Telemetry), seq = the record's sequence number
+//! kind 1   data: body = postcard(Telemetry), seq = the record's sequence number; a body
+//!          written before `Telemetry::command_wait` existed lacks that last field and
+//!          decodes with `command_wait = None` (see `decode_telemetry`)
 //! kind 2   acks: body = n x (first u64 LE, end u64 LE) half-open ranges of acknowledged seqs,
 //!          seq = the highest data seq written before it
 //! ```
@@ -14,6 +16,44 @@
 use std::ops::Range;
 
 use serde::Serialize;
+
+/// Decodes a data record's body: the current `Telemetry` layout, or the layout before
+/// `command_wait` was added (the same fields without it), so outbox files written by an older
+/// gatewayd are still drained after an upgrade. `None` when neither decodes.
+pub(crate) fn decode_telemetry(body: &[u8]) -> Option<gw_model::Telemetry> {
+    if let Ok(t) = postcard::from_bytes::<gw_model::Telemetry>(body) {
+        return Some(t);
+    }
+    let (old, rest) = postcard::take_from_bytes::<TelemetryV1>(body).ok()?;
+    if !rest.is_empty() {
+        return None;
+    }
+    Some(gw_model::Telemetry {
+        app: old.app,
+        device: old.device,
+        channel: old.channel,
+        suffix: old.suffix,
+        content_type: old.content_type,
+        data_schema: old.data_schema,
+        received_at: old.received_at,
+        payload: old.payload.into(),
+        command_wait: None,
+    })
+}
+
+/// `Telemetry` as gatewayd 0.1 wrote it, field for field.
+#[derive(serde::Deserialize)]
+struct TelemetryV1 {
+    app: gw_model::AppId,
+    device: gw_model::DeviceId,
+    channel: gw_model::Channel,
+    suffix: Option<String>,
+    content_type: Option<String>,
+    data_schema: Option<String>,
+    received_at: gw_model::Timestamp,
+    /// postcard writes `Bytes` as a length and the raw bytes, as it writes a `Vec<u8>`.
+    payload: Vec<u8>,
+}
 
 /// Magic bytes at the start of every segment file.
 pub(crate) const MAGIC: &[u8; 8] = b"GWOUTBOX";

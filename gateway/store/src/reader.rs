@@ -197,7 +197,7 @@ fn read_records(shared: &Shared, picked: Vec<Picked>) -> Result<Vec<(Seq, Teleme
         }
         let decoded = format::parse_at(&buf, 0, seq - 1)
             .filter(|f| f.seq == seq && f.kind == KIND_DATA)
-            .and_then(|f| postcard::from_bytes::<Telemetry>(f.body).ok());
+            .and_then(|f| format::decode_telemetry(f.body));
         match decoded {
             Some(t) => out.push((Seq::new(seq), t)),
             None => {

@@ -530,6 +530,7 @@ impl Session {
                     data_schema: None,
                     received_at: stamp(self.epoch, now),
                     payload: p.payload,
+                    command_wait: None,
                 };
                 live.inflight.push_back(Inflight {
                     token: Some(token),
@@ -604,6 +605,7 @@ impl Session {
                         data_schema: None,
                         received_at: stamp(self.epoch, now),
                         payload: will.payload,
+                        command_wait: None,
                     })),
                     Err(e) => tracing::warn!(device = %live.identity, topic = %will.topic,
                         cause = %e, "MQTT last will dropped: its topic is not a valid channel"),

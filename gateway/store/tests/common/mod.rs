@@ -17,6 +17,7 @@ pub fn telemetry(device: &str, n: u64) -> Telemetry {
         data_schema: None,
         received_at: Timestamp::from_millis(1_700_000_000_000 + n),
         payload: Bytes::from(format!("{{\"n\":{n},\"pad\":\"{}\"}}", "x".repeat(40))),
+        command_wait: None,
     }
 }
 
