@@ -91,6 +91,10 @@ pub struct CloudConfig {
     /// How often devices the cloud refused (403) are tried again.
     #[serde(default = "default_parked_retry", with = "gw_model::serde_util::duration")]
     pub parked_retry: Duration,
+    /// drogue-http: the longest the cloud is asked to wait for a command (`ct=`) on a publish
+    /// of a sensor that waits itself.
+    #[serde(default = "default_command_wait_max", with = "gw_model::serde_util::duration")]
+    pub command_wait_max: Duration,
 }
 
 fn default_concurrency() -> usize {
@@ -106,6 +110,9 @@ fn default_retry_max() -> Duration {
     Duration::from_secs(30)
 }
 fn default_parked_retry() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_command_wait_max() -> Duration {
     Duration::from_secs(60)
 }
 
@@ -128,6 +135,7 @@ impl CloudConfig {
             retry_min: default_retry_min(),
             retry_max: default_retry_max(),
             parked_retry: default_parked_retry(),
+            command_wait_max: default_command_wait_max(),
         }
     }
 

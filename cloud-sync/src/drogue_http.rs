@@ -1,12 +1,24 @@
 //! Drogue Cloud's HTTP endpoint, upstream: `POST {url}/v1/{channel}?as={device}` with the
 //! gateway's own Basic credentials (contracts/drogue-cloud.md §1).
+//!
+//! **Command waits.** When the sensor itself waits for a command in the answer to its message
+//! (southbound HTTP or CoAP `ct=`, kept on the record as [`Telemetry::command_wait`]), the
+//! publish asks the cloud to wait too: `ct=` the part of the sensor's wait that is left when
+//! the record goes up (rounded to seconds, at most `command_wait_max`; none once it is under a
+//! second, so a backlog drains without waiting). A `200` with a `command:` header is a command
+//! for the device the publish was `as=`: it goes to the command intake, its body the payload.
+//! Drogue buffers nothing for a wait that has not begun, so a command sent while no publish of
+//! the device waits is not seen here (it reaches the gateway only through push or MQTT).
 
-use gw_model::{BasicCredentials, Identity, Secret, Telemetry};
+use std::time::{Duration, SystemTime};
+
+use gw_model::{BasicCredentials, Command, CommandName, Identity, Secret, Telemetry, Timestamp};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use reqwest::{StatusCode, header};
 
 use crate::{
     CloudConfig, CloudError,
+    commands::{CommandIntake, Via},
     uplink::{Sender, Verdict},
 };
 
@@ -29,6 +41,10 @@ pub struct DrogueHttp {
     client: reqwest::Client,
     base: String,
     authorization: String,
+    timeout: Duration,
+    wait_max: Duration,
+    /// Where commands that come back on waiting publishes go; without it no publish waits.
+    commands: Option<CommandIntake>,
 }
 
 impl DrogueHttp {
@@ -42,10 +58,32 @@ impl DrogueHttp {
             .build()
             .map_err(CloudError::Client)?;
         let authorization = BasicCredentials::new(gateway.to_string(), password).to_header();
-        Ok(Self { client, base: config.url.trim_end_matches('/').to_owned(), authorization })
+        Ok(Self {
+            client,
+            base: config.url.trim_end_matches('/').to_owned(),
+            authorization,
+            timeout: config.timeout,
+            wait_max: config.command_wait_max,
+            commands: None,
+        })
     }
 
-    fn url(&self, t: &Telemetry) -> String {
+    pub(crate) fn set_commands(&mut self, intake: CommandIntake) {
+        self.commands = Some(intake);
+    }
+
+    /// Whole seconds the cloud is asked to wait for a command with `t` at `now`: what is left
+    /// of the sensor's wait, capped; `None` when there is no wait or less than a second left.
+    fn wait_secs(&self, t: &Telemetry, now: Timestamp) -> Option<u64> {
+        self.commands.as_ref()?;
+        let wait = t.command_wait?.min(self.wait_max);
+        let until = t.received_at.saturating_add(wait);
+        let left_ms = until.as_millis().checked_sub(now.as_millis())?;
+        let secs = (left_ms + 500) / 1000;
+        (secs >= 1).then_some(secs)
+    }
+
+    fn url(&self, t: &Telemetry, ct: Option<u64>) -> String {
         let mut url =
             format!("{}/v1/{}", self.base, utf8_percent_encode(t.channel.as_str(), SEGMENT));
         if let Some(suffix) = t.suffix.as_deref().filter(|s| !s.is_empty()) {
@@ -60,7 +98,47 @@ impl DrogueHttp {
             url.push_str("&data_schema=");
             url.extend(utf8_percent_encode(schema, QUERY));
         }
+        if let Some(ct) = ct {
+            url.push_str(&format!("&ct={ct}"));
+        }
         url
+    }
+
+    /// A `200` with a `command:` header: the command for `t`'s device goes to the intake.
+    async fn take_command(&self, t: &Telemetry, resp: reqwest::Response) {
+        let Some(intake) = &self.commands else { return };
+        let Some(name) = resp.headers().get("command").and_then(|v| v.to_str().ok()) else {
+            return;
+        };
+        let name = match CommandName::new(name) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(device = %t.device, cause = %e, "the cloud answered a command with a bad name; dropped");
+                return;
+            }
+        };
+        let content_type = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let payload = match resp.bytes().await {
+            Ok(body) => body,
+            Err(e) => {
+                tracing::warn!(device = %t.device, command = %name, cause = %describe(&e), "cannot read a command from the cloud; lost");
+                return;
+            }
+        };
+        let command = Command {
+            app: t.app.clone(),
+            device: t.device.clone(),
+            name,
+            content_type,
+            payload,
+            created_at: Timestamp::from_system(SystemTime::now()),
+            expires_at: None,
+        };
+        intake.submit(Via::HttpWait, command).await;
     }
 }
 
@@ -90,17 +168,28 @@ pub(crate) fn client_builder(
 
 impl Sender for DrogueHttp {
     async fn send(&self, t: &Telemetry) -> Verdict {
+        let ct = self.wait_secs(t, Timestamp::from_system(SystemTime::now()));
         let mut req = self
             .client
-            .post(self.url(t))
+            .post(self.url(t, ct))
             .header(header::AUTHORIZATION, &self.authorization)
             .body(t.payload.clone());
+        if let Some(secs) = ct {
+            // the cloud holds a waiting request open up to `ct` before it answers
+            req = req.timeout(self.timeout + Duration::from_secs(secs));
+        }
         if let Some(ct) = &t.content_type {
             req = req.header(header::CONTENT_TYPE, ct);
         }
         match req.send().await {
             Err(e) => Verdict::Transient(describe(&e)),
-            Ok(resp) => classify(resp.status()),
+            Ok(resp) => {
+                let verdict = classify(resp.status());
+                if resp.status() == StatusCode::OK {
+                    self.take_command(t, resp).await;
+                }
+                verdict
+            }
         }
     }
 }
@@ -132,7 +221,69 @@ pub(crate) fn describe(e: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+
+    struct Nowhere;
+
+    impl gw_model::CommandSink for Nowhere {
+        async fn submit(&self, _: Command) -> gw_model::CommandOutcome {
+            gw_model::CommandOutcome::UnknownDevice
+        }
+    }
+
+    fn uplink(wait_max: u64, commands: bool) -> DrogueHttp {
+        let mut config =
+            CloudConfig::new(crate::CloudKind::DrogueHttp, "http://127.0.0.1:9", "pw".into());
+        config.command_wait_max = Duration::from_secs(wait_max);
+        let gw = Identity::new("app".parse().unwrap(), "gw".parse().unwrap());
+        let mut up = DrogueHttp::new(&config, &gw, "pw".into()).unwrap();
+        if commands {
+            up.set_commands(CommandIntake::new(Arc::new(Nowhere)));
+        }
+        up
+    }
+
+    fn waiting(received_ms: u64, wait: Option<u64>) -> Telemetry {
+        let mut t = Telemetry::new(
+            "app".parse().unwrap(),
+            "s1".parse().unwrap(),
+            "temp".parse().unwrap(),
+            Timestamp::from_millis(received_ms),
+            bytes::Bytes::new(),
+        );
+        t.command_wait = wait.map(Duration::from_secs);
+        t
+    }
+
+    #[test]
+    fn waits_for_what_is_left_of_the_sensors_wait() {
+        let up = uplink(60, true);
+        let at = |ms| Timestamp::from_millis(ms);
+        assert_eq!(up.wait_secs(&waiting(10_000, Some(5)), at(10_020)), Some(5));
+        assert_eq!(up.wait_secs(&waiting(10_000, Some(5)), at(12_000)), Some(3));
+        assert_eq!(
+            up.wait_secs(&waiting(10_000, Some(5)), at(14_600)),
+            None,
+            "under a second left"
+        );
+        assert_eq!(
+            up.wait_secs(&waiting(10_000, Some(5)), at(99_000)),
+            None,
+            "a backlog does not wait"
+        );
+        assert_eq!(up.wait_secs(&waiting(10_000, None), at(10_000)), None);
+        assert_eq!(up.wait_secs(&waiting(10_000, Some(600)), at(10_000)), Some(60), "capped");
+        let url = up.url(&waiting(0, Some(5)), Some(5));
+        assert!(url.ends_with("/v1/temp?as=s1&ct=5"), "{url}");
+        let no_intake = uplink(60, false);
+        assert_eq!(
+            no_intake.wait_secs(&waiting(10_000, Some(5)), at(10_000)),
+            None,
+            "nobody to take a command"
+        );
+    }
 
     #[test]
     fn classifies_drogue_statuses() {

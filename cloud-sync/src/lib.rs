@@ -1,7 +1,8 @@
 //! The cloud side of gatewayd: uplinks that drain the durable outbox to the cloud, sending
 //! each message *as* the sensor it came from, and acknowledging a record to the outbox only
 //! once the cloud accepted it; and the registry sync, which lists the devices the gateway may
-//! act for.
+//! act for; and the command intake, which takes the cloud's commands for those devices (pushed,
+//! subscribed over MQTT, or waited for over HTTP) and hands them to the command router.
 //!
 //! # Layout
 //! - [`config`]: the `[cloud]` config section.
@@ -10,6 +11,8 @@
 //! - [`drogue_http`]: Drogue Cloud's HTTP endpoint, `POST /v1/{channel}?as={device}`.
 //! - [`mqtt`]: the MQTT uplinks (Drogue's MQTT endpoint, any broker): a pure publisher
 //!   session (packet ids, in flight, keep-alive) and a thin socket loop around it.
+//! - [`commands`]: the command intake: [`CommandIntake`] (counts, hands commands to the
+//!   router) and the external push endpoint's axum router.
 //! - [`registry`]: the registry sync and its `[registry]` section: lists the application's
 //!   devices, keeps those naming this gateway, publishes the set; polls and watches events.
 //! - [`topic`]: topic templates for the generic MQTT uplink.
@@ -19,6 +22,7 @@
 //! - [`error`]: the crate's one error type.
 
 pub mod backoff;
+pub mod commands;
 pub mod config;
 pub mod drogue_http;
 pub mod error;
@@ -29,6 +33,7 @@ pub mod tls;
 pub mod topic;
 pub mod uplink;
 
+pub use commands::{CommandIntake, IntakeSnapshot, Via};
 pub use config::{CloudConfig, CloudKind};
 pub use error::CloudError;
 pub use registry::{

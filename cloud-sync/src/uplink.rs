@@ -37,8 +37,9 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     CloudConfig, CloudError, CloudKind, UplinkStatus,
     backoff::Backoff,
+    commands::CommandIntake,
     drogue_http::DrogueHttp,
-    mqtt::{Connection, Publisher},
+    mqtt::{Connection, Inbox, Publisher},
 };
 
 /// What the cloud made of one record.
@@ -79,10 +80,11 @@ pub struct Uplink {
     kind: Kind,
     status: Arc<UplinkStatus>,
     config: CloudConfig,
+    gateway: Identity,
 }
 
 enum Kind {
-    DrogueHttp(Arc<DrogueHttp>),
+    DrogueHttp(Box<DrogueHttp>),
     Mqtt(Arc<Publisher>, Box<Connection>),
 }
 
@@ -97,7 +99,7 @@ impl Uplink {
         let status = Arc::new(UplinkStatus::new(config.kind.label(), config.url.clone()));
         let kind = match config.kind {
             CloudKind::DrogueHttp => {
-                Kind::DrogueHttp(Arc::new(DrogueHttp::new(config, gateway, password)?))
+                Kind::DrogueHttp(Box::new(DrogueHttp::new(config, gateway, password)?))
             }
             CloudKind::DrogueMqtt | CloudKind::Mqtt => {
                 let (publisher, connection) =
@@ -105,7 +107,21 @@ impl Uplink {
                 Kind::Mqtt(Arc::new(publisher), Box::new(connection))
             }
         };
-        Ok(Self { kind, status, config: config.clone() })
+        Ok(Self { kind, status, config: config.clone(), gateway: gateway.clone() })
+    }
+
+    /// Takes the cloud's commands and hands them to `intake`: `drogue-mqtt` subscribes
+    /// `command/inbox/#` after every CONNACK; `drogue-http` submits the commands that come
+    /// back on publishes that waited (`ct=`). `mqtt` (a generic broker) stays publish-only.
+    pub fn with_commands(mut self, intake: CommandIntake) -> Self {
+        match (&mut self.kind, self.config.kind) {
+            (Kind::DrogueHttp(sender), _) => sender.set_commands(intake),
+            (Kind::Mqtt(_, connection), CloudKind::DrogueMqtt) => {
+                connection.set_inbox(Inbox { intake, gateway: self.gateway.clone() });
+            }
+            (Kind::Mqtt(..), _) => {}
+        }
+        self
     }
 
     pub fn status(&self) -> Arc<UplinkStatus> {
@@ -119,9 +135,11 @@ impl Uplink {
         reader: OutboxReader,
         token: CancellationToken,
     ) -> Result<(), CloudError> {
-        let Self { kind, status, config } = self;
+        let Self { kind, status, config, .. } = self;
         match kind {
-            Kind::DrogueHttp(sender) => drive(sender, reader, status, &config, token).await,
+            Kind::DrogueHttp(sender) => {
+                drive(Arc::new(*sender), reader, status, &config, token).await
+            }
             Kind::Mqtt(publisher, connection) => {
                 let stop = token.child_token();
                 let task = tokio::spawn(connection.run(stop.clone()));

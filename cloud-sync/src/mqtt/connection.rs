@@ -1,6 +1,10 @@
 //! The socket side of the MQTT uplinks: connect (TCP, optionally TLS), CONNECT/CONNACK, then
 //! shuttle bytes between the socket and the [`Session`]; reconnect with backoff. Every
 //! protocol decision is the session's; this loop only does I/O and resolves verdicts.
+//!
+//! With an [`Inbox`] (the Drogue MQTT uplink given a command intake), commands the broker
+//! publishes go, in order, to a worker that submits them to the command router one after
+//! another; a QoS 1 command's PUBACK is written only once the router took it.
 
 use std::{sync::Arc, time::Duration};
 
@@ -17,8 +21,32 @@ use tokio::{
 use tokio_rustls::{TlsConnector, rustls::pki_types::ServerName};
 use tokio_util::sync::CancellationToken;
 
-use super::{Chain, MAX_PACKET, session::Session};
-use crate::{CloudError, UplinkStatus, backoff::Backoff, config::Broker, uplink::Verdict};
+use gw_model::{Command, Identity, Timestamp};
+use rumqttc::mqttbytes::{QoS, v4::Publish};
+
+use super::{
+    Chain, MAX_PACKET, inbox,
+    session::{Session, Subscribed},
+};
+use crate::{
+    CloudError, UplinkStatus,
+    backoff::Backoff,
+    commands::{CommandIntake, Via},
+    config::Broker,
+    uplink::Verdict,
+};
+
+/// Commands read from the broker and not yet submitted, per connection; more are left
+/// unacknowledged (Drogue delivers at most once; a QoS 1 broker redelivers).
+const INBOX_QUEUE: usize = 256;
+
+/// Where commands the broker publishes go.
+#[derive(Clone)]
+pub(crate) struct Inbox {
+    pub(crate) intake: CommandIntake,
+    /// The gateway: its app is every command's, its name the device of `command/inbox//<cmd>`.
+    pub(crate) gateway: Identity,
+}
 
 /// The largest packet accepted from the broker (CONNACK, PUBACK, PINGRESP are 2-4 bytes).
 const MAX_INCOMING: usize = 64 * 1024;
@@ -36,6 +64,15 @@ pub struct Connection {
     status: Arc<UplinkStatus>,
 }
 
+impl Connection {
+    /// Takes commands the broker publishes (subscribing `command/inbox/#` after every
+    /// CONNACK) and hands them to `intake`.
+    pub(crate) fn set_inbox(&mut self, inbox: Inbox) {
+        self.link.session.set_subscription(inbox::FILTER);
+        self.link.inbox = Some(inbox);
+    }
+}
+
 /// What it takes to open a connection.
 struct Dial {
     broker: Broker,
@@ -48,6 +85,8 @@ struct Dial {
 struct Link {
     session: Session<Reply>,
     chains: mpsc::Receiver<Chain>,
+    inbox: Option<Inbox>,
+    status: Arc<UplinkStatus>,
 }
 
 impl Connection {
@@ -73,7 +112,12 @@ impl Connection {
         Ok(Self {
             dial: Dial { broker, tls, connect: Packet::Connect(connect), timeout },
             backoff,
-            link: Link { session: Session::new(keep_alive, timeout), chains },
+            link: Link {
+                session: Session::new(keep_alive, timeout),
+                chains,
+                inbox: None,
+                status: Arc::clone(&status),
+            },
             status,
         })
     }
@@ -212,6 +256,17 @@ impl Link {
         let mut wbuf = BytesMut::with_capacity(64 * 1024);
         let mut out = Vec::new();
         let mut unflushed = false;
+        // This connection's command worker: its PUBACKs belong to this connection only.
+        let (commands, mut acks, worker) = match &self.inbox {
+            Some(inbox) => {
+                let (tx, rx) = mpsc::channel(INBOX_QUEUE);
+                let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+                let worker = tokio::spawn(submit_commands(inbox.clone(), rx, ack_tx));
+                (Some(tx), Some(ack_rx), Some(AbortOnDrop(worker)))
+            }
+            None => (None, None, None),
+        };
+        let _worker = worker;
         self.session.connected(std::time::Instant::now(), &mut out);
         loop {
             if let Err(e) = encode(&mut out, &mut wbuf) {
@@ -227,6 +282,36 @@ impl Link {
                         None => tracing::debug!(pkid = ack.pkid, "PUBACK for no record in flight"),
                     },
                     Ok(Packet::PingResp) => self.session.pingresp(),
+                    Ok(Packet::SubAck(ack)) => match self.session.suback(&ack) {
+                        Some(Subscribed::Granted(qos)) => {
+                            tracing::info!(
+                                filter = inbox::FILTER,
+                                ?qos,
+                                "MQTT uplink subscribed to commands"
+                            );
+                        }
+                        Some(Subscribed::Refused) => {
+                            tracing::error!(
+                                filter = inbox::FILTER,
+                                "the broker refused the command subscription; no commands arrive over MQTT"
+                            );
+                            self.status.record_failure(format!(
+                                "the broker refused the subscription to {}",
+                                inbox::FILTER
+                            ));
+                        }
+                        None => tracing::debug!(pkid = ack.pkid, "SUBACK for no SUBSCRIBE"),
+                    },
+                    Ok(Packet::Publish(publish)) if commands.is_some() => {
+                        let Some(tx) = &commands else { continue };
+                        if let Err(e) = tx.try_send(publish) {
+                            let publish = match e {
+                                mpsc::error::TrySendError::Full(p)
+                                | mpsc::error::TrySendError::Closed(p) => p,
+                            };
+                            tracing::warn!(topic = %publish.topic, "command inbox full; command left unacknowledged");
+                        }
+                    }
                     Ok(other) => {
                         return Some(format!("unexpected packet from the broker: {other:?}"));
                     }
@@ -246,6 +331,9 @@ impl Link {
                     Some(chain) => self.session.submit(chain, std::time::Instant::now(), &mut out),
                     None => return None,
                 },
+                Some(pkid) = recv_ack(&mut acks) => {
+                    self.session.ack_command(pkid, std::time::Instant::now(), &mut out);
+                }
                 written = write_some(&mut wr, &mut wbuf, &mut unflushed), if unflushed || !wbuf.is_empty() => {
                     if let Err(e) = written {
                         return Some(format!("writing to the broker: {e}"));
@@ -257,6 +345,57 @@ impl Link {
                     }
                 }
             }
+        }
+    }
+}
+
+/// Stops the command worker with its connection.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn recv_ack(acks: &mut Option<mpsc::UnboundedReceiver<u16>>) -> Option<u16> {
+    match acks {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Submits the connection's commands one after another, in the order the broker sent them;
+/// sends back the packet id of each QoS 1 command the router took, to be acknowledged.
+async fn submit_commands(
+    inbox: Inbox,
+    mut commands: mpsc::Receiver<Publish>,
+    acks: mpsc::UnboundedSender<u16>,
+) {
+    while let Some(publish) = commands.recv().await {
+        let route = match inbox::parse(&publish.topic, inbox.gateway.device()) {
+            Ok(route) => route,
+            Err(why) => {
+                tracing::warn!(cause = %why, "command on an unexpected topic; not acknowledged");
+                continue;
+            }
+        };
+        let command = Command {
+            app: inbox.gateway.app().clone(),
+            device: route.device,
+            name: route.command,
+            // MQTT 3.1.1 carries no content type (and Drogue sends commands without one).
+            content_type: None,
+            payload: publish.payload,
+            created_at: Timestamp::from_system(std::time::SystemTime::now()),
+            expires_at: None,
+        };
+        let outcome = inbox.intake.submit(Via::Mqtt, command).await;
+        if publish.qos == QoS::AtLeastOnce
+            && outcome.is_accepted()
+            && acks.send(publish.pkid).is_err()
+        {
+            return;
         }
     }
 }

@@ -5,8 +5,13 @@
 //! each device's chain to the connection task in one piece; each record's verdict comes back
 //! on a oneshot when its PUBACK arrives (or as transient when the connection drops).
 //! [`session`] holds the protocol state, [`connection`] the thin socket loop around it.
+//!
+//! The Drogue kind also takes commands: given a command intake it subscribes
+//! `command/inbox/#` after every CONNACK and routes `command/inbox/<device>/<cmd>` ([`inbox`]).
+//! The generic kind stays publish-only: a generic broker has no command convention to follow.
 
 pub mod connection;
+pub mod inbox;
 pub mod session;
 
 use gw_model::{Identity, Secret, Telemetry};
@@ -23,6 +28,7 @@ use crate::{
     uplink::{Sender, Verdict},
 };
 pub use connection::Connection;
+pub(crate) use connection::Inbox;
 
 /// A device's records, in order, each with the way back for its verdict.
 pub(crate) type Chain = Vec<(Publish, oneshot::Sender<Verdict>)>;

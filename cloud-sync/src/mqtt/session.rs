@@ -7,6 +7,10 @@
 //! the session hands it back when the record is settled: on PUBACK, or as failed when the
 //! connection drops, so the caller can nack it (at-least-once).
 //!
+//! With a command subscription (the Drogue MQTT uplink), every CONNACK is followed by a
+//! SUBSCRIBE; commands the broker publishes are acknowledged (QoS 1) only when the caller says
+//! the command router took them ([`Session::ack_command`]).
+//!
 //! A *chain* is one device's records of an outbox batch. It goes onto the wire in one piece
 //! and in order, so one connection carries either all of a chain or none of it: a failure
 //! never sends a device's later record on a new connection while its earlier one is retried.
@@ -16,7 +20,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use rumqttc::mqttbytes::v4::{Packet, Publish};
+use rumqttc::mqttbytes::{
+    QoS,
+    v4::{Packet, PubAck, Publish, SubAck, Subscribe, SubscribeReasonCode},
+};
 
 /// A packet id in use bitmap over 1..=65535.
 struct PkidSet([u64; 1024]);
@@ -76,6 +83,19 @@ pub struct Session<T> {
     waiting: VecDeque<Waiting<T>>,
     last_sent: Option<Instant>,
     ping_sent: Option<Instant>,
+    /// The filter subscribed after every CONNACK, if any.
+    subscription: Option<String>,
+    /// The packet id of the SUBSCRIBE awaiting its SUBACK.
+    subscribing: Option<u16>,
+}
+
+/// What a SUBACK said about the session's subscription.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subscribed {
+    /// Granted with this maximum QoS (Drogue always grants QoS 0).
+    Granted(QoS),
+    /// The broker refused the subscription.
+    Refused,
 }
 
 impl<T> Session<T> {
@@ -92,7 +112,14 @@ impl<T> Session<T> {
             waiting: VecDeque::new(),
             last_sent: None,
             ping_sent: None,
+            subscription: None,
+            subscribing: None,
         }
+    }
+
+    /// Subscribes `filter` (QoS 1 asked) after every CONNACK.
+    pub fn set_subscription(&mut self, filter: impl Into<String>) {
+        self.subscription = Some(filter.into());
     }
 
     pub fn is_up(&self) -> bool {
@@ -122,6 +149,13 @@ impl<T> Session<T> {
         self.up = true;
         self.ping_sent = None;
         self.last_sent = Some(now);
+        if let Some(filter) = self.subscription.clone() {
+            let pkid = self.allocate();
+            let mut subscribe = Subscribe::new(filter, QoS::AtLeastOnce);
+            subscribe.pkid = pkid;
+            out.push(Packet::Subscribe(subscribe));
+            self.subscribing = Some(pkid);
+        }
         while let Some(w) = self.waiting.pop_front() {
             self.put_on_wire(w.records, now, out);
         }
@@ -133,6 +167,9 @@ impl<T> Session<T> {
         self.up = false;
         self.ping_sent = None;
         self.last_sent = None;
+        if let Some(pkid) = self.subscribing.take() {
+            self.in_use.set(pkid, false);
+        }
         self.in_flight
             .drain(..)
             .map(|f| {
@@ -148,6 +185,27 @@ impl<T> Session<T> {
         let flight = self.in_flight.remove(at)?;
         self.in_use.set(pkid, false);
         Some(flight.token)
+    }
+
+    /// The broker answered a SUBSCRIBE; `None` when it is not the one awaited.
+    pub fn suback(&mut self, ack: &SubAck) -> Option<Subscribed> {
+        if self.subscribing != Some(ack.pkid) {
+            return None;
+        }
+        self.subscribing = None;
+        self.in_use.set(ack.pkid, false);
+        Some(match ack.return_codes.first() {
+            Some(SubscribeReasonCode::Success(qos)) => Subscribed::Granted(*qos),
+            _ => Subscribed::Refused,
+        })
+    }
+
+    /// Acknowledges a QoS 1 command the broker published (`pkid`), once it was taken.
+    pub fn ack_command(&mut self, pkid: u16, now: Instant, out: &mut Vec<Packet>) {
+        if self.up {
+            out.push(Packet::PubAck(PubAck::new(pkid)));
+            self.last_sent = Some(now);
+        }
     }
 
     pub fn pingresp(&mut self) {
@@ -235,8 +293,6 @@ impl<T> Session<T> {
 
 #[cfg(test)]
 mod tests {
-    use rumqttc::mqttbytes::QoS;
-
     use super::*;
 
     const KA: Duration = Duration::from_secs(30);
@@ -365,6 +421,60 @@ mod tests {
         assert_eq!(s.next_wakeup(), Some(now + TIMEOUT));
         assert!(s.tick(now + Duration::from_secs(9), &mut Vec::new()).is_ok());
         assert_eq!(s.tick(now + TIMEOUT, &mut Vec::new()), Err(Dead::AckTimeout(TIMEOUT)));
+    }
+
+    #[test]
+    fn subscribes_after_every_connack_with_its_own_packet_id() {
+        let now = Instant::now();
+        let mut s: Session<u32> = Session::new(KA, TIMEOUT);
+        s.set_subscription("command/inbox/#");
+        s.submit(chain(&[1]), now, &mut Vec::new());
+        let mut out = Vec::new();
+        s.connected(now, &mut out);
+        let Packet::Subscribe(sub) = &out[0] else { panic!("{out:?}") };
+        assert_eq!(sub.filters[0].path, "command/inbox/#");
+        assert_eq!(sub.filters[0].qos, QoS::AtLeastOnce);
+        assert_eq!(pkids(&out), vec![2], "the waiting record does not reuse the SUBSCRIBE's id");
+        let sub_id = sub.pkid;
+        assert_eq!(s.suback(&SubAck::new(99, vec![])), None);
+        let granted = SubAck::new(sub_id, vec![SubscribeReasonCode::Success(QoS::AtMostOnce)]);
+        assert_eq!(s.suback(&granted), Some(Subscribed::Granted(QoS::AtMostOnce)));
+        assert_eq!(s.suback(&granted), None, "answered once");
+
+        // again on the next connection, and a refusal is reported
+        s.disconnected();
+        out.clear();
+        s.connected(now, &mut out);
+        let Packet::Subscribe(sub) = &out[0] else { panic!("{out:?}") };
+        let refused = SubAck::new(sub.pkid, vec![SubscribeReasonCode::Failure]);
+        assert_eq!(s.suback(&refused), Some(Subscribed::Refused));
+    }
+
+    #[test]
+    fn acknowledges_commands_only_while_up() {
+        let now = Instant::now();
+        let mut s: Session<u32> = Session::new(KA, TIMEOUT);
+        s.set_subscription("command/inbox/#");
+        let mut out = Vec::new();
+        s.ack_command(7, now, &mut out);
+        assert!(out.is_empty(), "no connection, no PUBACK");
+        s.connected(now, &mut out);
+        out.clear();
+        s.ack_command(7, now + Duration::from_secs(20), &mut out);
+        assert_eq!(out, vec![Packet::PubAck(PubAck::new(7))]);
+        assert_eq!(
+            s.next_wakeup(),
+            Some(now + Duration::from_secs(20) + KA),
+            "a PUBACK counts as sending"
+        );
+    }
+
+    #[test]
+    fn without_a_subscription_nothing_is_subscribed() {
+        let mut out = Vec::new();
+        let mut s: Session<u32> = Session::new(KA, TIMEOUT);
+        s.connected(Instant::now(), &mut out);
+        assert!(out.is_empty());
     }
 
     #[test]
