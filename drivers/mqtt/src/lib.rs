@@ -19,9 +19,12 @@
 //! - `v4`, `v5`: conversions between the model and rumqttc's packets of each version.
 //! - [`io`]: [`read_connect`], [`read_packet`], [`write_packet`].
 //! - [`error`]: the crate's one error type, [`MqttError`] (also named [`CodecError`]).
+//! - [`bridge`]: the legacy broker bridge: a client of a site's own broker whose topics map
+//!   to identities by template ([`Bridge`], [`BridgeCommands`], `[[bridge]]` config).
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod bridge;
 pub mod codec;
 pub mod config;
 pub mod error;
@@ -33,6 +36,7 @@ pub mod session;
 mod v4;
 mod v5;
 
+pub use bridge::{Bridge, BridgeCommands, BridgeConfig, BridgePush, BridgeStatus};
 pub use codec::{Codec, sniff_version};
 pub use config::{MqttConfig, PacketSize};
 pub use error::{CodecError, MqttError};

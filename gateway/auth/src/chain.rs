@@ -23,7 +23,8 @@ use std::{
 };
 
 use gw_model::{
-    AppId, AuthOutcome, AuthRequest, Authenticate, DeviceId, Identity, PresentedCredential, Secret,
+    AppId, AuthOutcome, AuthRequest, Authenticate, DeviceId, Identity, KnownDevices,
+    PresentedCredential, Secret,
     registry::{Credential, CredentialsSpec, Device, DeviceSpec, Metadata, PasswordSpec},
 };
 use tokio::sync::Semaphore;
@@ -355,6 +356,25 @@ impl CredentialChain {
             }
         }
         outcome
+    }
+}
+
+/// A device is known when the registry cache or the static devices list it (by name, alias
+/// or unique username; the canonical name is returned), or a local account has its name.
+impl KnownDevices for CredentialChain {
+    fn resolve(&self, app: &AppId, device: &str) -> Option<Identity> {
+        let registry = self.registry();
+        let statics = self.inner.statics.clone();
+        let cached = [&registry, &statics]
+            .iter()
+            .find_map(|c| c.resolve(app.as_str(), device).map(str::to_owned));
+        match cached {
+            Some(name) => DeviceId::new(name).ok().map(|d| Identity::new(app.clone(), d)),
+            None => {
+                let id = Identity::new(app.clone(), DeviceId::new(device).ok()?);
+                self.inner.accounts.contains(&id).then_some(id)
+            }
+        }
     }
 }
 

@@ -183,3 +183,28 @@ async fn people_log_in_with_local_accounts_only_never_as_a_registry_device() {
     }
     assert!(limited, "20 bad passwords in a row must be rate-limited");
 }
+
+#[tokio::test]
+async fn known_devices_come_from_registry_statics_and_accounts() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = chain(dir.path())
+        .with_static_devices(&[StaticDevice {
+            app: AppId::new("app").unwrap(),
+            name: DeviceId::new("static1").unwrap(),
+            password: Secret::new("pw"),
+        }])
+        .unwrap();
+    let d = dev("s1", json!({"alias":["alt"],"authentication":{"credentials":[{"pass":"pw"}]}}));
+    c.replace_devices(vec![d]).await.unwrap();
+    c.accounts().add(&id("local1@app"), &Secret::new("pw")).unwrap();
+    let app = AppId::new("app").unwrap();
+    assert_eq!(c.resolve(&app, "alt"), Some(id("s1@app")), "an alias gives the canonical name");
+    assert_eq!(c.resolve(&app, "s1"), Some(id("s1@app")));
+    assert_eq!(c.resolve(&app, "static1"), Some(id("static1@app")));
+    assert_eq!(c.resolve(&app, "local1"), Some(id("local1@app")));
+    assert_eq!(c.resolve(&app, "stranger"), None);
+    assert_eq!(c.resolve(&AppId::new("other").unwrap(), "s1"), None);
+    // a device the registry drops is no longer known
+    c.replace_devices(vec![]).await.unwrap();
+    assert_eq!(c.resolve(&app, "s1"), None);
+}

@@ -53,6 +53,9 @@ pub struct Config {
     /// The southbound MQTT endpoint; without the section there is no MQTT listener.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mqtt: Option<gw_driver_mqtt::MqttConfig>,
+    /// Legacy broker bridges: site brokers whose topics map to devices.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bridge: Vec<gw_driver_mqtt::BridgeConfig>,
     #[serde(default)]
     pub web: WebConfig,
     #[serde(default)]
@@ -174,6 +177,8 @@ pub struct Loaded {
     pub cloud_password: Option<Secret>,
     /// The registry API token, when `[registry]` is set.
     pub registry_token: Option<Secret>,
+    /// Each `[[bridge]]`'s password at the site broker, in order (`None`: no password).
+    pub bridge_passwords: Vec<Option<Secret>>,
 }
 
 impl Config {
@@ -228,7 +233,48 @@ impl Config {
                 }
             }
         };
-        Ok(Loaded { config, devices, cloud_password, registry_token })
+        let bridge_passwords = config.resolve_bridges(origin)?;
+        Ok(Loaded { config, devices, cloud_password, registry_token, bridge_passwords })
+    }
+
+    /// Checks every `[[bridge]]` (URL, templates) and reads its password file.
+    fn resolve_bridges(&self, origin: &str) -> Result<Vec<Option<Secret>>, ConfigError> {
+        let mut out = Vec::with_capacity(self.bridge.len());
+        for (i, b) in self.bridge.iter().enumerate() {
+            let key = format!("bridge[{i}]");
+            b.validate().map_err(|e| invalid(origin, &format!("{key}.{}", e.key), &e.reason))?;
+            if self.bridge[..i].iter().any(|o| o.name == b.name) {
+                return Err(invalid(
+                    origin,
+                    &format!("{key}.name"),
+                    &format!("{:?} is used twice", b.name),
+                ));
+            }
+            let password = match (&b.password, &b.password_file) {
+                (Some(p), _) => Some(p.clone()),
+                (None, Some(file)) => {
+                    let content = std::fs::read_to_string(file).map_err(|e| {
+                        invalid(
+                            origin,
+                            &format!("{key}.password_file"),
+                            &format!("cannot read secret file {}: {e}", file.display()),
+                        )
+                    })?;
+                    let secret = content.trim_end_matches(['\n', '\r']);
+                    if secret.is_empty() {
+                        return Err(invalid(
+                            origin,
+                            &format!("{key}.password_file"),
+                            &format!("secret file {} is empty", file.display()),
+                        ));
+                    }
+                    Some(Secret::new(secret))
+                }
+                (None, None) => None,
+            };
+            out.push(password);
+        }
+        Ok(out)
     }
 
     fn resolve_devices(
@@ -429,6 +475,36 @@ mod tests {
         let text = "[gateway]\nname = \"gw1\"\napplication = \"app\"\n[[devices]]\nname = \"s1\"\n";
         let err = Config::from_str_at(text, "x").unwrap_err().to_string();
         assert!(err.contains("devices[0]") && err.contains("password"), "{err}");
+    }
+
+    #[test]
+    fn bridge_templates_are_checked_at_load_naming_the_key() {
+        let base = "[gateway]\nname = \"gw1\"\napplication = \"app\"\n[[bridge]]\nname = \"site\"\nurl = \"mqtt://10.0.0.1\"\nclient_id = \"gw1\"\n[[bridge.mapping]]\nname = \"m\"\ndevices = \"known\"\n";
+        let loaded = Config::from_str_at(
+            &format!("{base}topic = \"sensors/{{device}}/{{channel}}\"\n"),
+            "x",
+        )
+        .unwrap();
+        assert_eq!(loaded.config.bridge.len(), 1);
+        assert_eq!(loaded.bridge_passwords, vec![None]);
+        let err = Config::from_str_at(&format!("{base}topic = \"sensors/+/{{channel}}\"\n"), "x")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "x: bridge[0].mapping[0].topic: {device} is required");
+        let err = Config::from_str_at(
+            &format!("{base}topic = \"s/{{device}}/{{channel}}\"\ncommands = \"c/#\"\n"),
+            "x",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("x: bridge[0].mapping[0].commands:"), "{err}");
+        let err = Config::from_str_at(
+            &format!("{base}topic = \"s/{{device}}/{{channel}}\"\n[[bridge]]\nname = \"b\"\nurl = \"mqtt://h\"\nclient_id = \"c\"\nusername = \"u\"\npassword_file = \"/nonexistent/pw\"\n[[bridge.mapping]]\nname = \"m\"\ndevices = \"any\"\ntopic = \"a/{{device}}/{{channel}}\"\n"),
+            "x",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("x: bridge[1].password_file: cannot read"), "{err}");
     }
 
     #[test]

@@ -81,6 +81,8 @@ pub struct WebState {
     pub mqtt: Option<gw_driver_mqtt::Stats>,
     pub registry: Option<Arc<gw_cloud_sync::RegistryStatus>>,
     pub credentials: Option<Arc<gw_auth::CredentialChain>>,
+    /// The legacy broker bridges, with their mappings' interworking descriptors.
+    pub bridges: Vec<gw_driver_mqtt::BridgeStatus>,
 }
 
 impl WebState {
@@ -96,6 +98,7 @@ impl WebState {
             mqtt: None,
             registry: None,
             credentials: None,
+            bridges: Vec::new(),
         }
     }
 
@@ -158,6 +161,7 @@ async fn status(State(state): State<WebState>) -> Response {
             "registry_devices": c.registry().len(),
             "local_accounts": c.accounts().list().len(),
             "remembered_logins": c.verified_entries(),
+        "bridges": state.bridges.iter().map(|b| b.snapshot()).collect::<Vec<_>>(),
         })),
     });
     ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()

@@ -6,7 +6,7 @@ use std::{net::SocketAddr, path::Path, sync::Arc};
 use anyhow::Context;
 use gw_auth::{AuthError, CredentialChain, StaticDevice};
 use gw_cloud_sync::{RegistrySync, Uplink};
-use gw_driver_mqtt::MqttEndpoint;
+use gw_driver_mqtt::{Bridge, BridgeCommands, MqttEndpoint};
 use gw_model::Identity;
 use gw_store::Outbox;
 use tokio_util::sync::CancellationToken;
@@ -30,6 +30,7 @@ pub struct Gateway {
 impl Gateway {
     /// Opens the data directory, binds the listeners and starts the components.
     pub async fn start(loaded: Loaded, token: CancellationToken) -> anyhow::Result<Self> {
+    bridges: BridgeCommands,
         let config = loaded.config;
         let readiness = Readiness::default();
         let web_bound = readiness.condition("web listener");
@@ -139,6 +140,23 @@ impl Gateway {
                 sync.run(stop).await;
                 Ok(())
             });
+        // Legacy broker bridges: site brokers whose topics map to devices the gateway knows.
+        let mut bridges = Vec::with_capacity(config.bridge.len());
+        let mut bridge_commands = BridgeCommands::default();
+        for (bridge_config, password) in config.bridge.iter().zip(loaded.bridge_passwords) {
+            let bridge = Bridge::new(
+                bridge_config,
+                password,
+                &config.gateway.application,
+                Arc::clone(&auth),
+                Arc::clone(&ingest),
+            )
+            .with_context(|| format!("cannot set up bridge {:?}", bridge_config.name))?;
+            bridge_commands.merge(bridge.commands());
+            state.bridges.push(bridge.status());
+            bridges.push(bridge);
+        }
+
             let (chain, stop) = (Arc::clone(&auth), supervisor.token().clone());
             let sessions = mqtt.as_ref().map(MqttEndpoint::commands);
             let app = config.gateway.application.clone();
@@ -164,6 +182,13 @@ impl Gateway {
         let app = web::router(state).merge(http_endpoint::router(endpoint, max_body));
         let stop = supervisor.token().clone();
         supervisor.spawn("web", async move {
+        for bridge in bridges {
+            let stop = supervisor.token().clone();
+            supervisor.spawn("bridge", async move {
+                bridge.run(stop).await;
+                Ok(())
+            });
+        }
             axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
                 .with_graceful_shutdown(stop.cancelled_owned())
                 .await
@@ -176,7 +201,14 @@ impl Gateway {
             devices = loaded.devices.len(),
             "gateway started"
         );
-        Ok(Self { supervisor, web_addr, grace: config.gateway.shutdown_grace, outbox, listeners })
+        Ok(Self {
+            supervisor,
+            web_addr,
+            grace: config.gateway.shutdown_grace,
+            outbox,
+            listeners,
+            bridges: bridge_commands,
+        })
     }
 
     pub fn web_addr(&self) -> SocketAddr {
@@ -232,6 +264,11 @@ async fn open_credentials(
                 std::fs::rename(&file, &aside)
                     .with_context(|| format!("cannot move {} aside", file.display()))?;
                 CredentialChain::open(&auth, &dir).context("cannot open the credential chain")?
+    /// Publishes commands for devices behind the legacy broker bridges (empty without any).
+    pub fn bridge_commands(&self) -> BridgeCommands {
+        self.bridges.clone()
+    }
+
             }
             Err(e) => return Err(anyhow::Error::new(e).context("cannot open the credential chain")),
         };

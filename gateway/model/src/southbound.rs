@@ -4,7 +4,7 @@
 
 use std::{future::Future, net::IpAddr, time::Duration};
 
-use crate::{AuthRequest, Command, Identity, Telemetry};
+use crate::{AppId, AuthRequest, Command, Identity, Telemetry};
 
 /// Why a message could not be taken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -93,4 +93,14 @@ impl CommandOutcome {
 /// router implements it; the cloud-sync intakes depend only on this.
 pub trait CommandSink: Send + Sync + 'static {
     fn submit(&self, command: Command) -> impl Future<Output = CommandOutcome> + Send;
+}
+
+/// The devices the gateway knows and may act for (synced registry, static devices, local
+/// accounts), without checking any credential. Drivers that take identities from something
+/// other than a login (the legacy broker bridge's topics, a verified client certificate) ask
+/// it whether a device is one of the gateway's. The credential chain implements it.
+pub trait KnownDevices: Send + Sync + 'static {
+    /// The canonical identity of `device` (a name or an alias) in `app`, if the gateway
+    /// knows it.
+    fn resolve(&self, app: &AppId, device: &str) -> Option<Identity>;
 }

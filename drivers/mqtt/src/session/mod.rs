@@ -673,7 +673,7 @@ impl Live {
 /// The content type a message travels with: the v5 property when the sensor set one; otherwise,
 /// as Drogue's MQTT endpoint does, JSON when the payload parses as JSON, else
 /// `application/octet-stream` (MQTT 3.1.1 has no content type at all).
-fn content_type_of(declared: Option<String>, payload: &[u8]) -> Option<String> {
+pub(crate) fn content_type_of(declared: Option<String>, payload: &[u8]) -> Option<String> {
     declared.or_else(|| {
         let guessed =
             if is_json(payload) { "application/json" } else { "application/octet-stream" };

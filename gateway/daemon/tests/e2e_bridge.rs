@@ -1,0 +1,130 @@
+//! End to end through the legacy broker bridge: a real mosquitto plays the site broker,
+//! `mosquitto_pub` publishes as a site sensor does, and the real gatewayd forwards what the
+//! bridge took to the dev cloud as that sensor. `/api/v1/status` shows the bridge's counters
+//! and its mappings' interworking descriptors.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+#[path = "../../../drivers/mqtt/tests/common/mod.rs"]
+mod site;
+
+use std::{
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use common::{Running, status, write};
+use gw_devcloud::{DevCloud, Seed};
+use site::{Mosquitto, have_mosquitto};
+use tokio_util::sync::CancellationToken;
+
+const APP: &str = "my-app";
+const PATIENCE: Duration = Duration::from_secs(20);
+
+fn config(dir: &Path, cloud: &str, site: &str) -> String {
+    let text = format!(
+        "[gateway]\nname = \"gw1\"\napplication = \"{APP}\"\ndata_dir = {data:?}\n\n\
+         [cloud]\nkind = \"drogue-http\"\nurl = {cloud:?}\npassword = \"gw-secret\"\n\
+         retry_min = \"50ms\"\nretry_max = \"200ms\"\n\n\
+         [web]\nlisten = \"127.0.0.1:0\"\n\n[log]\nformat = \"json\"\n\n\
+         [[devices]]\nname = \"s7\"\npassword = \"pw7\"\n\n\
+         [[bridge]]\nname = \"site\"\nurl = {site:?}\nclient_id = \"gw1-bridge\"\n\
+         reconnect_max = \"1s\"\n\n\
+         [[bridge.mapping]]\nname = \"legacy-sensors\"\ntopic = \"sensors/{{device}}/{{channel}}\"\n\
+         devices = \"known\"\ncommands = \"sensors/{{device}}/commands/{{command}}\"\n\
+         data_objects = [\"temperature\"]\n",
+        data = dir.join("data").display().to_string()
+    );
+    write(dir, "gatewayd.toml", &text)
+}
+
+async fn wait_status(
+    web: &str,
+    what: &str,
+    ok: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let s = status(&client, web).await;
+        if ok(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "{what}: {s}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn site_broker_messages_reach_the_cloud_as_the_topics_device() {
+    if !have_mosquitto("site_broker_messages_reach_the_cloud_as_the_topics_device") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let site_dir = tempfile::tempdir().unwrap();
+    let site = Mosquitto::start(site_dir.path(), "allow_anonymous true");
+    let seed = Seed::new().application(APP).password_device(APP, "gw1", "gw-secret").sensor(
+        APP,
+        "s7",
+        None,
+        &["gw1"],
+    );
+    let cloud = DevCloud::start("127.0.0.1:0".parse().unwrap(), seed, CancellationToken::new())
+        .await
+        .unwrap();
+    let gw = Running::start(&config(dir.path(), &cloud.url(), &site.url()), None);
+    let web = gw.web_addr();
+    let s = wait_status(&web, "bridge subscribed", |s| s["bridges"][0]["subscribed"] == true).await;
+    let mapping = &s["bridges"][0]["mappings"][0];
+    assert_eq!(mapping["name"], "legacy-sensors", "{s}");
+    assert_eq!(mapping["interworking"], true);
+    assert_eq!(mapping["protocol"], "mqtt");
+    assert_eq!(mapping["subscription"], "sensors/+/+");
+    assert_eq!(mapping["identity"]["devices"], "known");
+    assert_eq!(mapping["identity"]["application"], APP);
+    assert_eq!(mapping["data_objects"], serde_json::json!(["temperature"]));
+    assert_eq!(mapping["commands"], "sensors/{device}/commands/{command}");
+
+    let port = site.addr.port().to_string();
+    for (topic, payload) in [("sensors/s7/temp", r#"{"temp":21.5}"#), ("sensors/s99/temp", "1")] {
+        let out = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port, "-q", "1", "-t", topic, "-m", payload])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    let deadline = Instant::now() + PATIENCE;
+    let events = loop {
+        let events: Vec<_> =
+            cloud.events().into_iter().filter(|e| e.kind == "io.drogue.event.v1").collect();
+        if !events.is_empty() || Instant::now() > deadline {
+            break events;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].device.as_deref(), Some("s7"));
+    assert_eq!(events[0].sender.as_deref(), Some("gw1"));
+    assert_eq!(events[0].subject, "temp");
+    assert_eq!(events[0].data, Some(serde_json::json!({ "temp": 21.5 })));
+
+    let s = wait_status(&web, "unknown device counted", |s| {
+        s["bridges"][0]["dropped_unknown_device"] == 1
+    })
+    .await;
+    let bridge = &s["bridges"][0];
+    assert_eq!(bridge["messages"], 1, "{s}");
+    assert_eq!(bridge["connected"], true, "{s}");
+    assert_eq!(bridge["name"], "site", "{s}");
+
+    // the site broker goes away: the status says so, with the error
+    drop(site);
+    let s = wait_status(&web, "bridge disconnected", |s| {
+        s["bridges"][0]["connected"] == false && s["bridges"][0]["reconnects"] != 0
+    })
+    .await;
+    assert!(s["bridges"][0]["last_error"].is_string(), "{s}");
+}
