@@ -1,0 +1,307 @@
+//! The thin socket loop around the pure [`Core`]: one task owns the core and the datagram
+//! [`Transport`]; it feeds the core datagrams, answers and timer ticks, sends what the core
+//! says, and runs each [`Job`] (authenticate, ingest, wait for a command) as its own task.
+//!
+//! The transport is a trait so that a DTLS session layer can wrap the UDP socket later: it
+//! hands the core plaintext datagrams per peer address exactly as the plain socket does (the
+//! PSK identity `device@app` would then stand in for option 4209).
+//!
+//! Shutdown: no more datagrams are read; command waits end (their requests are answered
+//! 2.04: the message is stored); jobs still committing are awaited up to [`DRAIN_TIMEOUT`]
+//! and answered, so a sensor whose message became durable hears so when it still can.
+
+use std::{
+    future::Future,
+    io,
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant, SystemTime},
+};
+
+use coap_lite::ResponseType;
+use gw_model::{
+    AppId, AuthOutcome, Authenticate, CommandSource, Ingest, IngestError, Telemetry, Timestamp,
+};
+use tokio::{net::UdpSocket, sync::mpsc};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    CoapConfig, CoapError,
+    protocol::{Answer, Core, CoreConfig, Job, JobId, Output},
+    request::{Publish, Refusal},
+    stats::{Counters, Stats},
+};
+
+/// How long shutdown waits for jobs still committing to the outbox.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest datagram read (a UDP payload cannot be larger).
+const MAX_DATAGRAM: usize = 65_535;
+
+/// Where datagrams come from and go to: a UDP socket, or later a DTLS layer over one.
+pub trait Transport: Send + Sync + 'static {
+    fn recv_from(
+        &self,
+        buf: &mut [u8],
+    ) -> impl Future<Output = io::Result<(usize, SocketAddr)>> + Send;
+    fn send_to(
+        &self,
+        datagram: &[u8],
+        peer: SocketAddr,
+    ) -> impl Future<Output = io::Result<usize>> + Send;
+    fn local_addr(&self) -> io::Result<SocketAddr>;
+}
+
+impl Transport for UdpSocket {
+    fn recv_from(
+        &self,
+        buf: &mut [u8],
+    ) -> impl Future<Output = io::Result<(usize, SocketAddr)>> + Send {
+        UdpSocket::recv_from(self, buf)
+    }
+
+    fn send_to(
+        &self,
+        datagram: &[u8],
+        peer: SocketAddr,
+    ) -> impl Future<Output = io::Result<usize>> + Send {
+        UdpSocket::send_to(self, datagram, peer)
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        UdpSocket::local_addr(self)
+    }
+}
+
+struct Services<A, I, C> {
+    auth: Arc<A>,
+    ingest: Arc<I>,
+    commands: Arc<C>,
+    counters: Arc<Counters>,
+}
+
+/// The southbound CoAP endpoint: a bound socket, ready to [`run`](CoapEndpoint::run).
+pub struct CoapEndpoint<A, I, C, T = UdpSocket> {
+    transport: T,
+    core: Core,
+    services: Arc<Services<A, I, C>>,
+}
+
+impl<A: Authenticate, I: Ingest, C: CommandSource> CoapEndpoint<A, I, C, UdpSocket> {
+    /// Validates `config` and binds its UDP `listen` address. Sensors that name a bare device
+    /// (no `@app`) belong to `default_app`.
+    pub async fn bind(
+        config: &CoapConfig,
+        auth: Arc<A>,
+        ingest: Arc<I>,
+        commands: Arc<C>,
+        default_app: AppId,
+    ) -> Result<Self, CoapError> {
+        config.validate()?;
+        let addr = config.listen;
+        let socket =
+            UdpSocket::bind(addr).await.map_err(|source| CoapError::Bind { addr, source })?;
+        Self::with_transport(socket, config, auth, ingest, commands, default_app)
+    }
+}
+
+impl<A: Authenticate, I: Ingest, C: CommandSource, T: Transport> CoapEndpoint<A, I, C, T> {
+    /// An endpoint over any datagram transport.
+    pub fn with_transport(
+        transport: T,
+        config: &CoapConfig,
+        auth: Arc<A>,
+        ingest: Arc<I>,
+        commands: Arc<C>,
+        default_app: AppId,
+    ) -> Result<Self, CoapError> {
+        config.validate()?;
+        let counters = Arc::new(Counters::default());
+        let seed = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0x5eed, |d| d.as_nanos() as u64)
+            ^ u64::from(std::process::id());
+        let core = Core::new(CoreConfig::new(config, default_app), counters.clone(), seed);
+        Ok(Self {
+            transport,
+            core,
+            services: Arc::new(Services { auth, ingest, commands, counters }),
+        })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.transport.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// The handle to the endpoint's counters; valid before and after `run`.
+    pub fn stats(&self) -> Stats {
+        Stats(self.services.counters.clone())
+    }
+
+    /// Serves until `token` is cancelled, then drains (see the module docs) and returns.
+    pub async fn run(self, token: CancellationToken) {
+        let Self { transport, mut core, services } = self;
+        tracing::info!(addr = %transport.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
+            "CoAP endpoint listening");
+        let (tx, mut rx) = mpsc::unbounded_channel::<(JobId, Answer)>();
+        let tasks = TaskTracker::new();
+        let waits = CancellationToken::new();
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        let mut out = Vec::new();
+        let mut recv_errors = 0u32;
+        loop {
+            let deadline = core.next_deadline();
+            tokio::select! {
+                biased;
+                () = token.cancelled() => break,
+                Some((id, answer)) = rx.recv() => {
+                    let now = Instant::now();
+                    core.on_answer(id, answer, now, &mut out);
+                    while let Ok((id, answer)) = rx.try_recv() {
+                        core.on_answer(id, answer, now, &mut out);
+                    }
+                }
+                r = transport.recv_from(&mut buf) => match r {
+                    Ok((n, peer)) => {
+                        recv_errors = 0;
+                        core.on_datagram(peer, &buf[..n], Instant::now(), &mut out);
+                    }
+                    Err(e) => {
+                        // e.g. an ICMP error reported on the socket: not fatal, but never spin
+                        recv_errors += 1;
+                        tracing::debug!(cause = %e, "CoAP receive failed");
+                        if recv_errors > 100 {
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    }
+                },
+                () = sleep_until(deadline), if deadline.is_some() => core.on_tick(Instant::now(), &mut out),
+            }
+            flush(&transport, &mut out, &services, &tasks, &tx, &waits).await;
+        }
+        // Drain: end command waits, answer what commits within the grace period.
+        waits.cancel();
+        let until = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        while core.in_flight() > 0 {
+            let Ok(Some((id, answer))) = tokio::time::timeout_at(until, rx.recv()).await else {
+                tracing::warn!(
+                    in_flight = core.in_flight(),
+                    "CoAP endpoint stopped with requests unanswered"
+                );
+                break;
+            };
+            core.on_answer(id, answer, Instant::now(), &mut out);
+            // nothing new is started while draining
+            out.retain(|o| matches!(o, Output::Send { .. }));
+            flush(&transport, &mut out, &services, &tasks, &tx, &waits).await;
+        }
+        tasks.close();
+        if tokio::time::timeout_at(until, tasks.wait()).await.is_err() {
+            tracing::warn!("CoAP jobs still running at shutdown");
+        }
+        tracing::info!("CoAP endpoint stopped");
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    if let Some(d) = deadline {
+        tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await;
+    }
+}
+
+async fn flush<A: Authenticate, I: Ingest, C: CommandSource, T: Transport>(
+    transport: &T,
+    out: &mut Vec<Output>,
+    services: &Arc<Services<A, I, C>>,
+    tasks: &TaskTracker,
+    tx: &mpsc::UnboundedSender<(JobId, Answer)>,
+    waits: &CancellationToken,
+) {
+    for output in out.drain(..) {
+        match output {
+            Output::Send { peer, datagram } => {
+                if let Err(e) = transport.send_to(&datagram, peer).await {
+                    tracing::debug!(%peer, cause = %e, "CoAP send failed");
+                }
+            }
+            Output::Process(job) => {
+                let (services, tx, waits) = (services.clone(), tx.clone(), waits.clone());
+                tasks.spawn(async move {
+                    let Job { id, peer, publish } = *job;
+                    let answer = process(&services, peer, publish, &waits).await;
+                    // the loop may be gone at the very end of a shutdown
+                    let _ = tx.send((id, answer));
+                });
+            }
+        }
+    }
+}
+
+/// Carries out one publish: authenticate, ingest (durable), then maybe wait for a command.
+async fn process<A: Authenticate, I: Ingest, C: CommandSource>(
+    services: &Services<A, I, C>,
+    peer: SocketAddr,
+    publish: Publish,
+    waits: &CancellationToken,
+) -> Answer {
+    let identity = match services.auth.authenticate(&publish.auth, Some(peer.ip())).await {
+        AuthOutcome::Pass(identity) => identity,
+        AuthOutcome::Fail => {
+            tracing::info!(device = %publish.auth.device, app = %publish.auth.app, %peer, "CoAP publish refused: authentication failed");
+            return Answer::Refused(Refusal::new(ResponseType::Forbidden, "authentication failed"));
+        }
+        AuthOutcome::RateLimited => {
+            tracing::info!(device = %publish.auth.device, app = %publish.auth.app, %peer, "CoAP publish refused: too many failed logins");
+            return Answer::Refused(
+                Refusal::new(ResponseType::TooManyRequests, "too many failed logins; try later")
+                    .retry_after(60),
+            );
+        }
+    };
+    if publish.as_device.as_deref().is_some_and(|d| d != identity.device().as_str()) {
+        return Answer::Refused(Refusal::new(
+            ResponseType::Forbidden,
+            "a sensor publishes as itself only (as=)",
+        ));
+    }
+    let telemetry = Telemetry {
+        app: identity.app().clone(),
+        device: identity.device().clone(),
+        channel: publish.channel,
+        suffix: publish.suffix,
+        content_type: publish.content_type,
+        data_schema: publish.data_schema,
+        received_at: Timestamp::from_system(SystemTime::now()),
+        payload: publish.payload,
+        command_wait: publish.command_wait,
+    };
+    if let Err(e) = services.ingest.publish(telemetry).await {
+        let refusal = match &e {
+            IngestError::QuotaExceeded(_) => {
+                Counters::add(&services.counters.quota_exceeded);
+                tracing::warn!(device = %identity, cause = %e, "CoAP publish refused: outbox full");
+                Refusal::new(ResponseType::ServiceUnavailable, "quota exceeded").retry_after(5)
+            }
+            IngestError::TooLarge(_) => {
+                Refusal::new(ResponseType::RequestEntityTooLarge, e.to_string())
+            }
+            IngestError::Unavailable(_) => {
+                tracing::error!(device = %identity, cause = %e, "CoAP publish failed: outbox");
+                Refusal::new(ResponseType::ServiceUnavailable, "storage unavailable").retry_after(5)
+            }
+        };
+        return Answer::Refused(refusal);
+    }
+    let Some(wait) = publish.command_wait else { return Answer::Stored };
+    let command = tokio::select! {
+        c = services.commands.next_command(&identity, wait) => c,
+        () = waits.cancelled() => None,
+    };
+    match command {
+        Some(c) => {
+            tracing::debug!(device = %identity, command = %c.name, "command delivered over CoAP");
+            Answer::Command(c)
+        }
+        None => Answer::Stored,
+    }
+}
