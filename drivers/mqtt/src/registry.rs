@@ -46,6 +46,19 @@ pub(crate) struct Registry {
     live: Mutex<HashMap<Identity, Entry>>,
     devices: Mutex<HashMap<Identity, DeviceConnections>>,
     pub counters: Counters,
+    subscribed: SubscribeEvents,
+}
+
+/// Announces sessions that just subscribed to their commands (see [`Commands::subscriptions`]).
+struct SubscribeEvents(tokio::sync::broadcast::Sender<Identity>);
+
+/// Subscription events a slow listener may fall behind by before it misses some.
+const SUBSCRIBE_EVENTS: usize = 256;
+
+impl Default for SubscribeEvents {
+    fn default() -> Self {
+        Self(tokio::sync::broadcast::Sender::new(SUBSCRIBE_EVENTS))
+    }
 }
 
 /// The endpoint's counters.
@@ -122,6 +135,13 @@ impl Registry {
         d.connected = still_connected;
     }
 
+    /// `identity`'s session has just subscribed to its commands (it had no command
+    /// subscription before).
+    pub fn subscribed(&self, identity: &Identity) {
+        // nobody listening is fine: then nobody holds commands for later
+        let _ = self.subscribed.0.send(identity.clone());
+    }
+
     fn snapshot(&self) -> EndpointStats {
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -191,6 +211,14 @@ impl Commands {
             Err(mpsc::error::TrySendError::Full(_)) => Delivery::Full,
             Err(mpsc::error::TrySendError::Closed(_)) => Delivery::NotConnected,
         }
+    }
+
+    /// Devices whose session has just subscribed to `command/inbox/...` (and had no command
+    /// subscription before), so that commands held for them can be pushed now. A receiver that
+    /// falls more than 256 events behind gets `Lagged` and should look at every device it holds
+    /// commands for ([`is_subscribed`](Self::is_subscribed)).
+    pub fn subscriptions(&self) -> tokio::sync::broadcast::Receiver<Identity> {
+        self.registry.subscribed.0.subscribe()
     }
 
     /// Whether `device` has a live session with a command subscription.

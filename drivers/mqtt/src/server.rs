@@ -365,8 +365,13 @@ impl<A: Authenticate, I: Ingest> Conn<A, I> {
                     Action::Close(reason) => closing = Some(reason),
                 }
             }
-            if let Some((_, subscribed)) = &registered {
-                subscribed.store(session.is_subscribed(), Ordering::Relaxed);
+            if let Some((identity, subscribed)) = &registered {
+                let now = session.is_subscribed();
+                if now && !subscribed.swap(now, Ordering::Relaxed) {
+                    shared.registry.subscribed(identity);
+                } else if !now {
+                    subscribed.store(false, Ordering::Relaxed);
+                }
             }
             if !out.is_empty() {
                 let written = tokio::select! {

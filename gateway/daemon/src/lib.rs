@@ -9,6 +9,7 @@
 //! - [`wiring`]: builds the gateway from its config in one top-to-bottom function.
 //! - [`supervisor`]: runs components as tasks under one cancellation token.
 //! - [`web`]: the web listener (health, readiness, status JSON, front page).
+//! - [`commands`]: the command router (cloud intakes in, drivers out) and its durable queue.
 //! - [`http_endpoint`]: southbound HTTP, `POST /v1/{channel}` (Drogue's device contract).
 //! - [`demo`]: `gatewayd demo`, the gateway beside an embedded dev cloud.
 //! - [`sd_notify`]: systemd readiness notification.
@@ -16,6 +17,7 @@
 
 pub mod accounts_cli;
 pub mod cli;
+pub mod commands;
 pub mod config;
 pub mod demo;
 pub mod http_endpoint;
