@@ -99,15 +99,46 @@ pub struct WebConfig {
     /// Largest body `POST /v1/{channel}` accepts; larger ones get 413.
     #[serde(default = "default_max_message_bytes")]
     pub max_message_bytes: gw_store::ByteSize,
+    /// HTTPS: the server certificate chain (PEM); with `key_file` the listener serves HTTPS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    /// HTTPS: the server's private key (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// The command push endpoint's Bearer secret, inline (development only) ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push_token: Option<Secret>,
+    /// ... or the file holding it. Without either, the push endpoint is not mounted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push_token_file: Option<Spanned<PathBuf>>,
+    /// The push endpoint also requires a client certificate issued by this CA (PEM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub push_client_ca_file: Option<PathBuf>,
+    /// Largest push request body; larger ones get 413.
+    #[serde(default = "default_push_max_bytes")]
+    pub push_max_bytes: gw_store::ByteSize,
 }
 
 impl Default for WebConfig {
     fn default() -> Self {
-        Self { listen: default_web_listen(), max_message_bytes: default_max_message_bytes() }
+        Self {
+            listen: default_web_listen(),
+            max_message_bytes: default_max_message_bytes(),
+            cert_file: None,
+            key_file: None,
+            push_token: None,
+            push_token_file: None,
+            push_client_ca_file: None,
+            push_max_bytes: default_push_max_bytes(),
+        }
     }
 }
 
 fn default_max_message_bytes() -> gw_store::ByteSize {
+    gw_store::ByteSize::new(256 * 1024)
+}
+
+fn default_push_max_bytes() -> gw_store::ByteSize {
     gw_store::ByteSize::new(256 * 1024)
 }
 
@@ -177,6 +208,8 @@ pub struct Loaded {
     pub cloud_password: Option<Secret>,
     /// The registry API token, when `[registry]` is set.
     pub registry_token: Option<Secret>,
+    /// The command push endpoint's Bearer secret, when `[web]` sets one.
+    pub push_token: Option<Secret>,
     /// Each `[[bridge]]`'s password at the site broker, in order (`None`: no password).
     pub bridge_passwords: Vec<Option<Secret>>,
 }
@@ -234,7 +267,15 @@ impl Config {
             }
         };
         let bridge_passwords = config.resolve_bridges(origin)?;
-        Ok(Loaded { config, devices, cloud_password, registry_token, bridge_passwords })
+        let push_token = crate::push::resolve(&config.web, text, origin)?;
+        Ok(Loaded {
+            config,
+            devices,
+            cloud_password,
+            registry_token,
+            bridge_passwords,
+            push_token,
+        })
     }
 
     /// Checks every `[[bridge]]` (URL, templates) and reads its password file.

@@ -14,6 +14,8 @@
 //! - [`demo`]: `gatewayd demo`, the gateway beside an embedded dev cloud.
 //! - [`sd_notify`]: systemd readiness notification.
 //! - [`logging`]: tracing set-up, human or JSON.
+//! - [`web_tls`]: HTTPS for the web listener, with the push endpoint's client certificates.
+//! - [`push`]: the command push endpoint's `[web]` settings, mounted on the web listener.
 
 pub mod accounts_cli;
 pub mod cli;
@@ -22,7 +24,9 @@ pub mod config;
 pub mod demo;
 pub mod http_endpoint;
 pub mod logging;
+pub mod push;
 pub mod sd_notify;
 pub mod supervisor;
 pub mod web;
+pub mod web_tls;
 pub mod wiring;
