@@ -94,6 +94,11 @@ impl Counters {
 pub struct Stats(pub(crate) Arc<Counters>);
 
 impl Stats {
+    /// The handle to counters a [`Core`](crate::Core) was built with.
+    pub fn new(counters: Arc<Counters>) -> Self {
+        Self(counters)
+    }
+
     pub fn snapshot(&self) -> StatsSnapshot {
         self.0.snapshot()
     }

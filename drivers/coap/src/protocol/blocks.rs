@@ -28,6 +28,7 @@ struct Upload {
 /// A large answer: the options every block repeats, and the whole payload.
 #[derive(Clone)]
 pub struct Body {
+    resource: Vec<u8>,
     pub code: ResponseType,
     pub options: Vec<(u16, Vec<u8>)>,
     pub payload: Bytes,
@@ -36,7 +37,8 @@ pub struct Body {
 
 pub struct Blocks {
     uploads: HashMap<Key, Upload>,
-    bodies: HashMap<Key, Body>,
+    /// At most one per peer (a sensor has one request outstanding, RFC 7252 NSTART = 1).
+    bodies: HashMap<SocketAddr, Body>,
     per_peer: HashMap<SocketAddr, usize>,
     total: usize,
     max_message: usize,
@@ -173,27 +175,30 @@ impl Blocks {
         Ok(None)
     }
 
-    /// Keeps a large answer for its Block2 continuations (replacing an earlier one for the
-    /// same resource). It is kept even above the memory limits: the command in it was already
-    /// taken from its queue and must reach the sensor.
+    /// Keeps a large answer for its Block2 continuations, replacing the peer's earlier one.
+    /// It is kept even above the memory limits: the command in it was already taken from its
+    /// queue and must reach the sensor; one per peer bounds them.
     pub fn keep_body(&mut self, peer: SocketAddr, resource: Vec<u8>, mut body: Body, now: Instant) {
-        let key = (peer, resource);
-        self.remove_body(&key);
+        self.remove_body(peer);
         body.expires = now + self.lifetime;
-        let cost = body.payload.len() + key.1.len() + OVERHEAD;
-        self.charge(peer, cost);
-        self.bodies.insert(key, body);
+        body.resource = resource;
+        self.charge(peer, Self::body_cost(&body));
+        self.bodies.insert(peer, body);
     }
 
-    fn remove_body(&mut self, key: &Key) {
-        if let Some(b) = self.bodies.remove(key) {
-            self.release(key.0, b.payload.len() + key.1.len() + OVERHEAD);
+    fn body_cost(body: &Body) -> usize {
+        body.payload.len() + body.resource.len() + OVERHEAD
+    }
+
+    fn remove_body(&mut self, peer: SocketAddr) {
+        if let Some(b) = self.bodies.remove(&peer) {
+            self.release(peer, Self::body_cost(&b));
         }
     }
 
-    /// The kept body for a Block2 continuation.
-    pub fn body(&self, peer: SocketAddr, resource: Vec<u8>) -> Option<&Body> {
-        self.bodies.get(&(peer, resource))
+    /// The kept body for a Block2 continuation of `resource`.
+    pub fn body(&self, peer: SocketAddr, resource: &[u8]) -> Option<&Body> {
+        self.bodies.get(&peer).filter(|b| b.resource == resource)
     }
 
     /// Drops transfers not continued within their lifetime.
@@ -203,10 +208,10 @@ impl Blocks {
         for key in stale {
             self.remove_upload(&key);
         }
-        let stale: Vec<Key> =
-            self.bodies.iter().filter(|(_, b)| b.expires <= now).map(|(k, _)| k.clone()).collect();
-        for key in stale {
-            self.remove_body(&key);
+        let stale: Vec<SocketAddr> =
+            self.bodies.iter().filter(|(_, b)| b.expires <= now).map(|(k, _)| *k).collect();
+        for peer in stale {
+            self.remove_body(peer);
         }
     }
 
@@ -218,7 +223,7 @@ impl Blocks {
 
 impl Body {
     pub fn new(code: ResponseType, options: Vec<(u16, Vec<u8>)>, payload: Bytes) -> Self {
-        Self { code, options, payload, expires: Instant::now() }
+        Self { resource: Vec::new(), code, options, payload, expires: Instant::now() }
     }
 }
 

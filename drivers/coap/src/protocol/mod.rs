@@ -370,7 +370,7 @@ impl Core {
         let resource = request::resource_key(&packet);
         if let Some(b2) = block2.filter(|b| b.num > 0) {
             // a continuation of a large answer: served from what was kept
-            let reply = match self.blocks.body(peer, resource) {
+            let reply = match self.blocks.body(peer, &resource) {
                 Some(body) => block2_reply(
                     reply_base(body.code),
                     body,
