@@ -1,6 +1,8 @@
 //! `gatewayd demo`: the newcomer's first look. It starts the dev cloud in-process, a gateway
 //! configured against it (temp data dir, free ports) and simulated sensors that publish
-//! through the gateway's real southbound listeners, then prints where to look.
+//! through the gateway's real southbound listeners, then prints where to look. Commands sent
+//! to the dev cloud's command API reach the sensors the way Drogue routes them: the cloud
+//! pushes them to the gateway's push endpoint, and the gateway delivers or queues them.
 
 use std::{net::SocketAddr, process::ExitCode, time::Duration};
 
@@ -46,6 +48,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         .context("cannot create a temporary data directory")?;
     let token = random_hex(12);
     let gateway_password = random_hex(12);
+    let push_token = random_hex(12);
     let sensor_passwords: Vec<String> = SENSORS.iter().map(|_| random_hex(6)).collect();
 
     // 1. The dev cloud, seeded with the application, the gateway and its sensors.
@@ -71,7 +74,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
          retry_max = \"5s\"\n\n\
          [registry]\nurl = {cloud_url:?}\ntoken = {token:?}\ninterval = \"30s\"\n\
          events_url = \"{cloud_url}/api/devcloud/v1/events\"\n\n\
-         [mqtt]\nlisten = \"{}\"\n\n[web]\nlisten = \"{}\"\n",
+         [mqtt]\nlisten = \"{}\"\n\n[web]\nlisten = \"{}\"\npush_token = {push_token:?}\n",
         data.path().display().to_string(),
         args.mqtt,
         args.web,
@@ -80,6 +83,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let mut gateway = Gateway::start(loaded, shutdown.clone()).await?;
     let web = gateway.web_addr();
     let mqtt = gateway.listener("mqtt").context("the demo gateway has an MQTT listener")?;
+
+    // The gateway device gets Drogue's external command endpoint: the cloud pushes commands
+    // for its sensors to the gateway, with the push secret in the headers.
+    let mut device = cloud.device(APP, GATEWAY).context("the dev cloud lists the gateway")?;
+    device.spec.commands =
+        Some(serde_json::from_value(serde_json::json!({"commands": [{"external": {
+            "url": format!("http://{web}/api/commands/v1/push"),
+            "headers": {"Authorization": format!("Bearer {push_token}")},
+        }}]}))?);
+    cloud.apply_device(device).context("cannot give the gateway its push endpoint")?;
 
     registry_synced(web, &shutdown).await;
 
@@ -98,6 +111,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     });
 
     print_banner(web, mqtt, &cloud_url, &token, &sensor_passwords[0]);
+    print_command_hints(mqtt, &cloud_url, &token, &sensor_passwords[0]);
 
     let duration = args.duration.map(Duration::from);
     let stop = async move {
@@ -147,6 +161,22 @@ fn print_banner(
     );
 }
 
+fn print_command_hints(mqtt: SocketAddr, cloud: &str, token: &str, sensor1_password: &str) {
+    let last = SENSORS[SENSORS.len() - 1];
+    println!(
+        "Commands: the cloud pushes them to the gateway, which delivers them at once to a sensor\n\
+         that is connected (MQTT subscription, HTTP/CoAP request waiting with ct=) and otherwise\n\
+         queues them on disk for the sensor's next contact. Send {last} (subscribed over MQTT) one:\n\
+         \x20 curl -i -u admin:{token} -H 'Content-Type: application/json' -d '{{\"interval\":10}}' '{cloud}/api/command/v1alpha1/apps/{APP}/devices/{last}?command=set-interval'\n\
+         and watch the gateway's log for \"demo sensor received a command\". Or receive sensor1's\n\
+         commands yourself, then send it one the same way:\n\
+         \x20 mosquitto_sub -h {host} -p {port} -q 1 -u sensor1@{APP} -P {sensor1_password} -t 'command/inbox/#' -v\n\
+         The push endpoint itself: POST /api/commands/v1/push (docs/command-intake.md).\n",
+        host = mqtt.ip(),
+        port = mqtt.port(),
+    );
+}
+
 /// Waits (up to 20 s) until the gateway holds its sensors' credentials from the registry, so
 /// the first readings (and the printed hints) are not refused.
 async fn registry_synced(web: SocketAddr, stop: &CancellationToken) {
@@ -182,9 +212,24 @@ async fn simulate(
     let (mqtt_client, mut events) = rumqttc::AsyncClient::new(options, 16);
     let mqtt_loop = async {
         loop {
-            if let Err(e) = events.poll().await {
-                tracing::warn!(sensor = %mqtt_name, cause = %e, "demo MQTT sensor disconnected");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+            match events.poll().await {
+                // a clean session: subscribe to its commands after every connect
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                    let qos = rumqttc::QoS::AtLeastOnce;
+                    if let Err(e) = mqtt_client.try_subscribe("command/inbox/#", qos) {
+                        tracing::warn!(sensor = %mqtt_name, cause = %e, "demo MQTT sensor cannot subscribe");
+                    }
+                }
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                    let command = p.topic.rsplit('/').next().unwrap_or_default();
+                    let payload = String::from_utf8_lossy(&p.payload);
+                    tracing::info!(sensor = %mqtt_name, %command, %payload, "demo sensor received a command");
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(sensor = %mqtt_name, cause = %e, "demo MQTT sensor disconnected");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
             }
         }
     };
@@ -205,6 +250,17 @@ async fn simulate(
                     .send()
                     .await;
                 match sent {
+                    Ok(r) if r.status() == reqwest::StatusCode::OK => {
+                        // a command waited for this sensor: it comes in the answer
+                        let command = r
+                            .headers()
+                            .get("command")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or_default()
+                            .to_owned();
+                        let payload = r.text().await.unwrap_or_default();
+                        tracing::info!(sensor = %name, %command, %payload, "demo sensor received a command");
+                    }
                     Ok(r) if r.status() == reqwest::StatusCode::ACCEPTED => {
                         tracing::debug!(sensor = %name, seq = n, "demo reading accepted")
                     }

@@ -81,6 +81,8 @@ pub struct WebState {
     pub mqtt: Option<gw_driver_mqtt::Stats>,
     pub registry: Option<Arc<gw_cloud_sync::RegistryStatus>>,
     pub credentials: Option<Arc<gw_auth::CredentialChain>>,
+    /// What the command intakes (push, MQTT, HTTP waits) took (docs/command-intake.md).
+    pub command_intake: Option<gw_cloud_sync::CommandIntake>,
     /// The legacy broker bridges, with their mappings' interworking descriptors.
     pub bridges: Vec<gw_driver_mqtt::BridgeStatus>,
 }
@@ -98,6 +100,7 @@ impl WebState {
             mqtt: None,
             registry: None,
             credentials: None,
+            command_intake: None,
             bridges: Vec::new(),
         }
     }
@@ -157,6 +160,7 @@ async fn status(State(state): State<WebState>) -> Response {
         "uplink": uplink,
         "mqtt": mqtt,
         "registry": state.registry.as_ref().map(|r| r.snapshot()),
+        "command_intake": state.command_intake.as_ref().map(|i| i.stats()),
         "credentials": state.credentials.as_ref().map(|c| serde_json::json!({
             "registry_devices": c.registry().len(),
             "local_accounts": c.accounts().list().len(),
