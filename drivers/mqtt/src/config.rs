@@ -6,6 +6,9 @@
 //! # tls_listen = "0.0.0.0:8883"    # MQTT over TLS; needs cert_file and key_file
 //! # cert_file = "/etc/gatewayd/mqtt.pem"     # server certificate chain, PEM
 //! # key_file = "/etc/gatewayd/mqtt.key"      # its private key, PEM (PKCS#8, PKCS#1 or SEC1)
+//! # client_ca_file = "/etc/gatewayd/mqtt-client-ca.pem"  # TLS: ask sensors for a client
+//!                                  # certificate signed by this CA (optional for them); a sensor
+//!                                  # without username and password logs in with it
 //! max_packet_size = "256KiB"       # largest MQTT packet accepted (fixed header included);
 //!                                  # "64KiB", "1MiB", or a plain integer of bytes
 //! max_connections = 1024           # connections at once over both listeners; more are closed at accept
@@ -34,6 +37,7 @@ pub struct MqttConfig {
     pub tls_listen: Option<SocketAddr>,
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
+    pub client_ca_file: Option<PathBuf>,
     pub max_packet_size: PacketSize,
     pub max_connections: usize,
     pub max_inflight: usize,
@@ -48,6 +52,7 @@ impl Default for MqttConfig {
             tls_listen: None,
             cert_file: None,
             key_file: None,
+            client_ca_file: None,
             max_packet_size: PacketSize::new(256 * 1024),
             max_connections: 1024,
             max_inflight: 32,
@@ -67,6 +72,9 @@ impl MqttConfig {
             if self.key_file.is_none() {
                 return bad("key_file", "tls_listen is set: a private key is required");
             }
+        }
+        if self.client_ca_file.is_some() && self.tls_listen.is_none() {
+            return bad("client_ca_file", "client certificates need tls_listen");
         }
         if self.max_inflight == 0 {
             return bad("max_inflight", "must be at least 1");
@@ -104,6 +112,7 @@ mod tests {
             tls_listen = "127.0.0.1:0"
             cert_file = "/c.pem"
             key_file = "/k.pem"
+            client_ca_file = "/ca.pem"
             max_packet_size = "64KiB"
             max_connections = 10
             max_inflight = 4
@@ -133,6 +142,8 @@ mod tests {
         assert!(e.contains("unknown unit"), "{e}");
         let c: MqttConfig = toml::from_str("tls_listen = \"0.0.0.0:8883\"").unwrap();
         assert!(matches!(c.validate(), Err(MqttError::Config { key: "cert_file", .. })));
+        let c = MqttConfig { client_ca_file: Some("/ca.pem".into()), ..MqttConfig::default() };
+        assert!(matches!(c.validate(), Err(MqttError::Config { key: "client_ca_file", .. })));
         let c = MqttConfig { max_inflight: 0, ..MqttConfig::default() };
         assert!(matches!(c.validate(), Err(MqttError::Config { key: "max_inflight", .. })));
     }

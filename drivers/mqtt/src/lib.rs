@@ -48,7 +48,7 @@ pub use packet::{
 };
 pub use registry::{Commands, Delivery, DeviceConnections, EndpointStats, Stats};
 pub use server::MqttEndpoint;
-pub use session::{Action, CloseReason, IngestToken, Session, SessionConfig};
+pub use session::{Action, ClientCertificate, CloseReason, IngestToken, Session, SessionConfig};
 
 /// The default maximum packet size (remaining length): 256 KiB.
 pub const DEFAULT_MAX_PACKET_SIZE: usize = 256 * 1024;

@@ -39,7 +39,7 @@ use crate::{
     io::{read_connect, read_packet},
     packet::{ConnAck, ConnectCode, Packet, Version},
     registry::{Commands, Registry, Stats},
-    session::{Action, CloseReason, Session, SessionConfig},
+    session::{Action, ClientCertificate, CloseReason, Session, SessionConfig},
 };
 
 /// How long a closing connection may take to flush its last packets.
@@ -165,10 +165,34 @@ fn tls_acceptor(config: &MqttConfig) -> Result<TlsAcceptor, MqttError> {
     let key_der = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| tls_err("private key", key, e.to_string()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let server = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .map_err(|e| tls_err("protocol versions", cert, e.to_string()))?
-        .with_no_client_auth()
+        .map_err(|e| tls_err("protocol versions", cert, e.to_string()))?;
+    let builder = match &config.client_ca_file {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            let certs = CertificateDer::pem_file_iter(ca)
+                .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| tls_err("client CA", ca, e.to_string()))?;
+            if certs.is_empty() {
+                return Err(tls_err("client CA", ca, "no PEM certificate found".into()));
+            }
+            for c in certs {
+                roots.add(c).map_err(|e| tls_err("client CA", ca, e.to_string()))?;
+            }
+            // requested, not required: sensors without a certificate log in with a password
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| tls_err("client CA", ca, e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let server = builder
         .with_single_cert(chain, key_der)
         .map_err(|e| tls_err("certificate and key", cert, e.to_string()))?;
     Ok(TlsAcceptor::from(Arc::new(server)))
@@ -215,7 +239,7 @@ async fn accept_loop<A: Authenticate, I: Ingest>(
         let tls = tls.clone();
         shared.tasks.spawn(async move {
             match tls {
-                None => conn.serve(stream).await,
+                None => conn.serve(stream, None).await,
                 Some(acceptor) => conn.serve_tls(stream, acceptor).await,
             }
         });
@@ -240,7 +264,18 @@ impl<A: Authenticate, I: Ingest> Conn<A, I> {
             () = self.token.cancelled() => return,
         };
         match handshake {
-            Ok(Ok(tls)) => self.serve(tls).await,
+            Ok(Ok(tls)) => {
+                let cert = tls.get_ref().1.peer_certificates().and_then(|c| c.first());
+                let cert = cert.and_then(|der| match client_certificate(der) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        tracing::info!(peer = %self.peer, cause = %e,
+                            "MQTT client certificate not readable; ignored");
+                        None
+                    }
+                });
+                self.serve(tls, cert).await
+            }
             Ok(Err(e)) => {
                 tracing::info!(peer = %self.peer, cause = %e, "MQTT TLS handshake failed")
             }
@@ -248,7 +283,11 @@ impl<A: Authenticate, I: Ingest> Conn<A, I> {
         }
     }
 
-    async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(self, stream: S) {
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
+        self,
+        stream: S,
+        certificate: Option<ClientCertificate>,
+    ) {
         let (mut rd, mut wr) = tokio::io::split(stream);
         let mut buf = BytesMut::new();
         let shared = &self.shared;
@@ -259,6 +298,11 @@ impl<A: Authenticate, I: Ingest> Conn<A, I> {
             started,
             Timestamp::from_system(SystemTime::now()),
         );
+        if let Some(certificate) = certificate {
+            tracing::debug!(peer = %self.peer, subject = %certificate.subject,
+                "MQTT client certificate verified");
+            session.set_client_certificate(certificate);
+        }
         let max = shared.session.max_packet_size;
         // the version is known from the CONNECT: until then, only the sniffer reads
         let first = tokio::select! {
@@ -446,6 +490,16 @@ impl<A: Authenticate, I: Ingest> Conn<A, I> {
             tracing::debug!(peer = %self.peer, ?reason, "MQTT connection closed");
         }
     }
+}
+
+/// The subject of a (verified) client certificate, its DN written as Drogue Cloud writes it
+/// (x509-parser's form: `CN=sensor1, O=Acme`).
+fn client_certificate(der: &CertificateDer<'_>) -> Result<ClientCertificate, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).map_err(|e| e.to_string())?;
+    let subject = cert.subject();
+    let common_name =
+        subject.iter_common_name().next().and_then(|cn| cn.as_str().ok()).map(str::to_owned);
+    Ok(ClientCertificate { subject: subject.to_string(), common_name })
 }
 
 async fn recv<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {

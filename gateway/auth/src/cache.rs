@@ -215,6 +215,8 @@ impl CredentialCache {
                     PresentedCredential::UsernamePassword { username: u, .. },
                     CachedCredential::Pass(h),
                 ) => (u == name).then_some(h),
+                // a certificate matches no stored secret: the chain decides it by the device
+                (PresentedCredential::ClientCertificate { .. }, _) => None,
             })
             .cloned()
             .collect();
@@ -257,6 +259,7 @@ pub(crate) fn presented_password(req: &AuthRequest) -> &str {
     match &req.credential {
         PresentedCredential::Password(p) => p.expose(),
         PresentedCredential::UsernamePassword { password, .. } => password.expose(),
+        PresentedCredential::ClientCertificate { .. } => "",
     }
 }
 

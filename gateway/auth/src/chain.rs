@@ -9,6 +9,10 @@
 //! 4. the legacy login service, if configured: on success the account is migrated into the
 //!    local accounts (so step 3 answers for it next time and the service is not asked again).
 //!
+//! A verified TLS client certificate (the MQTT endpoint checked it against its client CA)
+//! carries no secret: it passes when its subject DN string, or else its common name, is a
+//! device the chain knows ([`KnownDevices`]), and is refused otherwise.
+//!
 //! In front of all of it, the [`Limiter`] refuses identifiers and addresses with too many
 //! recent failures. Behind it, every hash check runs on the blocking pool, at most one per
 //! core at a time (a 1,000-sensor storm must not allocate 1,000 × `argon2_memory_kib`), and a
@@ -190,6 +194,12 @@ impl CredentialChain {
 
     /// The whole chain, without the limiter.
     async fn check(&self, req: &AuthRequest) -> Result<Option<Identity>, String> {
+        if let PresentedCredential::ClientCertificate { subject, common_name } = &req.credential {
+            // The endpoint verified the certificate against its client CA; the device it
+            // names must still be one the gateway knows (by subject DN, else common name).
+            let names = std::iter::once(subject.as_str()).chain(common_name.as_deref());
+            return Ok(names.into_iter().find_map(|name| self.resolve(&req.app, name)));
+        }
         let attempt = verified::attempt_key(req).map_err(|e| e.to_string())?;
         let registry = self.registry();
         let statics = self.inner.statics.clone();
@@ -301,6 +311,7 @@ fn local_identity(req: &AuthRequest) -> Option<Identity> {
         PresentedCredential::UsernamePassword { username, .. }
             if username == req.device.as_str() => {}
         PresentedCredential::UsernamePassword { .. } => return None,
+        PresentedCredential::ClientCertificate { .. } => return None,
     }
     Some(Identity::new(req.app.clone(), req.device.clone()))
 }

@@ -208,3 +208,32 @@ async fn known_devices_come_from_registry_statics_and_accounts() {
     c.replace_devices(vec![]).await.unwrap();
     assert_eq!(c.resolve(&app, "s1"), None);
 }
+
+#[tokio::test]
+async fn certificates_log_in_only_as_known_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = chain(dir.path());
+    let d = dev(
+        "s1",
+        json!({"alias":["CN=s1, O=Acme"],"authentication":{"credentials":[{"pass":"pw"}]}}),
+    );
+    c.replace_devices(vec![d, pass("s2", "pw")]).await.unwrap();
+    let app = AppId::new("app").unwrap();
+    let cert =
+        |subject: &str, cn: Option<&str>| AuthRequest::from_certificate(subject, cn, &app).unwrap();
+    // Drogue's form: the subject DN string is a name or an alias
+    assert_eq!(
+        c.authenticate(&cert("CN=s1, O=Acme", Some("s1")), None).await,
+        AuthOutcome::Pass(id("s1@app"))
+    );
+    // the common name alone
+    assert_eq!(
+        c.authenticate(&cert("CN=s2, O=Other", Some("s2")), None).await,
+        AuthOutcome::Pass(id("s2@app"))
+    );
+    // a verified certificate of a device the gateway does not know is refused
+    assert_eq!(c.authenticate(&cert("CN=s9, O=Acme", Some("s9")), None).await, AuthOutcome::Fail);
+    // and the device loses access when the registry drops it
+    c.replace_devices(vec![pass("s1", "pw")]).await.unwrap();
+    assert_eq!(c.authenticate(&cert("CN=s2, O=Other", Some("s2")), None).await, AuthOutcome::Fail);
+}

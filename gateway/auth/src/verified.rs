@@ -46,15 +46,16 @@ pub(crate) fn fingerprint<T: Serialize>(value: &T) -> Result<[u8; 32], AuthError
 
 /// The keyed hash of a login attempt: application, presented id, credential form, secret.
 pub(crate) fn attempt_key(req: &AuthRequest) -> Result<[u8; 32], AuthError> {
-    let username = match &req.credential {
-        PresentedCredential::Password(_) => None,
-        PresentedCredential::UsernamePassword { username, .. } => Some(username.as_str()),
+    let (form, username): (&[u8], Option<&str>) = match &req.credential {
+        PresentedCredential::Password(_) => (b"pass", None),
+        PresentedCredential::UsernamePassword { username, .. } => (b"user", Some(username)),
+        PresentedCredential::ClientCertificate { subject, .. } => (b"cert", Some(subject)),
     };
     mac(&[
         b"attempt",
         req.app.as_str().as_bytes(),
         req.device.as_str().as_bytes(),
-        if username.is_some() { b"user" } else { b"pass" },
+        form,
         username.unwrap_or_default().as_bytes(),
         presented_password(req).as_bytes(),
     ])

@@ -188,6 +188,10 @@ pub enum PresentedCredential {
     Password(Secret),
     /// A username credential (`spec.authentication.credentials[].user`).
     UsernamePassword { username: String, password: Secret },
+    /// A TLS client certificate the endpoint has verified against its client CA. Drogue names
+    /// the device by the subject DN string (`CN=sensor1, O=Acme`); the gateway also accepts
+    /// the subject's common name alone. No secret: the TLS handshake proved the key.
+    ClientCertificate { subject: String, common_name: Option<String> },
 }
 
 /// A login attempt: the device it claims to be and what it presents.
@@ -263,6 +267,29 @@ impl AuthRequest {
             });
         }
         Ok(Self::password(Identity::parse(username, default_app)?, password))
+    }
+
+    /// A login by verified client certificate (MQTT over TLS without username and password).
+    /// The device is the subject DN string when it is a valid device name, else the common
+    /// name; the application is `app` (the one the client CA stands for).
+    pub fn from_certificate(
+        subject: &str,
+        common_name: Option<&str>,
+        app: &AppId,
+    ) -> Result<Self, ModelError> {
+        let device = match (DeviceId::new(subject), common_name) {
+            (Ok(d), _) => d,
+            (Err(_), Some(cn)) => DeviceId::new(cn)?,
+            (Err(e), None) => return Err(e),
+        };
+        Ok(Self {
+            app: app.clone(),
+            device,
+            credential: PresentedCredential::ClientCertificate {
+                subject: subject.to_owned(),
+                common_name: common_name.map(str::to_owned),
+            },
+        })
     }
 
     fn password(id: Identity, password: Secret) -> Self {
@@ -376,6 +403,20 @@ mod tests {
         assert!(AuthRequest::from_mqtt("sensor1", "pw".into(), "cid", None).is_err());
         let r = AuthRequest::from_mqtt("sensor1", "pw".into(), "cid", Some(&app("gw"))).unwrap();
         assert_eq!(r.identity().to_string(), "sensor1@gw");
+    }
+
+    #[test]
+    fn certificate_names_the_device_by_subject_or_common_name() {
+        let r = AuthRequest::from_certificate("CN=s1, O=Acme", Some("s1"), &app("gw")).unwrap();
+        assert_eq!(r.identity().to_string(), "CN=s1, O=Acme@gw");
+        assert!(matches!(
+            r.credential,
+            PresentedCredential::ClientCertificate { ref common_name, .. } if common_name.as_deref() == Some("s1")
+        ));
+        // a subject that is no valid device name falls back to the common name
+        let r = AuthRequest::from_certificate("CN=a/b", Some("s2"), &app("gw")).unwrap();
+        assert_eq!(r.device, "s2");
+        assert!(AuthRequest::from_certificate("CN=a/b", None, &app("gw")).is_err());
     }
 
     #[test]

@@ -9,7 +9,11 @@
 //!   the CONNACK says bad user name or password (v3 `4`, v5 `0x86`), as Drogue answers every
 //!   CONNECT failure. A rate-limited login gets not authorized (v3 `5`, v5 `0x87`).
 //!   Credentials are read with [`AuthRequest::from_mqtt`]; a bare device name uses the
-//!   gateway's application.
+//!   gateway's application. Over TLS with a client CA configured, a CONNECT without username
+//!   and password logs in with the verified client certificate
+//!   ([`Session::set_client_certificate`], [`AuthRequest::from_certificate`]: the subject DN
+//!   string or the common name names the device, in the gateway's application); a CONNECT with
+//!   username and password logs in with those, whatever certificate the client showed.
 //! - One session per device: a second connection of the same device takes over, and the
 //!   endpoint closes the older one (v5 DISCONNECT 0x8E "session taken over"; its will is
 //!   published). Drogue refuses the newer one instead; taking over lets a sensor that lost
@@ -194,10 +198,20 @@ struct Inflight {
     outcome: Option<Result<(), PubAckReason>>,
 }
 
+/// A client certificate the TLS layer verified against the endpoint's client CA.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientCertificate {
+    /// The subject DN string, e.g. `CN=sensor1, O=Acme`.
+    pub subject: String,
+    /// The subject's first common name, if any.
+    pub common_name: Option<String>,
+}
+
 /// One connection's protocol state. Time comes in as an argument; nothing here blocks.
 pub struct Session {
     config: SessionConfig,
     state: State,
+    client_certificate: Option<ClientCertificate>,
     /// A monotonic and a wall-clock reading taken together, to stamp messages.
     epoch: (Instant, Timestamp),
     next_token: u64,
@@ -207,7 +221,19 @@ impl Session {
     /// A new connection, accepted at `now` (`wall`: the wall clock at that moment).
     pub fn new(config: SessionConfig, now: Instant, wall: Timestamp) -> Self {
         let deadline = now + config.connect_timeout;
-        Self { config, state: State::AwaitConnect { deadline }, epoch: (now, wall), next_token: 0 }
+        Self {
+            config,
+            state: State::AwaitConnect { deadline },
+            client_certificate: None,
+            epoch: (now, wall),
+            next_token: 0,
+        }
+    }
+
+    /// The client certificate of the connection (TLS with a client CA): a CONNECT without
+    /// username and password logs in with it.
+    pub fn set_client_certificate(&mut self, certificate: ClientCertificate) {
+        self.client_certificate = Some(certificate);
     }
 
     /// The device of a connected session.
@@ -452,18 +478,26 @@ impl Session {
             tracing::info!(client_id = %c.client_id, "MQTT CONNECT refused: clean session required");
             return self.refuse(ConnectCode::BadUserNamePassword);
         }
-        let Some(login) = &c.login else {
-            return self.refuse(ConnectCode::BadUserNamePassword);
+        let parsed = match (&c.login, &self.client_certificate) {
+            (Some(login), _) => AuthRequest::from_mqtt(
+                &login.username,
+                Secret::new(login.password.clone()),
+                &c.client_id,
+                Some(&self.config.default_app),
+            )
+            .map_err(|e| (login.username.clone(), e)),
+            (None, Some(cert)) => AuthRequest::from_certificate(
+                &cert.subject,
+                cert.common_name.as_deref(),
+                &self.config.default_app,
+            )
+            .map_err(|e| (cert.subject.clone(), e)),
+            (None, None) => return self.refuse(ConnectCode::BadUserNamePassword),
         };
-        let request = match AuthRequest::from_mqtt(
-            &login.username,
-            Secret::new(login.password.clone()),
-            &c.client_id,
-            Some(&self.config.default_app),
-        ) {
+        let request = match parsed {
             Ok(r) => r,
-            Err(e) => {
-                tracing::info!(username = %login.username, cause = %e, "MQTT CONNECT refused");
+            Err((username, e)) => {
+                tracing::info!(%username, cause = %e, "MQTT CONNECT refused");
                 return self.refuse(ConnectCode::BadUserNamePassword);
             }
         };

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::packet::{Login, SubscribeFilter, Unsubscribe};
+use gw_model::PresentedCredential;
 
 fn config() -> SessionConfig {
     SessionConfig {
@@ -98,6 +99,40 @@ fn bare_device_name_uses_the_gateway_application() {
     assert!(
         matches!(&a[..], [Action::Authenticate(r)] if r.identity().to_string() == "sensor9@gw-app")
     );
+}
+
+#[test]
+fn client_certificate_logs_in_only_without_username_and_password() {
+    let t0 = Instant::now();
+    let cert = ClientCertificate {
+        subject: "CN=sensor1, O=Acme".into(),
+        common_name: Some("sensor1".into()),
+    };
+    // no login: the certificate names the device, in the gateway's application
+    let mut c = connect_packet(Version::V5);
+    c.login = None;
+    let mut s = Session::new(config(), t0, Timestamp::from_millis(0));
+    s.set_client_certificate(cert.clone());
+    let a = s.handle_packet(Packet::Connect(c), t0);
+    match &a[..] {
+        [Action::Authenticate(r)] => {
+            assert_eq!(r.app, "gw-app");
+            assert_eq!(
+                r.credential,
+                PresentedCredential::ClientCertificate {
+                    subject: "CN=sensor1, O=Acme".into(),
+                    common_name: Some("sensor1".into()),
+                }
+            );
+        }
+        other => panic!("expected a certificate login, got {other:?}"),
+    }
+    // with username and password, those log in, whatever the certificate says
+    let mut s = Session::new(config(), t0, Timestamp::from_millis(0));
+    s.set_client_certificate(cert);
+    let a = s.handle_packet(Packet::Connect(connect_packet(Version::V311)), t0);
+    assert!(matches!(&a[..], [Action::Authenticate(r)]
+        if r.identity() == identity() && matches!(r.credential, PresentedCredential::Password(_))));
 }
 
 #[test]
