@@ -102,11 +102,6 @@ pub fn parse_publish(
         Some(default_app),
     )
     .map_err(|e| unauthorized(&e.to_string()))?;
-    if content_type.as_deref().is_some_and(gw_model::is_json_content_type)
-        && serde_json::from_slice::<serde::de::IgnoredAny>(&payload).is_err()
-    {
-        return Err(Refusal::new(ResponseType::NotAcceptable, "payload is not valid JSON"));
-    }
     Ok(Publish {
         auth,
         as_device: query.as_device,
@@ -117,6 +112,19 @@ pub fn parse_publish(
         command_wait: query.ct.map(|s| Duration::from_secs(s).min(max_command_wait)),
         payload,
     })
+}
+
+impl Publish {
+    /// A JSON content type needs a JSON payload (4.06 otherwise, as Drogue answers). Checked
+    /// once the sender is authenticated.
+    pub fn check_json(&self) -> Result<(), Refusal> {
+        if self.content_type.as_deref().is_some_and(gw_model::is_json_content_type)
+            && serde_json::from_slice::<serde::de::IgnoredAny>(&self.payload).is_err()
+        {
+            return Err(Refusal::new(ResponseType::NotAcceptable, "payload is not valid JSON"));
+        }
+        Ok(())
+    }
 }
 
 /// A key naming the resource a request addresses (path and query), to match the blocks of one
@@ -290,9 +298,9 @@ mod tests {
         );
         let mut p = post(&["v1", "t"], &[], Some(&auth));
         p.add_option(CoapOption::ContentFormat, vec![50]);
-        let e =
-            parse_publish(&p, Bytes::from_static(b"{nope"), &app(), Duration::ZERO).unwrap_err();
-        assert_eq!(e.code, ResponseType::NotAcceptable);
+        let publish =
+            parse_publish(&p, Bytes::from_static(b"{nope"), &app(), Duration::ZERO).unwrap();
+        assert_eq!(publish.check_json().unwrap_err().code, ResponseType::NotAcceptable);
     }
 
     #[test]

@@ -258,6 +258,9 @@ async fn process<A: Authenticate, I: Ingest, C: CommandSource>(
             );
         }
     };
+    if let Err(refusal) = publish.check_json() {
+        return Answer::Refused(refusal);
+    }
     if publish.as_device.as_deref().is_some_and(|d| d != identity.device().as_str()) {
         return Answer::Refused(Refusal::new(
             ResponseType::Forbidden,
@@ -292,7 +295,9 @@ async fn process<A: Authenticate, I: Ingest, C: CommandSource>(
         };
         return Answer::Refused(refusal);
     }
-    let Some(wait) = publish.command_wait else { return Answer::Stored };
+    // Without `ct` only a command already queued comes back (the sensor's contact is its
+    // chance to get it); with `ct` the request also waits for one.
+    let wait = publish.command_wait.unwrap_or(Duration::ZERO);
     let command = tokio::select! {
         c = services.commands.next_command(&identity, wait) => c,
         () = waits.cancelled() => None,
