@@ -53,6 +53,9 @@ pub struct Config {
     /// The southbound MQTT endpoint; without the section there is no MQTT listener.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mqtt: Option<gw_driver_mqtt::MqttConfig>,
+    /// The southbound CoAP endpoint; without the section there is no CoAP listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coap: Option<gw_driver_coap::CoapConfig>,
     /// Legacy broker bridges: site brokers whose topics map to devices.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub bridge: Vec<gw_driver_mqtt::BridgeConfig>,
@@ -62,6 +65,9 @@ pub struct Config {
     pub store: gw_store::StoreConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// The command router: how long commands wait for their sensors, the queue's bounds.
+    #[serde(default)]
+    pub commands: crate::commands::CommandsConfig,
     /// Static devices, as if synced from a registry (development and tests).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<StaticDevice>,
@@ -117,6 +123,13 @@ pub struct WebConfig {
     /// Largest push request body; larger ones get 413.
     #[serde(default = "default_push_max_bytes")]
     pub push_max_bytes: gw_store::ByteSize,
+    /// The application whose local accounts may log in to the status page.
+    #[serde(default = "default_technician_app")]
+    pub technician_app: AppId,
+    /// The first technician account's password (`admin`), e.g. from provisioning; without
+    /// it, a random one is printed once at the first start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_password_file: Option<Spanned<PathBuf>>,
 }
 
 impl Default for WebConfig {
@@ -130,6 +143,8 @@ impl Default for WebConfig {
             push_token_file: None,
             push_client_ca_file: None,
             push_max_bytes: default_push_max_bytes(),
+            technician_app: default_technician_app(),
+            admin_password_file: None,
         }
     }
 }
@@ -140,6 +155,10 @@ fn default_max_message_bytes() -> gw_store::ByteSize {
 
 fn default_push_max_bytes() -> gw_store::ByteSize {
     gw_store::ByteSize::new(256 * 1024)
+}
+
+fn default_technician_app() -> AppId {
+    AppId::new("technicians").unwrap_or_else(|_| unreachable!("a valid application name"))
 }
 
 fn default_web_listen() -> SocketAddr {
@@ -212,6 +231,8 @@ pub struct Loaded {
     pub push_token: Option<Secret>,
     /// Each `[[bridge]]`'s password at the site broker, in order (`None`: no password).
     pub bridge_passwords: Vec<Option<Secret>>,
+    /// The first technician's password, when `[web] admin_password_file` sets one.
+    pub admin_password: Option<Secret>,
 }
 
 impl Config {
@@ -230,8 +251,15 @@ impl Config {
         })?;
         let devices = config.resolve_devices(text, origin)?;
         config.store.validate().map_err(|e| invalid(origin, "store", &e.to_string()))?;
+        config
+            .commands
+            .validate()
+            .map_err(|(key, reason)| invalid(origin, &format!("commands.{key}"), &reason))?;
         if let Some(mqtt) = &config.mqtt {
             mqtt.validate().map_err(|e| invalid(origin, "mqtt", &e.to_string()))?;
+        }
+        if let Some(coap) = &config.coap {
+            coap.validate().map_err(|e| invalid(origin, "coap", &e.to_string()))?;
         }
         let cloud_password = match &config.cloud {
             None => None,
@@ -267,14 +295,19 @@ impl Config {
             }
         };
         let bridge_passwords = config.resolve_bridges(origin)?;
+        let admin_password = match &config.web.admin_password_file {
+            Some(file) => Some(read_secret(file, "web.admin_password_file", text, origin)?),
+            None => None,
+        };
         let push_token = crate::push::resolve(&config.web, text, origin)?;
         Ok(Loaded {
             config,
             devices,
             cloud_password,
             registry_token,
-            bridge_passwords,
             push_token,
+            bridge_passwords,
+            admin_password,
         })
     }
 

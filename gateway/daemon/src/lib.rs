@@ -8,7 +8,8 @@
 //! - [`config`]: the config file, its sections and secret files.
 //! - [`wiring`]: builds the gateway from its config in one top-to-bottom function.
 //! - [`supervisor`]: runs components as tasks under one cancellation token.
-//! - [`web`]: the web listener (health, readiness, status JSON, front page).
+//! - [`web`]: the web listener (health, readiness, status JSON).
+//! - [`status`]: the technicians' status page, its live updates, and `/metrics`.
 //! - [`commands`]: the command router (cloud intakes in, drivers out) and its durable queue.
 //! - [`http_endpoint`]: southbound HTTP, `POST /v1/{channel}` (Drogue's device contract).
 //! - [`demo`]: `gatewayd demo`, the gateway beside an embedded dev cloud.
@@ -26,6 +27,7 @@ pub mod http_endpoint;
 pub mod logging;
 pub mod push;
 pub mod sd_notify;
+pub mod status;
 pub mod supervisor;
 pub mod web;
 pub mod web_tls;

@@ -1,4 +1,4 @@
-//! The web listener: health, readiness and the gateway's front page. Other components hand
+//! The web listener: health, readiness and the status document. Other components hand
 //! their routers to [`wiring`](crate::wiring), which merges them here; nobody else opens an
 //! HTTP listener.
 
@@ -8,14 +8,14 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use axum::{
     Json, Router,
     extract::State,
     http::{StatusCode, header},
-    response::{Html, IntoResponse, Response},
+    response::{IntoResponse, Response},
     routing::get,
 };
 use serde::Serialize;
@@ -79,8 +79,12 @@ pub struct WebState {
     pub outbox: Option<gw_store::Outbox>,
     pub uplink: Option<Arc<gw_cloud_sync::UplinkStatus>>,
     pub mqtt: Option<gw_driver_mqtt::Stats>,
+    /// The CoAP endpoint's counters (docs/southbound-coap.md).
+    pub coap: Option<gw_driver_coap::Stats>,
     pub registry: Option<Arc<gw_cloud_sync::RegistryStatus>>,
     pub credentials: Option<Arc<gw_auth::CredentialChain>>,
+    /// The command router: queue, outcomes (see `docs/commands.md`).
+    pub commands: Option<crate::commands::CommandRouter>,
     /// What the command intakes (push, MQTT, HTTP waits) took (docs/command-intake.md).
     pub command_intake: Option<gw_cloud_sync::CommandIntake>,
     /// The legacy broker bridges, with their mappings' interworking descriptors.
@@ -98,8 +102,10 @@ impl WebState {
             outbox: None,
             uplink: None,
             mqtt: None,
+            coap: None,
             registry: None,
             credentials: None,
+            commands: None,
             command_intake: None,
             bridges: Vec::new(),
         }
@@ -119,7 +125,6 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The routes the daemon itself serves.
 pub fn router(state: WebState) -> Router {
     Router::new()
-        .route("/", get(index))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/api/v1/status", get(status))
@@ -144,6 +149,11 @@ async fn readyz(State(state): State<WebState>) -> Response {
 
 /// `GET /api/v1/status`: the gateway, its listeners, the outbox and the uplink.
 async fn status(State(state): State<WebState>) -> Response {
+    ([(header::CACHE_CONTROL, "no-store")], Json(status_json(&state))).into_response()
+}
+
+/// The status document of `GET /api/v1/status`; the status page renders the same document.
+pub fn status_json(state: &WebState) -> serde_json::Value {
     let outbox = state.outbox.as_ref().map(|o| o.stats());
     let uplink = state.uplink.as_ref().map(|u| u.snapshot());
     let mqtt = state.mqtt.as_ref().map(|m| mqtt_json(&m.snapshot()));
@@ -159,16 +169,18 @@ async fn status(State(state): State<WebState>) -> Response {
         "outbox": outbox,
         "uplink": uplink,
         "mqtt": mqtt,
+        "coap": state.coap.as_ref().map(|c| c.snapshot()),
         "registry": state.registry.as_ref().map(|r| r.snapshot()),
+        "bridges": state.bridges.iter().map(|b| b.snapshot()).collect::<Vec<_>>(),
+        "commands": state.commands.as_ref().map(|c| c.status()),
         "command_intake": state.command_intake.as_ref().map(|i| i.stats()),
         "credentials": state.credentials.as_ref().map(|c| serde_json::json!({
             "registry_devices": c.registry().len(),
             "local_accounts": c.accounts().list().len(),
             "remembered_logins": c.verified_entries(),
-        "bridges": state.bridges.iter().map(|b| b.snapshot()).collect::<Vec<_>>(),
         })),
     });
-    ([(header::CACHE_CONTROL, "no-store")], Json(body)).into_response()
+    body
 }
 
 fn mqtt_json(s: &gw_driver_mqtt::EndpointStats) -> serde_json::Value {
@@ -196,46 +208,6 @@ fn mqtt_json(s: &gw_driver_mqtt::EndpointStats) -> serde_json::Value {
         "wills": s.wills,
         "devices": devices,
     })
-}
-
-async fn index(State(state): State<WebState>) -> Response {
-    let uptime = Duration::from_secs(state.started.elapsed().as_secs());
-    let listeners: String = state
-        .listeners()
-        .iter()
-        .map(|l| format!("<li>{}: {}</li>", escape(l.name), l.addr))
-        .collect();
-    let ready = if state.readiness.is_ready() { "ready" } else { "starting" };
-    let body = format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>gatewayd {name}</title></head><body>\
-         <h1>gatewayd <code>{name}</code></h1>\
-         <p>Application <code>{app}</code> · version {VERSION} · up {uptime} · {ready}</p>\
-         <h2>Listeners</h2><ul>{listeners}</ul>\
-         <p><a href=\"/healthz\">/healthz</a> · <a href=\"/readyz\">/readyz</a></p>\
-         </body></html>\n",
-        name = escape(&state.gateway),
-        app = escape(&state.application),
-        uptime = humantime::format_duration(uptime),
-    );
-    ([(header::CACHE_CONTROL, "no-store")], Html(body)).into_response()
-}
-
-/// Escapes text for HTML element content and attribute values.
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -274,15 +246,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn front_page_names_gateway_and_escapes_it() {
-        let state = WebState::new("gw<1>".into(), "app".into(), Readiness::default());
-        state.add_listener("web", "127.0.0.1:1".parse().unwrap());
-        let (addr, task) = serve(state).await;
-        let body = reqwest::get(format!("http://{addr}/")).await.unwrap().text().await.unwrap();
-        assert!(body.contains("gw&lt;1&gt;") && !body.contains("gw<1>"), "{body}");
-        assert!(body.contains(VERSION) && body.contains("web: 127.0.0.1:1"), "{body}");
+    async fn healthz_answers_while_the_process_lives() {
+        let (addr, task) =
+            serve(WebState::new("gw1".into(), "app".into(), Readiness::default())).await;
         let health = reqwest::get(format!("http://{addr}/healthz")).await.unwrap();
         assert_eq!(health.status(), 200);
+        assert_eq!(health.text().await.unwrap(), "ok\n");
         task.abort();
     }
 }

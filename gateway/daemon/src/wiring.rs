@@ -1,19 +1,26 @@
 //! Builds the gateway from its configuration, top to bottom, in one place: open the state,
 //! bind every listener, then hand each component to the supervisor.
 
-use std::{net::SocketAddr, path::Path, sync::Arc};
+use std::{io::Write as _, net::SocketAddr, path::Path, sync::Arc};
 
 use anyhow::Context;
 use gw_auth::{AuthError, CredentialChain, StaticDevice};
 use gw_cloud_sync::{RegistrySync, Uplink};
+use gw_driver_coap::CoapEndpoint;
 use gw_driver_mqtt::{Bridge, BridgeCommands, MqttEndpoint};
 use gw_model::Identity;
 use gw_store::Outbox;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    commands::{CommandRouter, Directory, Reporter},
     config::Loaded,
     http_endpoint::{self, EndpointState},
+    status::{
+        StatusPage,
+        activity::{Activity, Tracked},
+        controls::GatewayControls,
+    },
     supervisor::{Outcome, Supervisor},
     web::{self, Readiness, WebState},
 };
@@ -25,12 +32,12 @@ pub struct Gateway {
     grace: std::time::Duration,
     outbox: Outbox,
     listeners: Vec<web::Listener>,
+    bridges: BridgeCommands,
 }
 
 impl Gateway {
     /// Opens the data directory, binds the listeners and starts the components.
     pub async fn start(loaded: Loaded, token: CancellationToken) -> anyhow::Result<Self> {
-    bridges: BridgeCommands,
         let config = loaded.config;
         let readiness = Readiness::default();
         let web_bound = readiness.condition("web listener");
@@ -90,21 +97,58 @@ impl Gateway {
         };
         let auth = Arc::new(chain);
         state.credentials = Some(Arc::clone(&auth));
+
+        // The command router: commands for devices the gateway proxies (credential chain:
+        // registry, static devices, local accounts), queued on disk while their sensor is away.
+        let commands = {
+            let known = Arc::clone(&auth);
+            let directory: Directory = Arc::new(move |id: &Identity| {
+                gw_model::KnownDevices::resolve(&*known, id.app(), id.device().as_str())
+            });
+            let (cfg, dir, me) =
+                (config.commands.clone(), config.gateway.data_dir.clone(), me.clone());
+            tokio::task::spawn_blocking(move || CommandRouter::open(me, &cfg, &dir, directory))
+                .await
+                .context("opening the command queue panicked")?
+                .context("cannot open the command queue")?
+        };
+        tracing::info!(queued = commands.queued(), "command queue open");
+        if let Some(channel) = &config.commands.report_channel {
+            let gateway = me.clone();
+            commands.report_to(Reporter {
+                outbox: outbox.clone(),
+                channel: channel.clone(),
+                gateway,
+            });
+        }
+        state.commands = Some(commands.clone());
+        // Every way the cloud hands the gateway commands (push, MQTT, HTTP waits) goes through
+        // one intake into the router (docs/command-intake.md).
+        let intake = gw_cloud_sync::CommandIntake::new(Arc::new(commands.clone()));
+        state.command_intake = Some(intake.clone());
         let ingest = Arc::new(outbox.clone());
+        // Each driver's view of the outbox records what its sensors do (status page, metrics).
+        let activity = Arc::new(Activity::default());
+        let tracked =
+            |protocol| Arc::new(Tracked::new(Arc::clone(&ingest), protocol, Arc::clone(&activity)));
         let endpoint = EndpointState {
             auth: Arc::clone(&auth),
-            ingest: Arc::clone(&ingest),
+            ingest: tracked("http"),
+            commands: Arc::new(commands.clone()),
             default_app: config.gateway.application.clone(),
         };
 
-        // 4. Listeners.
+        // 4. Listeners. The web listener serves HTTPS when [web] has a certificate.
+        let web_tls =
+            crate::push::tls(&config.web).context("cannot set up HTTPS on the web listener")?;
         let listen = config.web.listen;
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot bind web listener on {listen}"))?;
         let web_addr = listener.local_addr().context("web listener has no local address")?;
         state.add_listener("web", web_addr);
-        tracing::info!(listener = "web", addr = %web_addr, "listening");
+        let scheme = if web_tls.is_some() { "https" } else { "http" };
+        tracing::info!(listener = "web", addr = %web_addr, %scheme, "listening");
         web_bound.set();
 
         let mqtt = match &config.mqtt {
@@ -113,7 +157,7 @@ impl Gateway {
                 let endpoint = MqttEndpoint::bind(
                     mqtt_config,
                     Arc::clone(&auth),
-                    Arc::clone(&ingest),
+                    tracked("mqtt"),
                     config.gateway.application.clone(),
                 )
                 .await
@@ -132,14 +176,33 @@ impl Gateway {
             None => None,
         };
 
-        // 5. Components.
-        if let Some(sync) = registry {
-            let devices = sync.subscribe();
-            let stop = supervisor.token().clone();
-            supervisor.spawn("registry sync", async move {
-                sync.run(stop).await;
-                Ok(())
-            });
+        if let Some(endpoint) = &mqtt {
+            commands.attach_mqtt(endpoint.commands());
+        }
+
+        // CoAP: sensors take their commands from the router in the answer to their requests.
+        let coap = match &config.coap {
+            Some(coap_config) => {
+                let bound = readiness.condition("coap listener");
+                let endpoint = CoapEndpoint::bind(
+                    coap_config,
+                    Arc::clone(&auth),
+                    tracked("coap"),
+                    Arc::new(commands.clone()),
+                    config.gateway.application.clone(),
+                )
+                .await
+                .context("cannot start the CoAP endpoint")?;
+                let addr = endpoint.local_addr();
+                tracing::info!(listener = "coap", %addr, "listening");
+                state.add_listener("coap", addr);
+                state.coap = Some(endpoint.stats());
+                bound.set();
+                Some(endpoint)
+            }
+            None => None,
+        };
+
         // Legacy broker bridges: site brokers whose topics map to devices the gateway knows.
         let mut bridges = Vec::with_capacity(config.bridge.len());
         let mut bridge_commands = BridgeCommands::default();
@@ -157,6 +220,25 @@ impl Gateway {
             bridges.push(bridge);
         }
 
+        commands.attach_bridges(bridge_commands.clone());
+
+        // 5. Components.
+        if let Some(sync) = &registry {
+            commands.attach_resync(sync.resync_handle());
+        }
+        let stop = supervisor.token().clone();
+        supervisor.spawn("command router", commands.clone().run(stop));
+        let mut controls = GatewayControls::default();
+        if let Some(sync) = &registry {
+            controls.resync = Some(sync.resync_handle());
+        }
+        if let Some(sync) = registry {
+            let devices = sync.subscribe();
+            let stop = supervisor.token().clone();
+            supervisor.spawn("registry sync", async move {
+                sync.run(stop).await;
+                Ok(())
+            });
             let (chain, stop) = (Arc::clone(&auth), supervisor.token().clone());
             let sessions = mqtt.as_ref().map(MqttEndpoint::commands);
             let app = config.gateway.application.clone();
@@ -170,18 +252,13 @@ impl Gateway {
                 Ok(())
             });
         }
-        if let Some(uplink) = uplink {
-            let reader = outbox.reader();
+        if let Some(endpoint) = coap {
             let stop = supervisor.token().clone();
-            supervisor.spawn("uplink", async move {
-                uplink.run(reader, stop).await.context("uplink failed")
+            supervisor.spawn("coap", async move {
+                endpoint.run(stop).await;
+                Ok(())
             });
         }
-        let max_body = usize::try_from(config.web.max_message_bytes.bytes()).unwrap_or(usize::MAX);
-        let listeners = state.listeners();
-        let app = web::router(state).merge(http_endpoint::router(endpoint, max_body));
-        let stop = supervisor.token().clone();
-        supervisor.spawn("web", async move {
         for bridge in bridges {
             let stop = supervisor.token().clone();
             supervisor.spawn("bridge", async move {
@@ -189,11 +266,55 @@ impl Gateway {
                 Ok(())
             });
         }
-            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-                .context("web listener failed")
+        if let Some(uplink) = uplink {
+            let uplink = uplink.with_commands(intake.clone());
+            let reader = outbox.reader();
+            controls.parked = Some((reader.acker(), uplink.status()));
+            let stop = supervisor.token().clone();
+            supervisor.spawn("uplink", async move {
+                uplink.run(reader, stop).await.context("uplink failed")
+            });
+        }
+        let max_body = usize::try_from(config.web.max_message_bytes.bytes()).unwrap_or(usize::MAX);
+        let listeners = state.listeners();
+        let page = StatusPage::new(
+            state.clone(),
+            Arc::clone(&auth),
+            activity,
+            config.web.technician_app.clone(),
+            false,
+            Arc::new(controls),
+        );
+        match page.ensure_admin(loaded.admin_password.clone()) {
+            Ok(Some(password)) => {
+                tracing::warn!(account = %format!("admin@{}", config.web.technician_app), "first technician account created; its password is printed once on standard error");
+                // Not eprintln!: a closed standard error must not stop the gateway.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "gatewayd: status page login: user \"admin\", password \"{password}\" (shown once; change it with `gatewayd accounts set-password admin@{}`)",
+                    config.web.technician_app
+                );
+            }
+            Ok(None) => {}
+            Err(e) => tracing::error!(cause = %e, "cannot create the first technician account"),
+        }
+        let stop = supervisor.token().clone();
+        supervisor.spawn("status page sampler", {
+            let page = page.clone();
+            async move {
+                page.run_sampler(stop).await;
+                Ok(())
+            }
         });
+        let app = web::router(state)
+            .merge(crate::status::router(page))
+            .merge(http_endpoint::router(endpoint, max_body));
+        let app = match crate::push::router(&config.web, loaded.push_token.clone(), intake) {
+            Some(push) => app.merge(push),
+            None => app,
+        };
+        let stop = supervisor.token().clone();
+        supervisor.spawn("web", crate::web_tls::serve(listener, app, web_tls, stop));
 
         tracing::info!(
             gateway = %config.gateway.name,
@@ -215,9 +336,14 @@ impl Gateway {
         self.web_addr
     }
 
-    /// The bound address of a listener (`web`, `mqtt`, `mqtts`), if it exists.
+    /// The bound address of a listener (`web`, `mqtt`, `mqtts`, `coap`), if it exists.
     pub fn listener(&self, name: &str) -> Option<SocketAddr> {
         self.listeners.iter().find(|l| l.name == name).map(|l| l.addr)
+    }
+
+    /// Publishes commands for devices behind the legacy broker bridges (empty without any).
+    pub fn bridge_commands(&self) -> BridgeCommands {
+        self.bridges.clone()
     }
 
     /// Adds a component (the demo's dev cloud and sensors run beside the gateway this way).
@@ -264,11 +390,6 @@ async fn open_credentials(
                 std::fs::rename(&file, &aside)
                     .with_context(|| format!("cannot move {} aside", file.display()))?;
                 CredentialChain::open(&auth, &dir).context("cannot open the credential chain")?
-    /// Publishes commands for devices behind the legacy broker bridges (empty without any).
-    pub fn bridge_commands(&self) -> BridgeCommands {
-        self.bridges.clone()
-    }
-
             }
             Err(e) => return Err(anyhow::Error::new(e).context("cannot open the credential chain")),
         };

@@ -1,0 +1,442 @@
+//! The status page's HTML, rendered on the server with maud (every value escaped). Pages read
+//! the same JSON document as `GET /api/v1/status`, so what a page shows is what the API says.
+
+use maud::{DOCTYPE, Markup, PreEscaped, html};
+use serde_json::Value;
+
+/// Which page is shown, for the navigation bar.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Page {
+    Overview,
+    Sensors,
+    Commands,
+    Interworking,
+    Actions,
+}
+
+const NAV: &[(Page, &str, &str)] = &[
+    (Page::Overview, "/", "Overview"),
+    (Page::Sensors, "/sensors", "Sensors"),
+    (Page::Commands, "/commands", "Commands"),
+    (Page::Interworking, "/interworking", "Interworking"),
+    (Page::Actions, "/actions", "Actions"),
+];
+
+const STYLE: &str = r#"
+:root{--fg:#1d2327;--muted:#5f6b73;--ok:#1a7f37;--warn:#9a6700;--bad:#cf222e;--line:#d0d7de;--bg:#f6f8fa}
+*{box-sizing:border-box}body{margin:0;font:15px/1.45 system-ui,sans-serif;color:var(--fg);background:var(--bg)}
+header{display:flex;flex-wrap:wrap;align-items:center;gap:.5rem 1rem;padding:.6rem 1rem;background:#fff;border-bottom:1px solid var(--line)}
+header h1{font-size:1.1rem;margin:0 1rem 0 0}nav a{margin-right:.8rem;color:var(--fg);text-decoration:none}
+nav a.here{font-weight:700;border-bottom:2px solid var(--fg)}header form{margin-left:auto}
+main{padding:1rem;max-width:1100px;margin:auto}section{background:#fff;border:1px solid var(--line);border-radius:6px;padding:.8rem 1rem;margin-bottom:1rem}
+h2{font-size:1rem;margin:.1rem 0 .6rem}dl{display:grid;grid-template-columns:max-content 1fr;gap:.2rem 1rem;margin:0}dt{color:var(--muted)}dd{margin:0}
+.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(260px,1fr));gap:1rem}
+table{width:100%;border-collapse:collapse}th,td{text-align:left;padding:.3rem .4rem;border-bottom:1px solid var(--line)}th{color:var(--muted);font-weight:600}
+.ok{color:var(--ok)}.warn{color:var(--warn)}.bad{color:var(--bad)}.muted{color:var(--muted)}
+.graph{width:100%;height:auto}.graph .axis{stroke:var(--line)}.graph .label{font-size:11px;fill:var(--muted)}
+.graph polyline{fill:none;stroke-width:2}.graph .in{stroke:#0969da}.graph .out{stroke:#1a7f37}
+.legend-in{color:#0969da}.legend-out{color:#1a7f37}
+button{font:inherit;padding:.35rem .8rem;border:1px solid var(--line);border-radius:5px;background:#fff;cursor:pointer}
+input{font:inherit;padding:.35rem;border:1px solid var(--line);border-radius:5px;width:100%}
+.login{max-width:340px;margin:3rem auto}.login label{display:block;margin:.6rem 0 .2rem}.error{color:var(--bad)}
+@media (max-width:600px){table.wide td:nth-child(n+5),table.wide th:nth-child(n+5){display:none}}
+"#;
+
+/// Keeps elements marked `data-live="a.b.c"` current from the `/events` stream.
+const LIVE_SCRIPT: &str = r#"
+(function(){if(!window.EventSource||!document.querySelector('[data-live]'))return;var es=new EventSource('/events');
+window.addEventListener('pagehide',function(){es.close()});
+es.addEventListener('status',function(e){var d=JSON.parse(e.data);
+document.querySelectorAll('[data-live]').forEach(function(el){var v=d[el.getAttribute('data-live')];
+if(v!==undefined&&v!==null){if(el.tagName==='svg'||el.getAttribute('data-html')){el.outerHTML=v}else{el.textContent=v}}});});})();
+"#;
+
+/// `a.b.c` in a JSON document.
+pub fn get<'a>(v: &'a Value, path: &str) -> &'a Value {
+    path.split('.').fold(v, |v, k| v.get(k).unwrap_or(&Value::Null))
+}
+
+/// A JSON value as page text: strings bare, null as an em dash.
+pub fn text(v: &Value) -> String {
+    match v {
+        Value::Null => "—".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}
+
+pub fn duration(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs} s"),
+        60..3600 => format!("{} min {} s", secs / 60, secs % 60),
+        3600..86400 => format!("{} h {} min", secs / 3600, secs % 3600 / 60),
+        _ => format!("{} d {} h", secs / 86400, secs % 86400 / 3600),
+    }
+}
+
+/// How long ago a `*_at_ms` timestamp was, relative to `now_ms`.
+pub fn age(at_ms: &Value, now_ms: u64) -> String {
+    match at_ms.as_u64() {
+        Some(t) => format!("{} ago", duration(now_ms.saturating_sub(t) / 1000)),
+        None => "never".into(),
+    }
+}
+
+fn state_class(state: &str) -> &'static str {
+    match state {
+        "connected" | "synced" | "ok" | "delivered" => "ok",
+        "starting" | "retrying" | "queued" | "syncing" => "warn",
+        _ => "bad",
+    }
+}
+
+/// The frame around every page: header, navigation, logout.
+pub fn layout(title: &str, page: Option<Page>, csrf: Option<&str>, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · gatewayd" }
+                style { (PreEscaped(STYLE)) }
+            }
+            body {
+                header {
+                    h1 { "gatewayd" }
+                    @if let Some(page) = page {
+                        nav {
+                            @for (p, href, label) in NAV {
+                                a href=(href) class=[(*p == page).then_some("here")] { (label) }
+                            }
+                        }
+                    }
+                    @if let Some(csrf) = csrf {
+                        form method="post" action="/logout" {
+                            input type="hidden" name="csrf" value=(csrf);
+                            button type="submit" { "Log out" }
+                        }
+                    }
+                }
+                main { (body) }
+                @if page.is_some() { script { (PreEscaped(LIVE_SCRIPT)) } }
+            }
+        }
+    }
+}
+
+/// The login form; `csrf` is the login CSRF token also set as a cookie.
+pub fn login(gateway: &str, csrf: &str, error: Option<&str>, next: &str) -> Markup {
+    layout(
+        "Log in",
+        None,
+        None,
+        html! {
+            section.login {
+                h2 { "Technician login" }
+                p.muted { "Gateway " strong { (gateway) } }
+                @if let Some(e) = error { p.error role="alert" { (e) } }
+                form method="post" action="/login" {
+                    input type="hidden" name="csrf" value=(csrf);
+                    input type="hidden" name="next" value=(next);
+                    label for="username" { "User" }
+                    input #username name="username" autocomplete="username" required autofocus;
+                    label for="password" { "Password" }
+                    input #password name="password" type="password" autocomplete="current-password" required;
+                    p { button type="submit" { "Log in" } }
+                }
+            }
+        },
+    )
+}
+
+/// The overview: identity, cloud link, registry, outbox, throughput, health.
+pub fn overview(status: &Value, now_ms: u64, graph: &str, csrf: &str) -> Markup {
+    let uplink_state = text(get(status, "uplink.state"));
+    let queued = get(status, "outbox.records_queued").as_u64().unwrap_or(0);
+    let disk = get(status, "outbox.disk_bytes").as_u64().unwrap_or(0);
+    let max = get(status, "outbox.max_bytes").as_u64().unwrap_or(0);
+    layout(
+        "Overview",
+        Some(Page::Overview),
+        Some(csrf),
+        html! {
+            div.grid {
+                section #gateway {
+                    h2 { "Gateway" }
+                    dl {
+                        dt { "Name" } dd #gw-name { (text(get(status, "gateway.name"))) }
+                        dt { "Application" } dd { (text(get(status, "gateway.application"))) }
+                        dt { "Firmware" } dd { (text(get(status, "gateway.version"))) }
+                        dt { "Board" } dd { (text(get(status, "board.profile"))) }
+                        dt { "Slot" } dd { (text(get(status, "board.slot"))) }
+                        dt { "Uptime" } dd data-live="uptime" {
+                            (duration(get(status, "gateway.uptime_seconds").as_u64().unwrap_or(0)))
+                        }
+                        dt { "Ready" } dd data-live="ready" { (text(get(status, "gateway.ready"))) }
+                    }
+                }
+                section #cloud {
+                    h2 { "Cloud" }
+                    dl {
+                        dt { "Link" }
+                        dd #uplink-state class=(state_class(&uplink_state)) data-live="uplink_state" { (uplink_state) }
+                        dt { "Kind" } dd { (text(get(status, "uplink.kind"))) }
+                        dt { "URL" } dd { (text(get(status, "uplink.url"))) }
+                        dt { "Last error" } dd data-live="uplink_error" { (text(get(status, "uplink.last_error"))) }
+                        dt { "Registry sync" } dd data-live="registry_age" { (age(get(status, "registry.last_sync_at_ms"), now_ms)) }
+                        dt { "Registry devices" } dd { (text(get(status, "registry.devices"))) }
+                    }
+                }
+                section #outbox {
+                    h2 { "Buffer (outbox)" }
+                    dl {
+                        dt { "Waiting" } dd #outbox-depth data-live="outbox_depth" { (queued) }
+                        dt { "Bytes waiting" } dd data-live="outbox_bytes" { (bytes(get(status, "outbox.bytes_queued").as_u64().unwrap_or(0))) }
+                        dt { "Disk" } dd data-live="outbox_disk" { (bytes(disk)) " of " (bytes(max)) }
+                        dt { "Dropped" } dd data-live="outbox_dropped" { (text(get(status, "outbox.dropped"))) }
+                        dt { "Dead letters" } dd data-live="dead_letters" { (text(get(status, "uplink.dead_letters"))) }
+                        dt { "Parked devices" } dd { (get(status, "uplink.parked_devices").as_array().map_or(0, Vec::len)) }
+                    }
+                }
+                section #health {
+                    h2 { "Board health" }
+                    dl {
+                        dt { "Temperature" } dd { (text(get(status, "board.temperature_celsius"))) }
+                        dt { "Watchdog" } dd { (text(get(status, "board.watchdog"))) }
+                    }
+                }
+            }
+            section #throughput {
+                h2 { "Messages per second, last hour" }
+                p {
+                    span.legend-in { "■ in " } span data-live="rate_in" { (text(get(status, "throughput.in_per_second"))) }
+                    " · "
+                    span.legend-out { "■ out " } span data-live="rate_out" { (text(get(status, "throughput.out_per_second"))) }
+                }
+                div data-live="graph" data-html="1" { (PreEscaped(graph)) }
+            }
+        },
+    )
+}
+
+/// One row of the sensor list.
+pub struct SensorRow {
+    pub device: String,
+    pub connected: bool,
+    pub protocol: String,
+    pub last_seen: String,
+    pub today: u64,
+    pub queued_commands: u64,
+}
+
+/// Every proxied device, with a search box that filters on the server.
+pub fn sensors(rows: &[SensorRow], query: &str, total: usize, csrf: &str) -> Markup {
+    layout(
+        "Sensors",
+        Some(Page::Sensors),
+        Some(csrf),
+        html! {
+            section {
+                h2 { "Sensors (" (rows.len()) " of " (total) ")" }
+                form method="get" action="/sensors" {
+                    input name="q" value=(query) placeholder="Search by name, protocol, connected…" aria-label="search";
+                }
+                table.wide #sensors {
+                    thead { tr { th { "Device" } th { "State" } th { "Protocol" } th { "Last seen" } th { "Today" } th { "Queued commands" } } }
+                    tbody {
+                        @for r in rows {
+                            tr data-device=(r.device) {
+                                td { (r.device) }
+                                td class=(if r.connected { "ok" } else { "muted" }) { (if r.connected { "connected" } else { "not connected" }) }
+                                td { (r.protocol) }
+                                td { (r.last_seen) }
+                                td { (r.today) }
+                                td { (r.queued_commands) }
+                            }
+                        }
+                    }
+                }
+                @if rows.is_empty() { p.muted { "No sensor matches." } }
+            }
+        },
+    )
+}
+
+/// Recent commands and their fate, as the command router lists them.
+pub fn commands(status: &Value, now_ms: u64, csrf: &str) -> Markup {
+    let recent = get(status, "commands.recent").as_array().cloned().unwrap_or_default();
+    let counters = get(status, "commands").as_object().cloned().unwrap_or_default();
+    layout(
+        "Commands",
+        Some(Page::Commands),
+        Some(csrf),
+        html! {
+            section {
+                h2 { "Counters" }
+                dl {
+                    @for (k, v) in counters.iter().filter(|(_, v)| v.is_number()) {
+                        dt { (k.replace('_', " ")) } dd { (v) }
+                    }
+                }
+            }
+            section {
+                h2 { "Recent commands" }
+                table.wide #commands {
+                    thead { tr { th { "When" } th { "Device" } th { "Command" } th { "Outcome" } th { "Via" } th { "Detail" } } }
+                    tbody {
+                        @for c in &recent {
+                            @let outcome = text(get(c, "outcome"));
+                            tr {
+                                td { (age(get(c, "at_ms"), now_ms)) }
+                                td { (text(get(c, "device"))) }
+                                td { (text(get(c, "command"))) }
+                                td class=(state_class(&outcome)) { (outcome) }
+                                td { (text(get(c, "via"))) }
+                                td { (text(get(c, "detail"))) }
+                            }
+                        }
+                    }
+                }
+                @if recent.is_empty() { p.muted { "No command since start." } }
+            }
+        },
+    )
+}
+
+/// Each southbound driver and bridge mapping, with its interworking descriptor.
+pub fn interworking(status: &Value, csrf: &str) -> Markup {
+    let listeners = get(status, "listeners").as_array().cloned().unwrap_or_default();
+    let mappings: Vec<Value> = get(status, "bridges")
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|b| {
+            let broker = text(get(b, "url"));
+            let state = text(get(b, "state"));
+            get(b, "mappings").as_array().cloned().unwrap_or_default().into_iter().map(
+                move |mut m| {
+                    if let Some(o) = m.as_object_mut() {
+                        o.insert("broker".into(), Value::String(broker.clone()));
+                        o.insert("broker_state".into(), Value::String(state.clone()));
+                    }
+                    m
+                },
+            )
+        })
+        .collect();
+    layout(
+        "Interworking",
+        Some(Page::Interworking),
+        Some(csrf),
+        html! {
+            section {
+                h2 { "Southbound listeners" }
+                table #drivers {
+                    thead { tr { th { "Protocol" } th { "Address" } th { "Identity" } } }
+                    tbody {
+                        @for l in &listeners {
+                            @let name = text(get(l, "name"));
+                            tr {
+                                td { (name) }
+                                td { (text(get(l, "addr"))) }
+                                td { (identity_handling(&name)) }
+                            }
+                        }
+                    }
+                }
+            }
+            section {
+                h2 { "Legacy broker bridges" }
+                @if mappings.is_empty() { p.muted { "No bridge configured." } }
+                @for m in &mappings {
+                    div.mapping {
+                        h2 { (text(get(m, "descriptor.name"))) }
+                        dl {
+                            dt { "Broker" } dd { (text(get(m, "broker"))) " (" (text(get(m, "broker_state"))) ")" }
+                            dt { "Protocol" } dd { (text(get(m, "descriptor.protocol"))) }
+                            dt { "Identity" } dd { (text(get(m, "descriptor.identity"))) }
+                            dt { "Data objects" } dd { (text(get(m, "descriptor.data_objects"))) }
+                            dt { "Topics" } dd { (text(get(m, "topic"))) }
+                            dt { "Commands" } dd { (text(get(m, "command_topic"))) }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+fn identity_handling(listener: &str) -> &'static str {
+    match listener {
+        "mqtt" | "mqtts" => "MQTT CONNECT: device@app + password, or client certificate",
+        "coap" => "CoAP option 4209: Basic device@app:password",
+        "web" | "http" => "HTTP Basic device@app:password (POST /v1/<channel>)",
+        _ => "—",
+    }
+}
+
+/// The actions a technician may take, each a POST behind the session's CSRF token.
+pub fn actions(csrf: &str, done: Option<&str>) -> Markup {
+    layout(
+        "Actions",
+        Some(Page::Actions),
+        Some(csrf),
+        html! {
+            @if let Some(d) = done { section role="status" #done { p.ok { (d) } } }
+            @for (action, label, explain) in [
+                ("resync", "Resync the registry now", "Lists the cloud registry again and refreshes the credential cache."),
+                ("retry-parked", "Retry parked devices", "Devices the cloud refused are tried again at once."),
+                ("restart-uplink", "Restart the uplink", "Drops the cloud connection and connects again; nothing buffered is lost."),
+            ] {
+                section {
+                    h2 { (label) }
+                    p.muted { (explain) }
+                    form method="post" action=(format!("/actions/{action}")) {
+                        input type="hidden" name="csrf" value=(csrf);
+                        button type="submit" { (label) }
+                    }
+                }
+            }
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn values_are_escaped_and_paths_read() {
+        let status =
+            json!({"gateway":{"name":"<gw>","uptime_seconds":3700},"uplink":{"state":"connected"}});
+        let page = overview(&status, 0, "<svg></svg>", "tok").into_string();
+        assert!(page.contains("&lt;gw&gt;"), "names are escaped");
+        assert!(page.contains("1 h 1 min"));
+        assert!(page.contains("class=\"ok\""));
+        assert!(page.contains("name=\"csrf\" value=\"tok\""));
+        assert_eq!(text(get(&status, "uplink.missing.deeper")), "—");
+    }
+
+    #[test]
+    fn formats() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(3 * 1024 * 1024), "3.0 MiB");
+        assert_eq!(duration(59), "59 s");
+        assert_eq!(duration(90_000), "1 d 1 h");
+        assert_eq!(age(&json!(1000), 61_000), "1 min 0 s ago");
+        assert_eq!(age(&Value::Null, 5), "never");
+    }
+}

@@ -1,0 +1,495 @@
+//! The technicians' status page in a real headless Chromium (driven by chromedriver over the
+//! W3C WebDriver protocol), its login protections checked with curl, and `/metrics` read by
+//! Python's `prometheus_client` text-format parser.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::{
+    io::Write,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use base64::Engine;
+use common::{Running, have_mosquitto_clients, write};
+use serde_json::{Value, json};
+
+const ADMIN_PW: &str = "correct horse battery";
+
+fn config(dir: &Path) -> String {
+    let pw = write(dir, "admin.pw", &format!("{ADMIN_PW}\n"));
+    let text = format!(
+        r#"
+[gateway]
+name = "gw1"
+application = "app"
+data_dir = "{data}"
+[web]
+listen = "127.0.0.1:0"
+admin_password_file = "{pw}"
+[mqtt]
+listen = "127.0.0.1:0"
+[[devices]]
+name = "sensor1"
+password = "pw"
+[[devices]]
+name = "sensor2"
+password = "pw"
+[log]
+format = "json"
+"#,
+        data = dir.join("data").display()
+    );
+    write(dir, "gatewayd.toml", &text)
+}
+
+/// Where screenshots go: `$GATEWAYD_TEST_OUTPUT` (kept), else the target dir.
+fn output_dir() -> PathBuf {
+    let dir = std::env::var_os("GATEWAYD_TEST_OUTPUT").map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("status-page-screenshots")
+    });
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn have(bin: &str) -> bool {
+    let ok = Command::new(bin).arg("--version").output().is_ok_and(|o| o.status.success());
+    if !ok {
+        assert!(std::env::var_os("CI").is_none(), "{bin} missing in CI");
+        eprintln!("SKIP: {bin} not installed");
+    }
+    ok
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A chromedriver process and one headless Chromium session.
+struct Browser {
+    driver: Child,
+    base: String,
+    session: String,
+    http: reqwest::Client,
+}
+
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+impl Browser {
+    async fn start() -> Self {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build().unwrap();
+        let mut last = None;
+        for _ in 0..3 {
+            let port = free_port();
+            let driver = Command::new("chromedriver")
+                .arg(format!("--port={port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let base = format!("http://127.0.0.1:{port}");
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if http
+                    .get(format!("{base}/status"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+                {
+                    let caps = json!({"capabilities": {"alwaysMatch": {
+                        "browserName": "chrome",
+                        "goog:chromeOptions": {
+                            "binary": "/usr/bin/chromium",
+                            "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
+                                     "--disable-dev-shm-usage", "--window-size=1100,900"]
+                        }
+                    }}});
+                    let r: Value = http
+                        .post(format!("{base}/session"))
+                        .json(&caps)
+                        .send()
+                        .await
+                        .unwrap()
+                        .json()
+                        .await
+                        .unwrap();
+                    let session = r["value"]["sessionId"]
+                        .as_str()
+                        .unwrap_or_else(|| panic!("{r}"))
+                        .to_owned();
+                    return Self { driver, base, session, http };
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            last = Some(driver);
+        }
+        drop(last);
+        panic!("chromedriver did not start");
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let url = format!("{}/session/{}{path}", self.base, self.session);
+        let mut req = self.http.request(method, url);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let v: Value = req.send().await.unwrap().json().await.unwrap();
+        assert!(v["value"].get("error").is_none(), "{path}: {v}");
+        v["value"].clone()
+    }
+
+    async fn goto(&self, url: &str) {
+        self.call(reqwest::Method::POST, "/url", Some(json!({"url": url}))).await;
+    }
+
+    async fn url(&self) -> String {
+        self.call(reqwest::Method::GET, "/url", None).await.as_str().unwrap().to_owned()
+    }
+
+    async fn find(&self, css: &str) -> String {
+        let v = self
+            .call(
+                reqwest::Method::POST,
+                "/element",
+                Some(json!({"using": "css selector", "value": css})),
+            )
+            .await;
+        v[ELEMENT].as_str().unwrap().to_owned()
+    }
+
+    async fn text(&self, css: &str) -> String {
+        let id = self.find(css).await;
+        self.call(reqwest::Method::GET, &format!("/element/{id}/text"), None)
+            .await
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let id = self.find(css).await;
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{id}/value"),
+            Some(json!({"text": text})),
+        )
+        .await;
+    }
+
+    async fn click(&self, css: &str) {
+        let id = self.find(css).await;
+        self.call(reqwest::Method::POST, &format!("/element/{id}/click"), Some(json!({}))).await;
+    }
+
+    async fn source(&self) -> String {
+        self.call(reqwest::Method::GET, "/source", None).await.as_str().unwrap().to_owned()
+    }
+
+    async fn screenshot(&self, file: &Path) {
+        let b64 = self.call(reqwest::Method::GET, "/screenshot", None).await;
+        let png = base64::engine::general_purpose::STANDARD.decode(b64.as_str().unwrap()).unwrap();
+        assert!(png.starts_with(b"\x89PNG"), "a PNG");
+        std::fs::write(file, png).unwrap();
+    }
+
+    /// Polls `css`'s text until `ok` accepts it.
+    async fn wait_text(&self, css: &str, timeout: Duration, ok: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let t = self.text(css).await;
+            if ok(&t) {
+                return t;
+            }
+            assert!(Instant::now() < deadline, "{css} stayed {t:?}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_technician_logs_in_and_sees_sensors_outbox_and_every_page() {
+    if !have("chromedriver") || !have_mosquitto_clients() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Running::start(&config(dir.path()), None);
+    let web = gw.web_addr();
+    let mqtt = gw.listener_addr("mqtt");
+    let (mhost, mport) = mqtt.rsplit_once(':').unwrap();
+    let out = output_dir();
+    let browser = Browser::start().await;
+
+    // Any page sends an anonymous visitor to the login form, which comes back after login.
+    browser.goto(&format!("http://{web}/sensors")).await;
+    assert!(browser.url().await.contains("/login"), "{}", browser.url().await);
+    browser.screenshot(&out.join("login.png")).await;
+    browser.type_into("#username", "admin").await;
+    browser.type_into("#password", "wrong password").await;
+    browser.click("button[type=submit]").await;
+    assert!(browser.text(".error").await.contains("Wrong user or password"));
+    browser.type_into("#username", "admin").await;
+    browser.type_into("#password", ADMIN_PW).await;
+    browser.click("button[type=submit]").await;
+    assert!(browser.url().await.ends_with("/sensors"), "{}", browser.url().await);
+    let sensors = browser.text("#sensors").await;
+    assert!(sensors.contains("sensor1@app") && sensors.contains("sensor2@app"), "{sensors}");
+    assert!(!sensors.contains("connected\tmqtt"), "nobody connected yet: {sensors}");
+
+    // The overview: identity, no cloud, empty buffer.
+    browser.goto(&format!("http://{web}/")).await;
+    assert_eq!(browser.text("#gw-name").await, "gw1");
+    assert_eq!(browser.text("#outbox-depth").await, "0");
+    assert!(browser.source().await.contains("<svg"), "the throughput graph is drawn");
+
+    // A sensor connects and publishes (and stays connected: mosquitto_pub -l reads stdin).
+    let mut publisher = Command::new("mosquitto_pub")
+        .args(["-h", mhost, "-p", mport, "-u", "sensor1@app", "-P", "pw", "-q", "1"])
+        .args(["-t", "temperature", "-l", "-i", "sensor1@app"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = publisher.stdin.take().unwrap();
+    for i in 0..3 {
+        writeln!(stdin, "{{\"temp\":{i}}}").unwrap();
+    }
+    stdin.flush().unwrap();
+
+    // Without a cloud, the messages wait in the outbox: the live update shows the depth change.
+    let depth = browser.wait_text("#outbox-depth", Duration::from_secs(15), |t| t == "3").await;
+    assert_eq!(depth, "3");
+    browser.screenshot(&out.join("overview.png")).await;
+
+    browser.goto(&format!("http://{web}/sensors")).await;
+    let row = browser.text("tr[data-device=\"sensor1@app\"]").await;
+    assert!(row.contains("connected") && !row.contains("not connected"), "{row}");
+    assert!(row.contains("mqtt"), "{row}");
+    let other = browser.text("tr[data-device=\"sensor2@app\"]").await;
+    assert!(other.contains("not connected"), "{other}");
+    browser.screenshot(&out.join("sensors.png")).await;
+    // search filters on the server
+    browser.goto(&format!("http://{web}/sensors?q=sensor2")).await;
+    let filtered = browser.text("#sensors").await;
+    assert!(filtered.contains("sensor2@app") && !filtered.contains("sensor1@app"), "{filtered}");
+
+    browser.goto(&format!("http://{web}/commands")).await;
+    assert!(browser.source().await.contains("Recent commands"));
+    browser.screenshot(&out.join("commands.png")).await;
+    browser.goto(&format!("http://{web}/interworking")).await;
+    let drivers = browser.text("#drivers").await;
+    assert!(
+        drivers.contains("mqtt") && drivers.contains("4209") == drivers.contains("coap"),
+        "{drivers}"
+    );
+    browser.screenshot(&out.join("interworking.png")).await;
+    browser.goto(&format!("http://{web}/actions")).await;
+    browser.click("form[action=\"/actions/retry-parked\"] button").await;
+    // without a [cloud] there is no uplink whose parked devices could be released
+    assert!(browser.text("#done").await.contains("Not available"));
+    browser.screenshot(&out.join("actions.png")).await;
+
+    // Log out: the session is gone.
+    browser.click("header form button").await;
+    assert!(browser.url().await.contains("/login"), "{}", browser.url().await);
+    browser.goto(&format!("http://{web}/")).await;
+    assert!(browser.url().await.contains("/login"));
+
+    drop(stdin);
+    let _ = publisher.wait();
+    for page in ["login", "overview", "sensors", "commands", "interworking", "actions"] {
+        let png = std::fs::metadata(out.join(format!("{page}.png"))).unwrap();
+        assert!(png.len() > 1000, "{page}.png has a picture");
+    }
+    eprintln!("screenshots in {}", out.display());
+}
+
+fn curl(args: &[&str]) -> String {
+    let out =
+        Command::new("curl").args(["-s", "-i", "--max-time", "10"]).args(args).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn status_line(response: &str) -> u16 {
+    response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+/// The login CSRF token and cookie from `GET /login`.
+fn login_form(web: &str) -> (String, String) {
+    let r = curl(&[&format!("http://{web}/login")]);
+    let cookie = r
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: ").or_else(|| l.strip_prefix("Set-Cookie: ")))
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let token =
+        r.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    (cookie, token)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn login_needs_csrf_slows_down_guessing_and_sets_strict_cookies() {
+    if !have("curl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Running::start(&config(dir.path()), None);
+    let web = gw.web_addr();
+    let url = format!("http://{web}/login");
+
+    // No CSRF token, or one that does not match the cookie: refused even with the right password.
+    let pw = format!("password={ADMIN_PW}");
+    let r = curl(&["-d", "username=admin", "-d", &pw, &url]);
+    assert_eq!(status_line(&r), 403, "{r}");
+    let (cookie, _) = login_form(&web);
+    let r = curl(&["-b", &cookie, "-d", "csrf=forged", "-d", "username=admin", "-d", &pw, &url]);
+    assert_eq!(status_line(&r), 403, "{r}");
+
+    // The right token and password: a session cookie with the flags.
+    let (cookie, token) = login_form(&web);
+    let csrf = format!("csrf={token}");
+    let r = curl(&["-b", &cookie, "-d", &csrf, "-d", "username=admin", "-d", &pw, &url]);
+    assert_eq!(status_line(&r), 303, "{r}");
+    let session =
+        r.lines().find(|l| l.to_ascii_lowercase().starts_with("set-cookie: gw_session=")).unwrap();
+    assert!(session.contains("HttpOnly") && session.contains("SameSite=Strict"), "{session}");
+    assert!(!session.contains("Secure"), "plain HTTP: no Secure flag ({session})");
+
+    // 20 bad passwords in a row are slowed down.
+    let mut codes = Vec::new();
+    for _ in 0..20 {
+        let (cookie, token) = login_form(&web);
+        let csrf = format!("csrf={token}");
+        let r = curl(&[
+            "-b",
+            &cookie,
+            "-d",
+            &csrf,
+            "-d",
+            "username=admin",
+            "-d",
+            "password=guess",
+            &url,
+        ]);
+        codes.push(status_line(&r));
+    }
+    assert_eq!(codes[0], 401);
+    assert!(codes.contains(&429), "guessing must be rate-limited: {codes:?}");
+    // and while limited, even the right password is refused for now
+    let (cookie, token) = login_form(&web);
+    let csrf = format!("csrf={token}");
+    let r = curl(&["-b", &cookie, "-d", &csrf, "-d", "username=admin", "-d", &pw, &url]);
+    assert_eq!(status_line(&r), 429, "{r}");
+}
+
+/// The Python venv with `prometheus_client` (its text-format parser): `$PAHO_VENV` when CI made
+/// one, else one in `dir`. `None` when it cannot be installed outside CI.
+fn prometheus_python(dir: &Path) -> Option<PathBuf> {
+    let venv = std::env::var_os("PAHO_VENV").map(PathBuf::from).unwrap_or_else(|| dir.join("venv"));
+    let python = venv.join("bin/python");
+    let has = |p: &Path| {
+        Command::new(p)
+            .args(["-c", "import prometheus_client"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if python.exists() && has(&python) {
+        return Some(python);
+    }
+    let made = python.exists()
+        || Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .is_ok_and(|s| s.success());
+    let installed = made
+        && Command::new(venv.join("bin/pip"))
+            .args(["install", "-q", "prometheus-client>=0.17"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if !installed {
+        assert!(std::env::var_os("CI").is_none(), "CI: cannot install prometheus-client");
+        eprintln!("SKIP: prometheus-client not installable");
+        return None;
+    }
+    Some(python)
+}
+
+const PARSE: &str = r#"
+import sys, json
+from prometheus_client.parser import text_string_to_metric_families
+out = {}
+for fam in text_string_to_metric_families(sys.stdin.read()):
+    for s in fam.samples:
+        key = s.name + ("{" + ",".join(f"{k}={v}" for k, v in sorted(s.labels.items())) + "}" if s.labels else "")
+        out[key] = s.value
+    out["type:" + fam.name] = fam.type
+print(json.dumps(out))
+"#;
+
+fn parse_metrics(python: &Path, text: &str) -> Value {
+    let mut child = Command::new(python)
+        .args(["-c", PARSE])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "parser: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_parse_as_prometheus_text_and_move_with_messages() {
+    if !have("curl") || !have_mosquitto_clients() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let Some(python) = prometheus_python(dir.path()) else { return };
+    let gw = Running::start(&config(dir.path()), None);
+    let web = gw.web_addr();
+    let mqtt = gw.listener_addr("mqtt");
+    let (mhost, mport) = mqtt.rsplit_once(':').unwrap();
+    let metrics = || {
+        let out =
+            Command::new("curl").args(["-sf", &format!("http://{web}/metrics")]).output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let before = parse_metrics(&python, &metrics());
+    assert_eq!(before["type:gatewayd_ingest_latency_seconds"], "histogram");
+    assert_eq!(before["type:gatewayd_outbox_committed"], "counter");
+    assert_eq!(before["gatewayd_outbox_records"], 0.0);
+    assert_eq!(before["gatewayd_ingest_latency_seconds_count"], 0.0);
+
+    for i in 0..5 {
+        let ok = Command::new("mosquitto_pub")
+            .args(["-h", mhost, "-p", mport, "-u", "sensor1@app", "-P", "pw", "-q", "1"])
+            .args(["-t", "temperature", "-m", &format!("{{\"t\":{i}}}")])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+    let after = parse_metrics(&python, &metrics());
+    assert_eq!(after["gatewayd_outbox_records"], 5.0, "{after}");
+    assert_eq!(after["gatewayd_outbox_committed_total"], 5.0);
+    assert_eq!(after["gatewayd_messages_received_total{protocol=mqtt}"], 5.0, "{after}");
+    assert_eq!(after["gatewayd_ingest_latency_seconds_count"], 5.0);
+    assert_eq!(after["gatewayd_message_payload_bytes_sum"], 5.0 * 7.0);
+    assert!(after["gatewayd_mqtt_sessions"].is_number());
+}
