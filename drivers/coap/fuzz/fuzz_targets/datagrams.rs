@@ -62,7 +62,11 @@ fuzz_target!(|data: &[u8]| {
                     let answer = match op >> 6 {
                         0 => Answer::Stored,
                         1 => {
-                            let (Ok(device), Ok(name)) = (DeviceId::new("sensor1"), CommandName::new("fw")) else { return };
+                            let (Ok(device), Ok(name)) =
+                                (DeviceId::new("sensor1"), CommandName::new("fw"))
+                            else {
+                                return;
+                            };
                             Answer::Command(Command {
                                 app: app.clone(),
                                 device,
