@@ -525,8 +525,8 @@ async fn drogue_mqtt_acknowledges_only_commands_the_router_took() {
         }
         if acked.len() == 3 {
             // give a wrongly sent PUBACK for 11 or 12 time to show up
-            while let Some(p) = broker.try_read(Duration::from_millis(500)).await {
-                panic!("unexpected {p:?} after the three PUBACKs");
+            if let Some(p) = broker.try_read(Duration::from_millis(500)).await {
+                assert!(matches!(p, Packet::PingReq), "unexpected {p:?} after the three PUBACKs");
             }
             break;
         }
