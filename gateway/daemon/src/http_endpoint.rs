@@ -5,13 +5,22 @@
 //! | outcome                                        | status |
 //! |------------------------------------------------|--------|
 //! | committed to the outbox                        | 202    |
+//! | committed, and a command for the sensor was waiting or arrived within `ct` | 200, header `command: <name>`, the payload as body |
 //! | missing or wrong credentials, `as=` another device | 403 (Drogue's JSON body) |
 //! | bad query or channel                           | 400    |
 //! | JSON content type with a body that is not JSON | 406    |
 //! | body above `web.max_message_bytes`             | 413    |
 //! | outbox full (`when_full = "reject"`) or closed | 503    |
+//!
+//! Commands come from the gateway's [`CommandSource`]: one queued while the sensor was away is
+//! returned with the next accepted publish even without `ct`; with `ct=<seconds>` (at most
+//! [`MAX_COMMAND_WAIT`]) the answer waits that long for one.
 
-use std::{net::SocketAddr, sync::Arc, time::SystemTime};
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use axum::{
     Json, Router,
@@ -22,40 +31,48 @@ use axum::{
     routing::post,
 };
 use gw_model::{
-    AppId, AuthOutcome, AuthRequest, Authenticate, BasicCredentials, Channel, Ingest, IngestError,
-    PublishQuery, Telemetry, Timestamp,
+    AppId, AuthOutcome, AuthRequest, Authenticate, BasicCredentials, Channel, Command,
+    CommandSource, Ingest, IngestError, PublishQuery, Telemetry, Timestamp,
 };
 use serde_json::json;
 
-/// Who checks sensors and who takes their messages.
-pub struct EndpointState<A, I> {
+/// The longest a publish waits for a command (`ct` above it is cut to it).
+pub const MAX_COMMAND_WAIT: Duration = Duration::from_secs(300);
+
+/// Who checks sensors, who takes their messages, and where their commands wait.
+pub struct EndpointState<A, I, C> {
     pub auth: Arc<A>,
     pub ingest: Arc<I>,
+    pub commands: Arc<C>,
     pub default_app: AppId,
 }
 
-impl<A, I> Clone for EndpointState<A, I> {
+impl<A, I, C> Clone for EndpointState<A, I, C> {
     fn clone(&self) -> Self {
         Self {
             auth: Arc::clone(&self.auth),
             ingest: Arc::clone(&self.ingest),
+            commands: Arc::clone(&self.commands),
             default_app: self.default_app.clone(),
         }
     }
 }
 
 /// The routes, with the body limit applied.
-pub fn router<A: Authenticate, I: Ingest>(state: EndpointState<A, I>, max_body: usize) -> Router {
+pub fn router<A: Authenticate, I: Ingest, C: CommandSource>(
+    state: EndpointState<A, I, C>,
+    max_body: usize,
+) -> Router {
     Router::new()
-        .route("/v1/{channel}", post(publish::<A, I>))
-        .route("/v1/{channel}/", post(publish::<A, I>))
-        .route("/v1/{channel}/{*suffix}", post(publish_with_suffix::<A, I>))
+        .route("/v1/{channel}", post(publish::<A, I, C>))
+        .route("/v1/{channel}/", post(publish::<A, I, C>))
+        .route("/v1/{channel}/{*suffix}", post(publish_with_suffix::<A, I, C>))
         .layer(DefaultBodyLimit::max(max_body))
         .with_state(state)
 }
 
-async fn publish<A: Authenticate, I: Ingest>(
-    State(state): State<EndpointState<A, I>>,
+async fn publish<A: Authenticate, I: Ingest, C: CommandSource>(
+    State(state): State<EndpointState<A, I, C>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(channel): Path<String>,
     query: Result<Query<PublishQuery>, axum::extract::rejection::QueryRejection>,
@@ -65,8 +82,8 @@ async fn publish<A: Authenticate, I: Ingest>(
     handle(state, peer, channel, None, query, headers, body).await
 }
 
-async fn publish_with_suffix<A: Authenticate, I: Ingest>(
-    State(state): State<EndpointState<A, I>>,
+async fn publish_with_suffix<A: Authenticate, I: Ingest, C: CommandSource>(
+    State(state): State<EndpointState<A, I, C>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path((channel, suffix)): Path<(String, String)>,
     query: Result<Query<PublishQuery>, axum::extract::rejection::QueryRejection>,
@@ -77,8 +94,8 @@ async fn publish_with_suffix<A: Authenticate, I: Ingest>(
     handle(state, peer, channel, suffix, query, headers, body).await
 }
 
-async fn handle<A: Authenticate, I: Ingest>(
-    state: EndpointState<A, I>,
+async fn handle<A: Authenticate, I: Ingest, C: CommandSource>(
+    state: EndpointState<A, I, C>,
     peer: SocketAddr,
     channel: String,
     suffix: Option<String>,
@@ -142,7 +159,13 @@ async fn handle<A: Authenticate, I: Ingest>(
     };
     let device = telemetry.device.clone();
     match state.ingest.publish(telemetry).await {
-        Ok(()) => StatusCode::ACCEPTED.into_response(),
+        Ok(()) => {
+            let wait = command_wait.unwrap_or(Duration::ZERO).min(MAX_COMMAND_WAIT);
+            match state.commands.next_command(&identity, wait).await {
+                Some(command) => command_response(command),
+                None => StatusCode::ACCEPTED.into_response(),
+            }
+        }
         Err(e @ IngestError::QuotaExceeded(_)) => {
             tracing::warn!(%device, cause = %e, "HTTP publish refused: outbox full");
             let body = json!({"code":503,"error":"QuotaExceeded","message": e.to_string()});
@@ -157,6 +180,25 @@ async fn handle<A: Authenticate, I: Ingest>(
             (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
         }
     }
+}
+
+/// 200 with the command's name in the `command` header and its payload as the body (and its
+/// content type, when the cloud gave one).
+fn command_response(command: Command) -> Response {
+    let mut response = (StatusCode::OK, command.payload).into_response();
+    let headers = response.headers_mut();
+    if let Ok(name) = header::HeaderValue::from_str(command.name.as_str()) {
+        headers.insert("command", name);
+    }
+    match command.content_type.as_deref().map(header::HeaderValue::from_str) {
+        Some(Ok(ct)) => {
+            headers.insert(header::CONTENT_TYPE, ct);
+        }
+        _ => {
+            headers.remove(header::CONTENT_TYPE);
+        }
+    }
+    response
 }
 
 fn forbidden() -> Response {

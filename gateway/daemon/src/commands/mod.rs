@@ -46,6 +46,8 @@ use crate::commands::{gateway::GatewayCommands, waiters::Waiters};
 
 /// How often the sweeper looks for expired commands and full MQTT sessions at the latest.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// Queued commands of bridged devices are offered to their bridge every this many sweeps.
+const BRIDGE_RETRY_SWEEPS: u64 = 10;
 
 /// Says whether a device is one this gateway proxies, and its canonical identity (a command
 /// may name an alias).
@@ -64,6 +66,7 @@ struct Inner {
     queue: Arc<CommandQueue>,
     directory: Directory,
     mqtt: OnceLock<gw_driver_mqtt::Commands>,
+    bridge: OnceLock<gw_driver_mqtt::BridgeCommands>,
     waiters: Waiters,
     outcomes: Outcomes,
     own: GatewayCommands,
@@ -125,6 +128,7 @@ impl CommandRouter {
                 queue: Arc::new(queue),
                 directory,
                 mqtt: OnceLock::new(),
+                bridge: OnceLock::new(),
                 waiters: Waiters::default(),
                 outcomes: Outcomes::new(config.recent),
                 own: GatewayCommands::new(config.reboot_command.clone()),
@@ -138,6 +142,14 @@ impl CommandRouter {
     pub fn attach_mqtt(&self, commands: gw_driver_mqtt::Commands) {
         if self.inner.mqtt.set(commands).is_err() {
             tracing::warn!("MQTT endpoint attached to the command router twice");
+        }
+    }
+
+    /// Routes commands for devices behind the legacy broker bridges to their site brokers
+    /// (set once). A bridged device counts as proxied even when no registry lists it.
+    pub fn attach_bridges(&self, bridges: gw_driver_mqtt::BridgeCommands) {
+        if self.inner.bridge.set(bridges).is_err() {
+            tracing::warn!("bridges attached to the command router twice");
         }
     }
 
@@ -183,6 +195,7 @@ impl CommandRouter {
     pub async fn run(self, stop: CancellationToken) -> anyhow::Result<()> {
         let mut restart = self.inner.own.restart_requested();
         let mut subscribed = self.inner.mqtt.get().map(gw_driver_mqtt::Commands::subscriptions);
+        let mut sweeps = 0u64;
         loop {
             let next = self.inner.queue.next_expiry().map_or(SWEEP_INTERVAL, |at| {
                 let ms = at.as_millis().saturating_sub(now().as_millis());
@@ -207,12 +220,14 @@ impl CommandRouter {
                 () = self.inner.queued.notified() => continue,
                 () = tokio::time::sleep(next) => {}
             }
-            self.sweep().await;
+            sweeps += 1;
+            self.sweep(sweeps.is_multiple_of(BRIDGE_RETRY_SWEEPS)).await;
         }
     }
 
-    /// Drops expired commands and retries MQTT delivery of queued ones.
-    async fn sweep(&self) {
+    /// Drops expired commands and retries MQTT delivery of queued ones (and bridge delivery
+    /// when `bridges`).
+    async fn sweep(&self, bridges: bool) {
         let queue = self.inner.queue.clone();
         let at = now();
         match tokio::task::spawn_blocking(move || queue.expire(at)).await {
@@ -224,13 +239,16 @@ impl CommandRouter {
             Ok(Err(e)) => tracing::error!(cause = %e, "cannot drop expired commands"),
             Err(e) => tracing::error!(cause = %e, "dropping expired commands panicked"),
         }
-        if let Some(mqtt) = self.inner.mqtt.get() {
-            for device in self.inner.queue.devices() {
-                if mqtt.is_subscribed(&device) {
-                    self.pump(&device).await;
-                }
+        for device in self.inner.queue.devices() {
+            let subscribed = self.inner.mqtt.get().is_some_and(|m| m.is_subscribed(&device));
+            if subscribed || (bridges && self.bridged(&device)) {
+                self.pump(&device).await;
             }
         }
+    }
+
+    fn bridged(&self, device: &Identity) -> bool {
+        self.inner.bridge.get().is_some_and(|b| b.is_bridged(device))
     }
 
     /// Takes the oldest queued command of `device` (blocking I/O off the async threads),
@@ -266,39 +284,63 @@ impl CommandRouter {
     }
 
     /// Moves queued commands of `device` into its live channels: waiting requests first, then
-    /// a subscribed MQTT session, until the queue is empty or no channel takes more.
+    /// a subscribed MQTT session, then its bridge, until the queue is empty or no channel takes
+    /// more.
     async fn pump(&self, device: &Identity) {
         let _order = self.inner.pump.lock().await;
         while self.inner.queue.len_of(device) > 0 {
             let waiting = self.inner.waiters.has(device);
             let mqtt = self.inner.mqtt.get().filter(|m| m.is_subscribed(device));
-            if !waiting && mqtt.is_none() {
+            let bridge = self.inner.bridge.get().filter(|b| b.is_bridged(device));
+            if !waiting && mqtt.is_none() && bridge.is_none() {
                 return;
             }
             let Some(q) = self.take(device).await else { return };
-            let command = if waiting {
-                let delivered = q.command.clone();
-                match self.inner.waiters.hand(device, q.command) {
+            let mut command = q.command;
+            if waiting {
+                let delivered = command.clone();
+                match self.inner.waiters.hand(device, command) {
                     None => {
                         self.inner.outcomes.record(&delivered, Fate::Delivered { via: Via::Wait });
                         continue;
                     }
-                    Some(back) => back,
+                    Some(back) => command = back,
                 }
-            } else {
-                q.command
-            };
-            let delivered = mqtt.map(|m| {
-                m.push(device, command.name.clone(), command.payload.clone())
-                    == gw_driver_mqtt::Delivery::Queued
-            });
-            if delivered == Some(true) {
-                self.inner.outcomes.record(&command, Fate::Delivered { via: Via::Mqtt });
-            } else {
-                self.restore(QueuedCommand { id: q.id, command }).await;
-                return;
+            }
+            match self.live(device, &command, mqtt, bridge).await {
+                Some(via) => self.inner.outcomes.record(&command, Fate::Delivered { via }),
+                None => {
+                    self.restore(QueuedCommand { id: q.id, command }).await;
+                    return;
+                }
             }
         }
+    }
+
+    /// Offers `command` to the device's MQTT session, then to its bridge; how it left, if it
+    /// did.
+    async fn live(
+        &self,
+        device: &Identity,
+        command: &Command,
+        mqtt: Option<&gw_driver_mqtt::Commands>,
+        bridge: Option<&gw_driver_mqtt::BridgeCommands>,
+    ) -> Option<Via> {
+        if let Some(mqtt) = mqtt {
+            match mqtt.push(device, command.name.clone(), command.payload.clone()) {
+                gw_driver_mqtt::Delivery::Queued => return Some(Via::Mqtt),
+                other => tracing::debug!(%device, delivery = ?other,
+                    "MQTT session cannot take the command now"),
+            }
+        }
+        if let Some(bridge) = bridge {
+            match bridge.push(device, &command.name, command.payload.clone()).await {
+                gw_driver_mqtt::BridgePush::Published { .. } => return Some(Via::Bridge),
+                other => tracing::debug!(%device, outcome = ?other,
+                    "bridge cannot take the command now"),
+            }
+        }
+        None
     }
 
     /// A command handed to a waiter that went away: back through the router (it was on disk
@@ -330,6 +372,7 @@ impl CommandRouter {
             Some(target.clone())
         } else {
             (self.inner.directory)(&target)
+                .or_else(|| self.bridged(&target).then(|| target.clone()))
         };
         let Some(target) = known else { return Fate::UnknownDevice };
         if command.payload.len() as u64 > self.inner.max_payload {
@@ -347,12 +390,10 @@ impl CommandRouter {
                 None => return Fate::Delivered { via: Via::Wait },
                 Some(back) => back,
             };
-            if let Some(mqtt) = self.inner.mqtt.get() {
-                match mqtt.push(&target, command.name.clone(), command.payload.clone()) {
-                    gw_driver_mqtt::Delivery::Queued => return Fate::Delivered { via: Via::Mqtt },
-                    other => tracing::debug!(device = %target, delivery = ?other,
-                        "MQTT cannot take the command now; queueing it"),
-                }
+            let mqtt = self.inner.mqtt.get().filter(|m| m.is_subscribed(&target));
+            let bridge = self.inner.bridge.get().filter(|b| b.is_bridged(&target));
+            if let Some(via) = self.live(&target, &command, mqtt, bridge).await {
+                return Fate::Delivered { via };
             }
         }
         let queue = self.inner.queue.clone();
