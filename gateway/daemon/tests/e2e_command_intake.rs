@@ -220,3 +220,45 @@ async fn http_wait_relays_the_sensors_ct_and_answers_it_with_the_command() {
     assert!(events.iter().any(|e| e.device.as_deref() == Some("sensor1")), "{events:?}");
     stop.cancel();
 }
+
+/// A pushed command's own TTL (`ttl` field) reaches the queue: with the sensor offline both
+/// commands are queued (202); after 2 s the one with a 1 s TTL has expired (counted) and only
+/// the other is delivered when the sensor subscribes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushed_ttl_expires_a_queued_command() {
+    if !have_mosquitto_clients() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    let cloud =
+        DevCloud::start("127.0.0.1:0".parse().unwrap(), seed(), stop.clone()).await.unwrap();
+    let gw = Running::start(&config(dir.path(), &drogue_http(&cloud)), None);
+    let web = gw.web_addr();
+    let port = gw.listener_addr("mqtt").rsplit_once(':').unwrap().1.to_owned();
+    let bearer = format!("Bearer {PUSH_TOKEN}");
+    let push = |command: &str, ttl: &str| {
+        format!(
+            r#"{{"application":"{APP}","device":"sensor1","command":"{command}","payload":"MQ==","ttl":"{ttl}"}}"#
+        )
+    };
+    assert_eq!(curl_push(&web, &push("short", "1s"), Some(&bearer)).await, 202);
+    assert_eq!(curl_push(&web, &push("long", "1h"), Some(&bearer)).await, 202);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+
+    let sub = subscribe_as_sensor1(&port);
+    assert_eq!(received(sub).await, "command/inbox//long 1");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let status = common::status(&client, &web).await;
+        let counts = &status["commands"]["counts"];
+        if counts["expired"] == 1 {
+            assert_eq!(counts["delivered"], 1, "{counts}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never counted as expired: {counts}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+}
