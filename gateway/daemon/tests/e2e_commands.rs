@@ -1,0 +1,472 @@
+//! Commands end to end: the dev cloud's command API
+//! (`POST /api/command/v1alpha1/apps/{app}/devices/{device}?command=`) routes a command to the
+//! real gatewayd (external push to its `/api/commands/v1/push`, the Drogue MQTT uplink's
+//! `command/inbox/#` subscription, or a Drogue HTTP `ct` wait), and the gateway delivers it to
+//! sensors that use real clients: `mosquitto_sub` on `command/inbox//#`, `curl` with `ct=5`
+//! (200 + `command:`), `coap-client-notls` with `ct=5` (2.05 + option 4210). Commands for
+//! sensors that are away wait in the gateway's durable queue (across a restart), expire after
+//! their TTL (counted), and the push endpoint refuses bad callers and unknown devices.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::{
+    path::Path,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use base64::Engine;
+use common::{Running, have_mosquitto_clients, status, write};
+use gw_devcloud::{DevCloud, Seed};
+use gw_model::registry::{CommandTarget, CommandsSpec, ExternalEndpoint};
+use tokio::process::Command;
+use tokio_util::sync::CancellationToken;
+
+const APP: &str = "my-app";
+const PUSH_TOKEN: &str = "push-secret";
+/// Every wait in these tests ends by this deadline.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// How the dev cloud hands the gateway its commands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Uplink {
+    /// `[cloud] kind = "drogue-mqtt"`: the gateway subscribes `command/inbox/#` upstream.
+    Mqtt,
+    /// `[cloud] kind = "drogue-http"`: the gateway's publishes wait upstream with `ct=`.
+    Http,
+}
+
+/// The dev cloud, with a gateway `gw1` proxying `mqtt-sensor`, `http-sensor` and
+/// `coap-sensor`, and the running gatewayd.
+struct Site {
+    dir: tempfile::TempDir,
+    cloud: DevCloud,
+    _stop_cloud: CancellationToken,
+    uplink: Uplink,
+    gw: Running,
+    web: String,
+    client: reqwest::Client,
+}
+
+impl Site {
+    async fn start(uplink: Uplink) -> Site {
+        let seed = Seed::new()
+            .user("admin", "api-token")
+            .application(APP)
+            .password_device(APP, "gw1", "gw-secret")
+            .sensor(APP, "mqtt-sensor", Some("pw"), &["gw1"])
+            .sensor(APP, "http-sensor", Some("pw"), &["gw1"])
+            .sensor(APP, "coap-sensor", Some("pw"), &["gw1"]);
+        let stop_cloud = CancellationToken::new();
+        let cloud = DevCloud::start("127.0.0.1:0".parse().unwrap(), seed, stop_cloud.clone())
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (gw, web) = start_gateway(dir.path(), &cloud, uplink).await;
+        let client = reqwest::Client::new();
+        let site = Site { dir, cloud, _stop_cloud: stop_cloud, uplink, gw, web, client };
+        site.wait_until_ready().await;
+        site
+    }
+
+    /// Stops gatewayd with SIGKILL and starts it again on the same data directory.
+    async fn kill_and_restart(&mut self) {
+        self.gw.signal("-KILL");
+        self.gw.wait_exit(DEADLINE);
+        let (gw, web) = start_gateway(self.dir.path(), &self.cloud, self.uplink).await;
+        self.gw = gw;
+        self.web = web;
+        self.wait_until_ready().await;
+    }
+
+    /// Until the registry sync listed the three sensors and, with the MQTT uplink, the
+    /// gateway subscribed to its commands at the dev cloud.
+    async fn wait_until_ready(&self) {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let s = status(&self.client, &self.web).await;
+            // listed by the sync and taken into the credential cache
+            let synced = s["registry"]["devices"] == 3 && s["credentials"]["registry_devices"] == 3;
+            let subscribed = self.uplink != Uplink::Mqtt || self.cloud.command_subscribers() > 0;
+            if synced && subscribed {
+                return;
+            }
+            assert!(Instant::now() < deadline, "gateway not ready: {s}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn push_url(&self) -> String {
+        format!("http://{}/api/commands/v1/push", self.web)
+    }
+
+    /// Gives `gw1` an external command endpoint: the dev cloud pushes to the gateway from now
+    /// on, with the configured secret (and extra headers).
+    fn enable_push(&self, extra: &[(&str, &str)]) {
+        let mut gw1 = self.cloud.device(APP, "gw1").unwrap();
+        let mut endpoint = ExternalEndpoint { url: self.push_url(), ..Default::default() };
+        endpoint.headers.insert("Authorization".into(), format!("Bearer {PUSH_TOKEN}"));
+        for (k, v) in extra {
+            endpoint.headers.insert((*k).into(), (*v).into());
+        }
+        gw1.spec.commands = Some(CommandsSpec {
+            commands: vec![CommandTarget::External(endpoint)],
+            other: Default::default(),
+        });
+        self.cloud.apply_device(gw1).unwrap();
+    }
+
+    /// `POST /api/command/v1alpha1/apps/my-app/devices/{device}?command={name}` at the dev
+    /// cloud; its status.
+    async fn send(&self, device: &str, name: &str, payload: &str) -> u16 {
+        self.client
+            .post(format!(
+                "{}/api/command/v1alpha1/apps/{APP}/devices/{device}?command={name}",
+                self.cloud.url()
+            ))
+            .bearer_auth("api-token")
+            .header("content-type", "application/json")
+            .body(payload.to_owned())
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    async fn status(&self) -> serde_json::Value {
+        status(&self.client, &self.web).await
+    }
+
+    /// Until `/api/v1/status` satisfies `f`.
+    async fn until(&self, what: &str, f: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let s = self.status().await;
+            if f(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "{what}: {}", s["commands"]);
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    async fn until_waiting(&self, n: u64) {
+        self.until(&format!("{n} waiting requests"), |s| s["commands"]["waiting_requests"] == n)
+            .await;
+    }
+
+    /// The bound address of a listener, from `/api/v1/status`.
+    async fn listener(&self, name: &str) -> String {
+        let s = self.status().await;
+        let listeners = s["listeners"].as_array().unwrap();
+        let l = listeners.iter().find(|l| l["name"] == name).unwrap_or_else(|| panic!("{s}"));
+        l["addr"].as_str().unwrap().to_owned()
+    }
+
+    /// `curl` publishing as `http-sensor` (`ct` seconds to wait, if any): status line,
+    /// headers and body.
+    fn curl(&self, ct: Option<u64>) -> tokio::process::Child {
+        let query = ct.map(|c| format!("?ct={c}")).unwrap_or_default();
+        Command::new("curl")
+            .args(["-s", "-i", "--max-time", "20", "-u", "http-sensor@my-app:pw"])
+            .args(["-H", "content-type: application/json", "--data", "{\"temp\":21}"])
+            .arg(format!("http://{}/v1/telemetry{query}", self.web))
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    }
+
+    /// `mosquitto_sub` as `mqtt-sensor` on `command/inbox//#`, printing `count` commands.
+    async fn mosquitto_sub(&self, count: usize) -> tokio::process::Child {
+        let addr = self.listener("mqtt").await;
+        let port = addr.rsplit_once(':').unwrap().1;
+        Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", port, "-V", "mqttv311", "-q", "1"])
+            .args(["-i", "mqtt-sensor@my-app", "-u", "mqtt-sensor@my-app", "-P", "pw"])
+            .args(["-t", "command/inbox//#", "-v", "-C", &count.to_string(), "-W", "25"])
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    }
+
+    /// `coap-client-notls` publishing as `coap-sensor` with `ct` (in one Uri-Query option, as
+    /// Drogue's clients send it): the debug dump (stderr) and payload (stdout).
+    async fn coap_client(&self, ct: u64) -> tokio::process::Child {
+        let basic = base64::engine::general_purpose::STANDARD.encode("coap-sensor@my-app:pw");
+        Command::new("coap-client-notls")
+            .args(["-m", "post", "-v", "7", "-B", "20"])
+            .args(["-O", &format!("4209,Basic {basic}"), "-O", &format!("15,ct={ct}")])
+            .args(["-e", "{\"temp\":21}"])
+            .arg(format!("coap://{}/v1/telemetry", self.listener("coap").await))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    }
+}
+
+async fn start_gateway(dir: &Path, cloud: &DevCloud, uplink: Uplink) -> (Running, String) {
+    let (kind, url) = match uplink {
+        Uplink::Mqtt => ("drogue-mqtt", cloud.mqtt_url()),
+        Uplink::Http => ("drogue-http", cloud.url()),
+    };
+    let text = format!(
+        "[gateway]\nname = \"gw1\"\napplication = \"{APP}\"\ndata_dir = {:?}\n\n\
+         [cloud]\nkind = \"{kind}\"\nurl = {url:?}\npassword = \"gw-secret\"\n\n\
+         [registry]\nurl = {:?}\ntoken = \"api-token\"\ninterval = \"200ms\"\ntimeout = \"2s\"\n\n\
+         [mqtt]\nlisten = \"127.0.0.1:0\"\n\n[coap]\nlisten = \"127.0.0.1:0\"\n\n\
+         [web]\nlisten = \"127.0.0.1:0\"\npush_token = \"{PUSH_TOKEN}\"\n\n\
+         [commands]\nttl = \"1h\"\n\n[log]\nformat = \"json\"\n",
+        dir.join("data").display().to_string(),
+        cloud.url(),
+    );
+    let cfg = write(dir, "gatewayd.toml", &text);
+    let gw = Running::start(&cfg, None);
+    let web = gw.web_addr();
+    (gw, web)
+}
+
+/// What a child printed on stdout once it exited (bounded by [`DEADLINE`]).
+async fn output(child: tokio::process::Child) -> std::process::Output {
+    tokio::time::timeout(DEADLINE, child.wait_with_output()).await.unwrap().unwrap()
+}
+
+/// The status code, `command` header and body of a `curl -i` answer.
+fn http_answer(out: &std::process::Output) -> (u16, Option<String>, String) {
+    let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+    let (head, body) = text.split_once("\n\n").unwrap_or((&text, ""));
+    let code = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let command = head
+        .lines()
+        .find_map(|l| l.strip_prefix("command: ").or_else(|| l.strip_prefix("Command: ")))
+        .map(str::to_owned);
+    (code, command, body.to_owned())
+}
+
+fn counts(s: &serde_json::Value) -> &serde_json::Value {
+    &s["commands"]["counts"]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_sensor_gets_commands_via_the_mqtt_uplink_and_via_push() {
+    if !have_mosquitto_clients() {
+        return;
+    }
+    let site = Site::start(Uplink::Mqtt).await;
+    let sub = site.mosquitto_sub(2).await;
+    site.until("mqtt-sensor subscribed", |s| {
+        s["mqtt"]["devices"].as_array().is_some_and(|d| {
+            d.iter().any(|d| d["device"] == "mqtt-sensor@my-app" && d["connected"] == true)
+        })
+    })
+    .await;
+
+    // via the Drogue MQTT uplink's command/inbox/# subscription (no external endpoint: 202)
+    assert_eq!(site.send("mqtt-sensor", "set-led", "{\"on\":true}").await, 202);
+    site.until("first delivered", |s| counts(s)["delivered"] == 1).await;
+    // via the external push (the dev cloud answers 200 once the gateway took it)
+    site.enable_push(&[]);
+    assert_eq!(site.send("mqtt-sensor", "set-rate", "{\"hz\":2}").await, 200);
+
+    let out = output(sub).await;
+    let lines = String::from_utf8_lossy(&out.stdout).into_owned();
+    let lines: Vec<&str> = lines.lines().collect();
+    assert_eq!(
+        lines,
+        ["command/inbox//set-led {\"on\":true}", "command/inbox//set-rate {\"hz\":2}"],
+        "{out:?}"
+    );
+    let s = site.until("both delivered", |s| counts(s)["delivered"] == 2).await;
+    assert_eq!(s["commands"]["recent"][0]["via"], "mqtt", "{s}");
+    assert_eq!(s["commands"]["recent"][0]["device"], "mqtt-sensor");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_sensor_waiting_with_ct_gets_commands_via_the_mqtt_uplink_and_via_push() {
+    let site = Site::start(Uplink::Mqtt).await;
+
+    let curl = site.curl(Some(5));
+    site.until_waiting(1).await;
+    assert_eq!(site.send("http-sensor", "open-valve", "{\"valve\":1}").await, 202);
+    let (code, command, body) = http_answer(&output(curl).await);
+    assert_eq!(
+        (code, command.as_deref(), body.as_str()),
+        (200, Some("open-valve"), "{\"valve\":1}")
+    );
+
+    site.enable_push(&[]);
+    let curl = site.curl(Some(5));
+    site.until_waiting(1).await;
+    assert_eq!(site.send("http-sensor", "close-valve", "{\"valve\":0}").await, 200);
+    let (code, command, body) = http_answer(&output(curl).await);
+    assert_eq!(
+        (code, command.as_deref(), body.as_str()),
+        (200, Some("close-valve"), "{\"valve\":0}")
+    );
+
+    // with nothing for it, ct runs out: 202
+    let started = Instant::now();
+    let (code, command, _) = http_answer(&output(site.curl(Some(1))).await);
+    assert_eq!((code, command), (202, None));
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    let s = site.status().await;
+    assert_eq!(counts(&s)["delivered"], 2, "{s}");
+    assert_eq!(s["commands"]["recent"][0]["via"], "wait");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_sensor_waiting_with_ct_gets_a_command_via_the_http_uplinks_wait() {
+    let site = Site::start(Uplink::Http).await;
+    let before = site.cloud.command_subscribers();
+    let curl = site.curl(Some(5));
+    site.until_waiting(1).await;
+    // the uplink forwarded the message with ct= and waits upstream for the rest of it
+    let deadline = Instant::now() + DEADLINE;
+    while site.cloud.command_subscribers() <= before {
+        assert!(Instant::now() < deadline, "the HTTP uplink never waited upstream");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(site.send("http-sensor", "reboot-sensor", "{}").await, 202);
+    let (code, command, body) = http_answer(&output(curl).await);
+    assert_eq!((code, command.as_deref(), body.as_str()), (200, Some("reboot-sensor"), "{}"));
+    let s = site.status().await;
+    assert_eq!(counts(&s)["delivered"], 1, "{s}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coap_sensor_waiting_with_ct_gets_2_05_with_option_4210() {
+    if std::process::Command::new("coap-client-notls").arg("-h").output().is_err() {
+        assert!(std::env::var_os("CI").is_none(), "coap-client-notls missing in CI");
+        eprintln!("SKIP: coap-client-notls not installed");
+        return;
+    }
+    let site = Site::start(Uplink::Mqtt).await;
+    for (via_push, name, want) in [(false, "beep", 202), (true, "blink", 200)] {
+        if via_push {
+            site.enable_push(&[]);
+        }
+        let client = site.coap_client(5).await;
+        site.until_waiting(1).await;
+        assert_eq!(site.send("coap-sensor", name, "{\"n\":3}").await, want);
+        let out = output(client).await;
+        // libcoap prints its debug dump (with the options) and the payload on either stream
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let hex: String = name.bytes().map(|b| format!("\\x{b:02X}")).collect();
+        assert!(text.contains("2.05"), "no 2.05 in {text}");
+        assert!(text.contains(&format!("4210:{hex}")), "no option 4210 = {name} in {text}");
+        assert!(text.contains("{\"n\":3}"), "payload: {text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_sensor_gets_its_command_10s_later_and_a_1s_ttl_command_expires() {
+    if !have_mosquitto_clients() {
+        return;
+    }
+    let site = Site::start(Uplink::Mqtt).await;
+    site.enable_push(&[]);
+
+    // the push answers 202: queued for the sensor, which is not connected
+    let body = serde_json::json!({
+        "application": APP, "device": "mqtt-sensor", "command": "calibrate",
+        "payload": base64::engine::general_purpose::STANDARD.encode("{\"zero\":true}"),
+    });
+    let push = |body: serde_json::Value| {
+        site.client.post(site.push_url()).bearer_auth(PUSH_TOKEN).json(&body).send()
+    };
+    assert_eq!(push(body).await.unwrap().status(), 202);
+    // and through the dev cloud's command API (which answers 200 for any 2xx of the push)
+    assert_eq!(site.send("mqtt-sensor", "set-interval", "{\"s\":60}").await, 200);
+    let s = site.status().await;
+    assert_eq!(counts(&s)["queued"], 2, "{s}");
+    assert_eq!(s["commands"]["queued"], 2);
+
+    // a command with a 1 s TTL for the HTTP sensor, which is away for 2 s
+    let short = serde_json::json!({
+        "application": APP, "device": "http-sensor", "command": "short-lived", "ttl": "1s",
+        "payload": base64::engine::general_purpose::STANDARD.encode("x"),
+    });
+    assert_eq!(push(short).await.unwrap().status(), 202);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (code, command, _) = http_answer(&output(site.curl(None)).await);
+    assert_eq!((code, command), (202, None), "an expired command is not delivered");
+    let s = site.until("expired counted", |s| counts(s)["expired"] == 1).await;
+    assert_eq!(s["commands"]["recent"][0]["outcome"], "expired", "{s}");
+    assert_eq!(s["commands"]["recent"][0]["command"], "short-lived");
+
+    // the MQTT sensor connects 10 s after its commands were queued
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let out = output(site.mosquitto_sub(2).await).await;
+    let lines = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        lines.lines().collect::<Vec<_>>(),
+        ["command/inbox//calibrate {\"zero\":true}", "command/inbox//set-interval {\"s\":60}"],
+        "{out:?}"
+    );
+    let s = site.until("delivered", |s| counts(s)["delivered"] == 2).await;
+    assert_eq!(s["commands"]["queued"], 0, "{s}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_commands_survive_a_gatewayd_restart() {
+    let mut site = Site::start(Uplink::Mqtt).await;
+    // one through the MQTT uplink, one through the push, while the sensor is away
+    assert_eq!(site.send("http-sensor", "first", "1").await, 202);
+    site.until("first queued", |s| s["commands"]["queued"] == 1).await;
+    site.enable_push(&[]);
+    assert_eq!(site.send("http-sensor", "second", "2").await, 200);
+    site.until("second queued", |s| s["commands"]["queued"] == 2).await;
+
+    site.kill_and_restart().await;
+    let s = site.status().await;
+    assert_eq!(s["commands"]["queued"], 2, "{s}");
+    assert_eq!(s["commands"]["devices"][0]["device"], "http-sensor");
+
+    // the next publishes, even without ct, carry them in order; then nothing is left
+    for (name, payload) in [("first", "1"), ("second", "2")] {
+        let (code, command, body) = http_answer(&output(site.curl(None)).await);
+        assert_eq!((code, command.as_deref(), body.as_str()), (200, Some(name), payload));
+    }
+    let (code, command, _) = http_answer(&output(site.curl(None)).await);
+    assert_eq!((code, command), (202, None));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_endpoint_refuses_bad_callers_and_unknown_devices() {
+    let site = Site::start(Uplink::Mqtt).await;
+    let body = |device: &str| serde_json::json!({"application": APP, "device": device, "command": "c", "payload": ""});
+    let curl = |auth: Option<&str>, device: &str| {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10"])
+            .args(["-H", "content-type: application/json"])
+            .args(["--data", &body(device).to_string()]);
+        if let Some(a) = auth {
+            cmd.args(["-H", &format!("authorization: {a}")]);
+        }
+        cmd.arg(site.push_url()).stdout(Stdio::piped());
+        async move {
+            let out = tokio::time::timeout(DEADLINE, cmd.output()).await.unwrap().unwrap();
+            String::from_utf8(out.stdout).unwrap().parse::<u16>().unwrap()
+        }
+    };
+    assert_eq!(curl(None, "http-sensor").await, 401, "missing secret");
+    assert!([401, 403].contains(&curl(Some("Bearer wrong"), "http-sensor").await), "wrong secret");
+    assert!([401, 403].contains(&curl(Some("Basic Zm9vOmJhcg=="), "http-sensor").await));
+    assert_eq!(curl(Some(&format!("Bearer {PUSH_TOKEN}")), "nobody").await, 404, "unknown device");
+    assert_eq!(curl(Some(&format!("Bearer {PUSH_TOKEN}")), "http-sensor").await, 202);
+    let s = site.status().await;
+    assert_eq!(counts(&s)["unknown_device"], 1, "{s}");
+    assert_eq!(counts(&s)["queued"], 1, "{s}");
+    // a refused caller never reached the router
+    assert_eq!(s["commands"]["recent"].as_array().unwrap().len(), 2, "{s}");
+}
