@@ -95,8 +95,19 @@ impl Uplink {
         gateway: &Identity,
         password: Secret,
     ) -> Result<Self, CloudError> {
-        config.validate()?;
         let status = Arc::new(UplinkStatus::new(config.kind.label(), config.url.clone()));
+        Self::with_status(config, gateway, password, status)
+    }
+
+    /// Builds the uplink reporting into an existing `status`: a restarted uplink (new client,
+    /// new connection) keeps the counters and state the status page shows.
+    pub fn with_status(
+        config: &CloudConfig,
+        gateway: &Identity,
+        password: Secret,
+        status: Arc<UplinkStatus>,
+    ) -> Result<Self, CloudError> {
+        config.validate()?;
         let kind = match config.kind {
             CloudKind::DrogueHttp => {
                 Kind::DrogueHttp(Box::new(DrogueHttp::new(config, gateway, password)?))

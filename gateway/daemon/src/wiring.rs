@@ -73,14 +73,21 @@ impl Gateway {
                 let password = password.unwrap_or_else(|| gw_model::Secret::new(""));
                 let me =
                     Identity::new(config.gateway.application.clone(), config.gateway.name.clone());
-                Some(Uplink::new(cloud, &me, password).context("cannot set up the uplink")?)
+                let uplink = Uplink::new(cloud, &me, password.clone())
+                    .context("cannot set up the uplink")?;
+                // How to build it again on a technician's restart request, same status.
+                let status = uplink.status();
+                let (cloud, me) = (cloud.clone(), me.clone());
+                let rebuild =
+                    move || Uplink::with_status(&cloud, &me, password.clone(), Arc::clone(&status));
+                Some((uplink, rebuild))
             }
             _ => {
                 tracing::warn!("no [cloud] configured: messages are kept in the outbox");
                 None
             }
         };
-        state.uplink = uplink.as_ref().map(Uplink::status);
+        state.uplink = uplink.as_ref().map(|(u, _)| u.status());
 
         // 3. Who may log in: the credential cache (loaded from its snapshot, before any network
         // call), the static [[devices]], local accounts, the legacy login service.
@@ -212,7 +219,7 @@ impl Gateway {
                 password,
                 &config.gateway.application,
                 Arc::clone(&auth),
-                Arc::clone(&ingest),
+                tracked("bridge"),
             )
             .with_context(|| format!("cannot set up bridge {:?}", bridge_config.name))?;
             bridge_commands.merge(bridge.commands());
@@ -266,13 +273,29 @@ impl Gateway {
                 Ok(())
             });
         }
-        if let Some(uplink) = uplink {
-            let uplink = uplink.with_commands(intake.clone());
-            let reader = outbox.reader();
-            controls.parked = Some((reader.acker(), uplink.status()));
-            let stop = supervisor.token().clone();
+        if let Some((uplink, rebuild)) = uplink {
+            let mut uplink = uplink.with_commands(intake.clone());
+            controls.parked = Some((outbox.reader().acker(), uplink.status()));
+            let restart = Arc::new(tokio::sync::Notify::new());
+            controls.restart_uplink = Some(Arc::clone(&restart));
+            let (stop, outbox, intake) =
+                (supervisor.token().clone(), outbox.clone(), intake.clone());
             supervisor.spawn("uplink", async move {
-                uplink.run(reader, stop).await.context("uplink failed")
+                loop {
+                    let child = stop.child_token();
+                    let run = uplink.run(outbox.reader(), child.clone());
+                    tokio::pin!(run);
+                    tokio::select! {
+                        result = &mut run => return result.context("uplink failed"),
+                        () = restart.notified() => {
+                            // Records in flight go back to the outbox; the new uplink sends them.
+                            child.cancel();
+                            run.await.context("uplink failed")?;
+                            uplink = rebuild().context("cannot set up the uplink")?.with_commands(intake.clone());
+                            tracing::info!("uplink restarted on request");
+                        }
+                    }
+                }
             });
         }
         let max_body = usize::try_from(config.web.max_message_bytes.bytes()).unwrap_or(usize::MAX);
@@ -282,7 +305,8 @@ impl Gateway {
             Arc::clone(&auth),
             activity,
             config.web.technician_app.clone(),
-            false,
+            // Cookies get the Secure flag when the page is served over HTTPS.
+            config.web.cert_file.is_some(),
             Arc::new(controls),
         );
         match page.ensure_admin(loaded.admin_password.clone()) {

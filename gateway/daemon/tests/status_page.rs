@@ -493,3 +493,149 @@ async fn metrics_parse_as_prometheus_text_and_move_with_messages() {
     assert_eq!(after["gatewayd_message_payload_bytes_sum"], 5.0 * 7.0);
     assert!(after["gatewayd_mqtt_sessions"].is_number());
 }
+
+/// A curl session: a cookie jar in `dir`, logged in as the first technician.
+struct CurlSession {
+    jar: String,
+    web: String,
+}
+
+impl CurlSession {
+    fn login(dir: &Path, web: &str) -> Self {
+        let jar = dir.join("cookies.txt").display().to_string();
+        let page = curl(&["-c", &jar, &format!("http://{web}/login")]);
+        let token = page.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap();
+        let r = curl(&[
+            "-b",
+            &jar,
+            "-c",
+            &jar,
+            "-d",
+            &format!("csrf={token}"),
+            "-d",
+            "username=admin",
+            "-d",
+            &format!("password={ADMIN_PW}"),
+            &format!("http://{web}/login"),
+        ]);
+        assert_eq!(status_line(&r), 303, "{r}");
+        Self { jar, web: web.to_owned() }
+    }
+
+    /// The session's CSRF token, from any page's forms.
+    fn csrf(&self) -> String {
+        let page = curl(&["-b", &self.jar, &format!("http://{}/actions", self.web)]);
+        page.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap().to_owned()
+    }
+
+    /// Posts an action; returns where it redirected to.
+    fn act(&self, action: &str, csrf: &str) -> (u16, String) {
+        let r = curl(&[
+            "-b",
+            &self.jar,
+            "-d",
+            &format!("csrf={csrf}"),
+            &format!("http://{}/actions/{action}", self.web),
+        ]);
+        let location = r
+            .lines()
+            .find_map(|l| l.strip_prefix("location: ").or_else(|| l.strip_prefix("Location: ")))
+            .unwrap_or("")
+            .trim()
+            .to_owned();
+        (status_line(&r), location)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn actions_restart_the_uplink_and_retry_parked_devices_behind_csrf() {
+    use gw_devcloud::{DevCloud, Seed};
+    if !have("curl") {
+        return;
+    }
+    let cloud = DevCloud::start(
+        "127.0.0.1:0".parse().unwrap(),
+        Seed::new()
+            .user("admin", "token")
+            .application("app")
+            .password_device("app", "gw1", "gw-secret")
+            .sensor("app", "sensor1", None, &["gw1"]),
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let base = std::fs::read_to_string(config(dir.path())).unwrap();
+    let text = format!(
+        "{base}\n[cloud]\nkind = \"drogue-http\"\nurl = \"{}\"\npassword = \"gw-secret\"\n\
+         retry_min = \"50ms\"\nretry_max = \"200ms\"\nparked_retry = \"1h\"\n",
+        cloud.url()
+    );
+    let gw = Running::start(&write(dir.path(), "cloud.toml", &text), None);
+    let web = gw.web_addr();
+    let client = reqwest::Client::new();
+    let publish = |device: &'static str, n: u32| {
+        let (client, web) = (client.clone(), web.clone());
+        async move {
+            let r = client
+                .post(format!("http://{web}/v1/temp"))
+                .basic_auth(format!("{device}@app"), Some("pw"))
+                .body(format!("{{\"n\":{n}}}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 202);
+        }
+    };
+    let sent_to_cloud = |want: usize| {
+        let cloud = &cloud;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let n = cloud.events().iter().filter(|e| e.kind == "io.drogue.event.v1").count();
+                if n >= want {
+                    return n;
+                }
+                assert!(Instant::now() < deadline, "{n} of {want} events reached the cloud");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    // sensor2 is a static device the cloud does not let gw1 proxy: its messages get parked.
+    publish("sensor1", 1).await;
+    publish("sensor2", 1).await;
+    sent_to_cloud(1).await;
+    let parked_events = || {
+        let (client, web) = (client.clone(), web.clone());
+        async move { common::status(&client, &web).await["uplink"]["parked_events"].as_u64().unwrap() }
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while parked_events().await == 0 {
+        assert!(Instant::now() < deadline, "sensor2 never parked");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let session = CurlSession::login(dir.path(), &web);
+    let csrf = session.csrf();
+    // without the session's token nothing happens
+    assert_eq!(session.act("restart-uplink", "forged").0, 403);
+
+    let (code, to) = session.act("restart-uplink", &csrf);
+    assert_eq!((code, to.as_str()), (303, "/actions?done=restart-uplink"));
+    gw.wait_for("uplink restarted on request", Duration::from_secs(10));
+    publish("sensor1", 2).await;
+    sent_to_cloud(2).await;
+
+    // Retrying parked devices sends sensor2's message again (the cloud refuses it again).
+    let before = parked_events().await;
+    let (code, to) = session.act("retry-parked", &csrf);
+    assert_eq!((code, to.as_str()), (303, "/actions?done=retry-parked"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while parked_events().await == before {
+        assert!(Instant::now() < deadline, "the parked device was not retried");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // No registry configured: resync is not available, and says so.
+    assert_eq!(session.act("resync", &csrf).1, "/actions?done=unavailable");
+    assert_eq!(session.act("no-such-action", &csrf).0, 404);
+}

@@ -68,12 +68,12 @@ impl Activity {
     pub fn record(&self, device: Identity, protocol: &'static str, now: SystemTime) {
         let day = utc_day(now);
         let mut map = self.lock();
-        if !map.contains_key(&device) && map.len() >= MAX_DEVICES {
-            if let Some(oldest) =
+        if !map.contains_key(&device)
+            && map.len() >= MAX_DEVICES
+            && let Some(oldest) =
                 map.iter().min_by_key(|(_, a)| a.last_seen).map(|(k, _)| k.clone())
-            {
-                map.remove(&oldest);
-            }
+        {
+            map.remove(&oldest);
         }
         let a = map.entry(device).or_insert(SensorActivity {
             protocol,
@@ -115,7 +115,7 @@ impl Activity {
                 (k.clone(), a)
             })
             .collect();
-        v.sort_by(|a, b| a.0.to_string().cmp(&b.0.to_string()));
+        v.sort_by_key(|(id, _)| id.to_string());
         v
     }
 

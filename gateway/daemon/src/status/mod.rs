@@ -46,6 +46,8 @@ use session::{LOGIN_CSRF_COOKIE, Sessions, constant_time_eq, cookie, random_toke
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 const LIVE_EVERY: Duration = Duration::from_secs(2);
 const HISTORY_WINDOW: Duration = Duration::from_secs(3600);
+/// A sensor without a session counts as active this long after its last message.
+const ACTIVE_WITHIN: Duration = Duration::from_secs(300);
 
 /// What a technician can ask of the running gateway from the actions page.
 pub trait Controls: Send + Sync + 'static {
@@ -343,6 +345,7 @@ fn sensor_rows(page: &StatusPage, status: &Value) -> Vec<SensorRow> {
     let blank = |device: String| SensorRow {
         device,
         connected: false,
+        active: false,
         protocol: "—".into(),
         last_seen: "never".into(),
         today: 0,
@@ -360,10 +363,11 @@ fn sensor_rows(page: &StatusPage, status: &Value) -> Vec<SensorRow> {
         row.protocol = a.protocol.to_owned();
         let secs = now.duration_since(a.last_seen).unwrap_or_default().as_secs();
         row.last_seen = format!("{} ago", pages::duration(secs));
+        row.active = secs < ACTIVE_WITHIN.as_secs();
         row.today = a.today;
     }
     // Connection state from the drivers that keep sessions (MQTT; others report the same shape).
-    for section in ["mqtt", "coap"] {
+    for section in ["mqtt"] {
         for d in at(status, &format!("{section}.devices")).as_array().into_iter().flatten() {
             let key = text(at(d, "device"));
             if key == "—" {
@@ -377,11 +381,10 @@ fn sensor_rows(page: &StatusPage, status: &Value) -> Vec<SensorRow> {
             }
         }
     }
-    for q in at(status, "commands.queued").as_array().into_iter().flatten() {
-        let key = text(at(q, "device"));
-        if let Some(row) = devices.get_mut(&key) {
-            row.queued_commands = at(q, "count").as_u64().unwrap_or(0);
-        }
+    for q in at(status, "commands.devices").as_array().into_iter().flatten() {
+        let key = format!("{}@{}", text(at(q, "device")), text(at(q, "application")));
+        let row = devices.entry(key.clone()).or_insert_with(|| blank(key));
+        row.queued_commands = at(q, "queued").as_u64().unwrap_or(0);
     }
     devices.into_values().collect()
 }
@@ -392,7 +395,13 @@ fn matches(row: &SensorRow, query: &str) -> bool {
         "{} {} {}",
         row.device.to_lowercase(),
         row.protocol.to_lowercase(),
-        if row.connected { "connected" } else { "offline not connected" }
+        if row.connected {
+            "connected"
+        } else if row.active {
+            "active"
+        } else {
+            "offline not connected"
+        }
     );
     query.split_whitespace().all(|w| hay.contains(&w.to_lowercase()))
 }
@@ -688,11 +697,62 @@ pub fn exposition(page: &StatusPage) -> String {
         );
     }
     // Every numeric counter of the command router and of further drivers, by name.
-    for section in ["commands", "coap"] {
-        if let Some(o) = at(&s, section).as_object() {
-            for (k, v) in o.iter().filter(|(_, v)| v.is_u64()) {
-                let name = format!("gatewayd_{section}_{k}");
-                e.gauge1(&name, &format!("{section}: {}.", k.replace('_', " ")), num(v));
+    if let Some(counts) = at(&s, "commands.counts").as_object() {
+        let samples: Vec<(Vec<(&str, &str)>, f64)> =
+            counts.iter().map(|(k, v)| (vec![("outcome", k.as_str())], num(v))).collect();
+        let refs: Vec<(&[(&str, &str)], f64)> =
+            samples.iter().map(|(l, v)| (l.as_slice(), *v)).collect();
+        e.counter("gatewayd_commands_total", "Commands from the cloud, by outcome.", &refs);
+        e.gauge1(
+            "gatewayd_commands_queued",
+            "Commands waiting for their sensor.",
+            num(at(&s, "commands.queued")),
+        );
+    }
+    // The CoAP endpoint's counters, by name.
+    if let Some(o) = at(&s, "coap").as_object() {
+        for (k, v) in o.iter().filter(|(_, v)| v.is_u64()) {
+            let name = format!("gatewayd_coap_{k}");
+            e.gauge1(&name, &format!("CoAP endpoint: {}.", k.replace('_', " ")), num(v));
+        }
+    }
+    let bridges = at(&s, "bridges").as_array().cloned().unwrap_or_default();
+    if !bridges.is_empty() {
+        let names: Vec<String> = bridges.iter().map(|b| text(at(b, "name"))).collect();
+        let per = |value: &dyn Fn(&Value) -> f64| -> Vec<(Vec<(&str, &str)>, f64)> {
+            bridges
+                .iter()
+                .zip(&names)
+                .map(|(b, n)| (vec![("bridge", n.as_str())], value(b)))
+                .collect()
+        };
+        let families = [
+            (
+                per(&|b| f64::from(u8::from(at(b, "connected").as_bool() == Some(true)))),
+                false,
+                "gatewayd_bridge_connected",
+                "1 while the bridge is connected to its site broker.",
+            ),
+            (
+                per(&|b| num(at(b, "messages"))),
+                true,
+                "gatewayd_bridge_messages_total",
+                "Site broker messages committed to the outbox.",
+            ),
+            (
+                per(&|b| num(at(b, "reconnects"))),
+                true,
+                "gatewayd_bridge_reconnects_total",
+                "Bridge connection attempts failed or connections lost.",
+            ),
+        ];
+        for (samples, counter, name, help) in &families {
+            let refs: Vec<(&[(&str, &str)], f64)> =
+                samples.iter().map(|(l, v)| (l.as_slice(), *v)).collect();
+            if *counter {
+                e.counter(name, help, &refs);
+            } else {
+                e.gauge(name, help, &refs);
             }
         }
     }
@@ -732,6 +792,7 @@ mod tests {
         let row = SensorRow {
             device: "sensor1@app".into(),
             connected: true,
+            active: true,
             protocol: "mqtt".into(),
             last_seen: "1 s ago".into(),
             today: 1,

@@ -234,7 +234,10 @@ pub fn overview(status: &Value, now_ms: u64, graph: &str, csrf: &str) -> Markup 
 /// One row of the sensor list.
 pub struct SensorRow {
     pub device: String,
+    /// A live session (MQTT).
     pub connected: bool,
+    /// No session, but a message within the last few minutes (CoAP, HTTP, bridge).
+    pub active: bool,
     pub protocol: String,
     pub last_seen: String,
     pub today: u64,
@@ -259,7 +262,9 @@ pub fn sensors(rows: &[SensorRow], query: &str, total: usize, csrf: &str) -> Mar
                         @for r in rows {
                             tr data-device=(r.device) {
                                 td { (r.device) }
-                                td class=(if r.connected { "ok" } else { "muted" }) { (if r.connected { "connected" } else { "not connected" }) }
+                                td class=(if r.connected { "ok" } else if r.active { "warn" } else { "muted" }) {
+                                    (if r.connected { "connected" } else if r.active { "active" } else { "not connected" })
+                                }
                                 td { (r.protocol) }
                                 td { (r.last_seen) }
                                 td { (r.today) }
@@ -277,7 +282,8 @@ pub fn sensors(rows: &[SensorRow], query: &str, total: usize, csrf: &str) -> Mar
 /// Recent commands and their fate, as the command router lists them.
 pub fn commands(status: &Value, now_ms: u64, csrf: &str) -> Markup {
     let recent = get(status, "commands.recent").as_array().cloned().unwrap_or_default();
-    let counters = get(status, "commands").as_object().cloned().unwrap_or_default();
+    let counters = get(status, "commands.counts").as_object().cloned().unwrap_or_default();
+    let configured = get(status, "commands").is_object();
     layout(
         "Commands",
         Some(Page::Commands),
@@ -285,7 +291,10 @@ pub fn commands(status: &Value, now_ms: u64, csrf: &str) -> Markup {
         html! {
             section {
                 h2 { "Counters" }
+                @if !configured { p.muted { "The command router is not running." } }
                 dl {
+                    dt { "waiting in the queue" } dd #queued { (text(get(status, "commands.queued"))) }
+                    dt { "requests waiting for one" } dd { (text(get(status, "commands.waiting_requests"))) }
                     @for (k, v) in counters.iter().filter(|(_, v)| v.is_number()) {
                         dt { (k.replace('_', " ")) } dd { (v) }
                     }
@@ -294,17 +303,17 @@ pub fn commands(status: &Value, now_ms: u64, csrf: &str) -> Markup {
             section {
                 h2 { "Recent commands" }
                 table.wide #commands {
-                    thead { tr { th { "When" } th { "Device" } th { "Command" } th { "Outcome" } th { "Via" } th { "Detail" } } }
+                    thead { tr { th { "When" } th { "Device" } th { "Command" } th { "Outcome" } th { "Via" } th { "Reason" } } }
                     tbody {
                         @for c in &recent {
                             @let outcome = text(get(c, "outcome"));
                             tr {
-                                td { (age(get(c, "at_ms"), now_ms)) }
-                                td { (text(get(c, "device"))) }
+                                td { (age(get(c, "at"), now_ms)) }
+                                td { (text(get(c, "device"))) "@" (text(get(c, "application"))) }
                                 td { (text(get(c, "command"))) }
                                 td class=(state_class(&outcome)) { (outcome) }
                                 td { (text(get(c, "via"))) }
-                                td { (text(get(c, "detail"))) }
+                                td { (text(get(c, "reason"))) }
                             }
                         }
                     }
@@ -318,24 +327,7 @@ pub fn commands(status: &Value, now_ms: u64, csrf: &str) -> Markup {
 /// Each southbound driver and bridge mapping, with its interworking descriptor.
 pub fn interworking(status: &Value, csrf: &str) -> Markup {
     let listeners = get(status, "listeners").as_array().cloned().unwrap_or_default();
-    let mappings: Vec<Value> = get(status, "bridges")
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|b| {
-            let broker = text(get(b, "url"));
-            let state = text(get(b, "state"));
-            get(b, "mappings").as_array().cloned().unwrap_or_default().into_iter().map(
-                move |mut m| {
-                    if let Some(o) = m.as_object_mut() {
-                        o.insert("broker".into(), Value::String(broker.clone()));
-                        o.insert("broker_state".into(), Value::String(state.clone()));
-                    }
-                    m
-                },
-            )
-        })
-        .collect();
+    let bridges = get(status, "bridges").as_array().cloned().unwrap_or_default();
     layout(
         "Interworking",
         Some(Page::Interworking),
@@ -357,19 +349,31 @@ pub fn interworking(status: &Value, csrf: &str) -> Markup {
                     }
                 }
             }
-            section {
-                h2 { "Legacy broker bridges" }
-                @if mappings.is_empty() { p.muted { "No bridge configured." } }
-                @for m in &mappings {
-                    div.mapping {
-                        h2 { (text(get(m, "descriptor.name"))) }
-                        dl {
-                            dt { "Broker" } dd { (text(get(m, "broker"))) " (" (text(get(m, "broker_state"))) ")" }
-                            dt { "Protocol" } dd { (text(get(m, "descriptor.protocol"))) }
-                            dt { "Identity" } dd { (text(get(m, "descriptor.identity"))) }
-                            dt { "Data objects" } dd { (text(get(m, "descriptor.data_objects"))) }
-                            dt { "Topics" } dd { (text(get(m, "topic"))) }
-                            dt { "Commands" } dd { (text(get(m, "command_topic"))) }
+            @if bridges.is_empty() { section { h2 { "Legacy broker bridges" } p.muted { "No bridge configured." } } }
+            @for b in &bridges {
+                @let connected = get(b, "connected").as_bool() == Some(true);
+                section.bridge {
+                    h2 { "Bridge " (text(get(b, "name"))) }
+                    dl {
+                        dt { "Site broker" } dd { (text(get(b, "url"))) }
+                        dt { "State" } dd class=(if connected { "ok" } else { "bad" }) { (if connected { "connected" } else { "not connected" }) }
+                        dt { "Messages" } dd { (text(get(b, "messages"))) }
+                        dt { "Commands published" } dd { (text(get(b, "commands_published"))) }
+                        dt { "Last error" } dd { (text(get(b, "last_error"))) }
+                    }
+                    @for m in get(b, "mappings").as_array().into_iter().flatten() {
+                        div.mapping {
+                            h2 { "Mapping " (text(get(m, "name"))) }
+                            dl {
+                                dt { "Protocol" } dd { (text(get(m, "protocol"))) }
+                                dt { "Topic template" } dd { code { (text(get(m, "topic"))) } }
+                                dt { "Subscription" } dd { code { (text(get(m, "subscription"))) } }
+                                dt { "Identity" } dd { (text(get(m, "identity.source"))) ", application " (text(get(m, "identity.application"))) ", devices " (text(get(m, "identity.devices"))) }
+                                dt { "Channel" } dd { (text(get(m, "channel"))) }
+                                dt { "Data objects" } dd { (get(m, "data_objects").as_array().map(|a| a.iter().map(text).collect::<Vec<_>>().join(", ")).unwrap_or_default()) }
+                                dt { "Commands to" } dd { code { (text(get(m, "commands"))) } }
+                                dt { "Description" } dd { (text(get(m, "description"))) }
+                            }
                         }
                     }
                 }
@@ -382,6 +386,7 @@ fn identity_handling(listener: &str) -> &'static str {
     match listener {
         "mqtt" | "mqtts" => "MQTT CONNECT: device@app + password, or client certificate",
         "coap" => "CoAP option 4209: Basic device@app:password",
+        "coaps" => "CoAP over DTLS",
         "web" | "http" => "HTTP Basic device@app:password (POST /v1/<channel>)",
         _ => "—",
     }
