@@ -262,3 +262,44 @@ async fn pushed_ttl_expires_a_queued_command() {
     }
     stop.cancel();
 }
+
+/// A CoAP sensor's `ct=` travels with its message too: the uplink waits upstream as the
+/// sensor, and the command the cloud returns answers the sensor's request with 2.05 and the
+/// command name in option 4210.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coap_sensor_wait_is_relayed_and_answered_with_option_4210() {
+    let ok = Command::new("coap-client-notls").arg("-h").output().is_ok();
+    if !ok {
+        assert!(std::env::var_os("CI").is_none(), "coap-client-notls missing in CI");
+        eprintln!("SKIP: coap-client-notls not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let stop = CancellationToken::new();
+    let cloud =
+        DevCloud::start("127.0.0.1:0".parse().unwrap(), seed(), stop.clone()).await.unwrap();
+    let uplink = format!("{}\n[coap]\nlisten = \"127.0.0.1:0\"\n", drogue_http(&cloud));
+    let gw = Running::start(&config(dir.path(), &uplink), None);
+    let coap = gw.listener_addr("coap");
+
+    use base64::Engine;
+    let auth = format!(
+        "4209,Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("sensor1@my-app:pw1")
+    );
+    let sensor = tokio::process::Command::new("coap-client-notls")
+        .args(["-m", "post", "-B", "30", "-v", "7", "-O", &auth, "-O", "15,ct=10"])
+        .args(["-e", r#"{"temp":21}"#, &format!("coap://{coap}/v1/temperature")])
+        .output();
+    let sensor = tokio::spawn(sensor);
+    until("the uplink waiting at the cloud", || cloud.command_subscribers() > 0).await;
+    assert_eq!(send_command(&cloud, "sensor1", "set", "22").await, StatusCode::ACCEPTED);
+    let out = tokio::time::timeout(PATIENCE, sensor).await.unwrap().unwrap().unwrap();
+    let (stdout, debug) =
+        (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let debug = format!("{debug}{stdout}");
+    assert!(debug.contains("2.05"), "{debug}");
+    assert!(debug.contains("4210:\\x73\\x65\\x74"), "option 4210 = \"set\": {debug}");
+    assert!(debug.contains("2.05 response:\n22"), "the payload is the command body: {debug}");
+    stop.cancel();
+}
