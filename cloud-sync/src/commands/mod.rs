@@ -186,6 +186,7 @@ pub struct IntakeSnapshot {
     pub rejected: u64,
     /// Push requests with a missing or wrong secret or client certificate (401/403).
     pub push_unauthorized: u64,
-    /// Push requests whose body was not a valid command (400, 413).
+    /// Push requests whose body was not a valid command (400). Bodies over the size limit are
+    /// refused (413) before they are read whole and are not counted here.
     pub push_bad_requests: u64,
 }
