@@ -45,13 +45,28 @@ struct Site {
     cloud: DevCloud,
     _stop_cloud: CancellationToken,
     uplink: Uplink,
+    /// Extra lines of the gateway's config (`[registry] interval`, `[commands]` keys).
+    extra: Extra,
     gw: Running,
     web: String,
     client: reqwest::Client,
 }
 
+/// What a test changes in the gateway's config.
+#[derive(Clone, Copy, Debug)]
+struct Extra {
+    registry_interval: &'static str,
+    commands: &'static str,
+}
+
+const DEFAULT: Extra = Extra { registry_interval: "200ms", commands: "" };
+
 impl Site {
     async fn start(uplink: Uplink) -> Site {
+        Self::start_with(uplink, DEFAULT).await
+    }
+
+    async fn start_with(uplink: Uplink, extra: Extra) -> Site {
         let seed = Seed::new()
             .user("admin", "api-token")
             .application(APP)
@@ -64,9 +79,9 @@ impl Site {
             .await
             .unwrap();
         let dir = tempfile::tempdir().unwrap();
-        let (gw, web) = start_gateway(dir.path(), &cloud, uplink).await;
+        let (gw, web) = start_gateway(dir.path(), &cloud, uplink, extra).await;
         let client = reqwest::Client::new();
-        let site = Site { dir, cloud, _stop_cloud: stop_cloud, uplink, gw, web, client };
+        let site = Site { dir, cloud, _stop_cloud: stop_cloud, uplink, extra, gw, web, client };
         site.wait_until_ready().await;
         site
     }
@@ -75,7 +90,7 @@ impl Site {
     async fn kill_and_restart(&mut self) {
         self.gw.signal("-KILL");
         self.gw.wait_exit(DEADLINE);
-        let (gw, web) = start_gateway(self.dir.path(), &self.cloud, self.uplink).await;
+        let (gw, web) = start_gateway(self.dir.path(), &self.cloud, self.uplink, self.extra).await;
         self.gw = gw;
         self.web = web;
         self.wait_until_ready().await;
@@ -153,6 +168,15 @@ impl Site {
         }
     }
 
+    /// Until the HTTP uplink waits upstream (one more command subscriber at the dev cloud).
+    async fn until_waiting_upstream(&self, before: usize) {
+        let deadline = Instant::now() + DEADLINE;
+        while self.cloud.command_subscribers() <= before {
+            assert!(Instant::now() < deadline, "the HTTP uplink never waited upstream");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     async fn until_waiting(&self, n: u64) {
         self.until(&format!("{n} waiting requests"), |s| s["commands"]["waiting_requests"] == n)
             .await;
@@ -211,7 +235,12 @@ impl Site {
     }
 }
 
-async fn start_gateway(dir: &Path, cloud: &DevCloud, uplink: Uplink) -> (Running, String) {
+async fn start_gateway(
+    dir: &Path,
+    cloud: &DevCloud,
+    uplink: Uplink,
+    extra: Extra,
+) -> (Running, String) {
     let (kind, url) = match uplink {
         Uplink::Mqtt => ("drogue-mqtt", cloud.mqtt_url()),
         Uplink::Http => ("drogue-http", cloud.url()),
@@ -219,12 +248,14 @@ async fn start_gateway(dir: &Path, cloud: &DevCloud, uplink: Uplink) -> (Running
     let text = format!(
         "[gateway]\nname = \"gw1\"\napplication = \"{APP}\"\ndata_dir = {:?}\n\n\
          [cloud]\nkind = \"{kind}\"\nurl = {url:?}\npassword = \"gw-secret\"\n\n\
-         [registry]\nurl = {:?}\ntoken = \"api-token\"\ninterval = \"200ms\"\ntimeout = \"2s\"\n\n\
+         [registry]\nurl = {:?}\ntoken = \"api-token\"\ninterval = \"{}\"\ntimeout = \"2s\"\n\n\
          [mqtt]\nlisten = \"127.0.0.1:0\"\n\n[coap]\nlisten = \"127.0.0.1:0\"\n\n\
          [web]\nlisten = \"127.0.0.1:0\"\npush_token = \"{PUSH_TOKEN}\"\n\n\
-         [commands]\nttl = \"1h\"\n\n[log]\nformat = \"json\"\n",
+         [commands]\nttl = \"1h\"\n{}\n[log]\nformat = \"json\"\n",
         dir.join("data").display().to_string(),
         cloud.url(),
+        extra.registry_interval,
+        extra.commands,
     );
     let cfg = write(dir, "gatewayd.toml", &text);
     let gw = Running::start(&cfg, None);
@@ -321,29 +352,32 @@ async fn http_sensor_waiting_with_ct_gets_commands_via_the_mqtt_uplink_and_via_p
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http_sensor_waiting_with_ct_gets_a_command_via_the_http_uplinks_wait() {
+async fn http_and_coap_sensors_waiting_with_ct_get_commands_via_the_http_uplinks_wait() {
     let site = Site::start(Uplink::Http).await;
     let before = site.cloud.command_subscribers();
     let curl = site.curl(Some(5));
     site.until_waiting(1).await;
-    // the uplink forwarded the message with ct= and waits upstream for the rest of it
-    let deadline = Instant::now() + DEADLINE;
-    while site.cloud.command_subscribers() <= before {
-        assert!(Instant::now() < deadline, "the HTTP uplink never waited upstream");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    site.until_waiting_upstream(before).await;
     assert_eq!(site.send("http-sensor", "reboot-sensor", "{}").await, 202);
     let (code, command, body) = http_answer(&output(curl).await);
     assert_eq!((code, command.as_deref(), body.as_str()), (200, Some("reboot-sensor"), "{}"));
-    let s = site.status().await;
-    assert_eq!(counts(&s)["delivered"], 1, "{s}");
+    let s = site.until("delivered", |s| counts(s)["delivered"] == 1).await;
+    assert_eq!(s["commands"]["recent"][0]["via"], "wait", "{s}");
+
+    if !have_coap_client() {
+        return;
+    }
+    let before = site.cloud.command_subscribers();
+    let client = site.coap_client(5).await;
+    site.until_waiting(1).await;
+    site.until_waiting_upstream(before).await;
+    assert_eq!(site.send("coap-sensor", "blink", "{\"n\":3}").await, 202);
+    assert_coap_command(output(client).await, "blink", "{\"n\":3}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn coap_sensor_waiting_with_ct_gets_2_05_with_option_4210() {
-    if std::process::Command::new("coap-client-notls").arg("-h").output().is_err() {
-        assert!(std::env::var_os("CI").is_none(), "coap-client-notls missing in CI");
-        eprintln!("SKIP: coap-client-notls not installed");
+    if !have_coap_client() {
         return;
     }
     let site = Site::start(Uplink::Mqtt).await;
@@ -354,18 +388,28 @@ async fn coap_sensor_waiting_with_ct_gets_2_05_with_option_4210() {
         let client = site.coap_client(5).await;
         site.until_waiting(1).await;
         assert_eq!(site.send("coap-sensor", name, "{\"n\":3}").await, want);
-        let out = output(client).await;
-        // libcoap prints its debug dump (with the options) and the payload on either stream
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let hex: String = name.bytes().map(|b| format!("\\x{b:02X}")).collect();
-        assert!(text.contains("2.05"), "no 2.05 in {text}");
-        assert!(text.contains(&format!("4210:{hex}")), "no option 4210 = {name} in {text}");
-        assert!(text.contains("{\"n\":3}"), "payload: {text}");
+        assert_coap_command(output(client).await, name, "{\"n\":3}");
     }
+}
+
+fn have_coap_client() -> bool {
+    let ok = std::process::Command::new("coap-client-notls").arg("-h").output().is_ok();
+    if !ok {
+        assert!(std::env::var_os("CI").is_none(), "coap-client-notls missing in CI");
+        eprintln!("SKIP: coap-client-notls not installed");
+    }
+    ok
+}
+
+/// The answer was 2.05 with option 4210 = `name` and the payload.
+fn assert_coap_command(out: std::process::Output, name: &str, payload: &str) {
+    // libcoap prints its debug dump (with the options) and the payload on either stream
+    let text =
+        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let hex: String = name.bytes().map(|b| format!("\\x{b:02X}")).collect();
+    assert!(text.contains("c:2.05"), "no 2.05 in {text}");
+    assert!(text.contains(&format!("4210:{hex}")), "no option 4210 = {name} in {text}");
+    assert!(text.contains(payload), "payload: {text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -469,4 +513,95 @@ async fn push_endpoint_refuses_bad_callers_and_unknown_devices() {
     assert_eq!(counts(&s)["queued"], 1, "{s}");
     // a refused caller never reached the router
     assert_eq!(s["commands"]["recent"].as_array().unwrap().len(), 2, "{s}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_commands_resync_set_the_log_level_and_reject_unknown_ones() {
+    // a slow registry poll, so that a listing can only come from the resync command
+    let extra = Extra { registry_interval: "1h", commands: "" };
+    let mut site = Site::start_with(Uplink::Mqtt, extra).await;
+    let syncs = |s: &serde_json::Value| s["registry"]["syncs"].as_u64().unwrap();
+    let before = syncs(&site.status().await);
+
+    // through the dev cloud's command API for the gateway device (the MQTT uplink receives it
+    // on command/inbox//resync)
+    assert_eq!(site.send("gw1", "resync", "").await, 202);
+    site.until("resync listed the registry", |s| syncs(s) > before).await;
+
+    // pushed: set-log-level, then an unknown command (422 with the reason)
+    let push = |command: &str, payload: &str| {
+        let body = serde_json::json!({
+            "application": APP, "device": "gw1", "command": command,
+            "payload": base64::engine::general_purpose::STANDARD.encode(payload),
+        });
+        site.client.post(site.push_url()).bearer_auth(PUSH_TOKEN).json(&body).send()
+    };
+    assert_eq!(push("set-log-level", "not a [filter").await.unwrap().status(), 422);
+    assert_eq!(push("set-log-level", "debug").await.unwrap().status(), 200);
+    let answer = push("dance", "").await.unwrap();
+    assert_eq!(answer.status(), 422);
+    assert!(answer.text().await.unwrap().contains("dance"));
+    let s = site.status().await;
+    assert_eq!(s["commands"]["log_filter"], "debug", "{s}");
+    assert_eq!(counts(&s)["delivered"], 2, "{s}");
+    assert_eq!(counts(&s)["rejected"], 2, "{s}");
+    assert_eq!(s["commands"]["queued"], 0, "gateway commands are never queued");
+
+    // debug lines appear from now on: the supervisor names each component it stopped
+    site.gw.signal("-TERM");
+    site.gw.wait_for("component stopped", DEADLINE);
+    assert!(site.gw.wait_exit(DEADLINE).success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reboot_without_a_reboot_command_exits_with_failure_for_systemd_to_restart() {
+    let mut site = Site::start(Uplink::Mqtt).await;
+    // a command for the gateway device itself reaches it on command/inbox//reboot
+    assert_eq!(site.send("gw1", "reboot", "").await, 202);
+    site.gw.wait_for("restart requested by the reboot gateway command", DEADLINE);
+    let status = site.gw.wait_exit(DEADLINE);
+    assert!(!status.success(), "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_are_reported_upstream_on_the_report_channel() {
+    for uplink in [Uplink::Http, Uplink::Mqtt] {
+        let extra = Extra {
+            registry_interval: "200ms",
+            commands: "report_channel = \"command-outcomes\"\n",
+        };
+        let site = Site::start_with(uplink, extra).await;
+        site.enable_push(&[]);
+        assert_eq!(site.send("http-sensor", "open", "1").await, 200);
+        let (code, command, _) = http_answer(&output(site.curl(None)).await);
+        assert_eq!((code, command.as_deref()), (200, Some("open")));
+        // queued, then delivered: two reports from the gateway itself
+        let deadline = Instant::now() + DEADLINE;
+        let reports = loop {
+            let reports: Vec<serde_json::Value> = site
+                .cloud
+                .events()
+                .into_iter()
+                .filter(|e| e.subject == "command-outcomes")
+                .map(|e| serde_json::to_value(e).unwrap())
+                .collect();
+            if reports.len() >= 2 {
+                break reports;
+            }
+            assert!(Instant::now() < deadline, "{uplink:?}: reports: {reports:?}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        };
+        let outcomes: Vec<serde_json::Value> = reports
+            .iter()
+            .map(|e| {
+                assert_eq!(e["device"], "gw1", "{e}");
+                e["data"].clone()
+            })
+            .collect();
+        assert_eq!(outcomes[0]["outcome"], "queued", "{outcomes:?}");
+        assert_eq!(outcomes[1]["outcome"], "delivered", "{outcomes:?}");
+        assert_eq!(outcomes[1]["via"], "contact");
+        assert_eq!(outcomes[1]["device"], "http-sensor");
+        assert_eq!(outcomes[1]["command"], "open");
+    }
 }
