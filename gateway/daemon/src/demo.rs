@@ -79,7 +79,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         args.mqtt,
         args.web,
     );
-    let loaded = Config::from_str_at(&text, "demo config")?;
+    let mut loaded = Config::from_str_at(&text, "demo config")?;
+    // The status page's first technician, with a password for this run only.
+    let admin_password = random_hex(8);
+    loaded.admin_password = Some(gw_model::Secret::new(admin_password.clone()));
     let mut gateway = Gateway::start(loaded, shutdown.clone()).await?;
     let web = gateway.web_addr();
     let mqtt = gateway.listener("mqtt").context("the demo gateway has an MQTT listener")?;
@@ -110,7 +113,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         Ok(())
     });
 
-    print_banner(web, mqtt, &cloud_url, &token, &sensor_passwords[0]);
+    print_banner(web, mqtt, &cloud_url, &token, &sensor_passwords[0], &admin_password);
     print_command_hints(mqtt, &cloud_url, &token, &sensor_passwords[0]);
 
     let duration = args.duration.map(Duration::from);
@@ -134,12 +137,13 @@ fn print_banner(
     cloud: &str,
     token: &str,
     sensor1_password: &str,
+    admin_password: &str,
 ) {
     println!(
         "\ngatewayd demo: a dev cloud, gateway {GATEWAY} of application {APP}, and sensors {sensors}\n\
          posting a temperature through the gateway every few seconds ({http} over HTTP, {last}\n\
          over MQTT). The gateway learns the sensors and their passwords from the cloud's registry.\n\n\
-         \x20 gateway            http://{web}/\n\
+         \x20 status page        http://{web}/  (log in as admin, password {admin_password})\n\
          \x20 gateway status     http://{web}/api/v1/status\n\
          \x20 gateway MQTT       mqtt://{mqtt}\n\
          \x20 dev cloud          {cloud}/\n\

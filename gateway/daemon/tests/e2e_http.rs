@@ -225,12 +225,16 @@ fn demo_starts_cloud_and_gateway_and_its_sensors_reach_the_cloud() {
         .unwrap();
     let stdout = BufReader::new(child.stdout.take().unwrap());
     let mut gateway = None;
+    let mut admin_password = None;
     let mut events = None;
     let mut curl_line = None;
     for line in stdout.lines().map_while(Result::ok).take(40) {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
-            ["gateway", url] => gateway = Some(url.to_string()),
+            ["status", "page", url, "(log", "in", "as", "admin,", "password", pw] => {
+                gateway = Some(url.to_string());
+                admin_password = Some(pw.trim_end_matches(')').to_string());
+            }
             ["cloud", "event", "log", url] => events = Some(url.to_string()),
             ["curl", "-i", ..] => curl_line = Some(line.clone()),
             ["Stop", ..] => break,
@@ -240,6 +244,12 @@ fn demo_starts_cloud_and_gateway_and_its_sensors_reach_the_cloud() {
     let (gateway, events) = (gateway.expect("gateway URL printed"), events.expect("event log URL"));
     let client = common::blocking_client();
     assert_eq!(client.get(format!("{gateway}healthz")).status(), 200);
+    // the printed status page password logs in
+    let web = gateway.trim_start_matches("http://").trim_end_matches('/');
+    let jar = tempfile::tempdir().unwrap();
+    let password = admin_password.expect("status page password printed");
+    let login = common::status_page_login(web, &jar.path().join("jar"), "admin", &password);
+    assert_eq!(login, 303, "the demo's printed admin password logs in");
 
     // the printed curl hint works as printed
     let curl_line = curl_line.expect("curl hint printed");

@@ -502,24 +502,9 @@ struct CurlSession {
 
 impl CurlSession {
     fn login(dir: &Path, web: &str) -> Self {
-        let jar = dir.join("cookies.txt").display().to_string();
-        let page = curl(&["-c", &jar, &format!("http://{web}/login")]);
-        let token = page.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap();
-        let r = curl(&[
-            "-b",
-            &jar,
-            "-c",
-            &jar,
-            "-d",
-            &format!("csrf={token}"),
-            "-d",
-            "username=admin",
-            "-d",
-            &format!("password={ADMIN_PW}"),
-            &format!("http://{web}/login"),
-        ]);
-        assert_eq!(status_line(&r), 303, "{r}");
-        Self { jar, web: web.to_owned() }
+        let jar = dir.join("cookies.txt");
+        assert_eq!(common::status_page_login(web, &jar, "admin", ADMIN_PW), 303);
+        Self { jar: jar.display().to_string(), web: web.to_owned() }
     }
 
     /// The session's CSRF token, from any page's forms.

@@ -77,9 +77,9 @@ impl History {
     /// The graph of the window ending at `now`: two polylines (in, out) over a time axis of the
     /// window's length, y scaled to the largest rate. Plain SVG, no script.
     pub fn svg(&self, now: Instant) -> String {
-        const W: f64 = 600.0;
-        const H: f64 = 160.0;
-        const LEFT: f64 = 48.0;
+        const W: f64 = 1000.0;
+        const H: f64 = 200.0;
+        const LEFT: f64 = 56.0;
         const BOTTOM: f64 = 20.0;
         let samples = self.samples();
         let max = samples.iter().map(|s| s.rate_in.max(s.rate_out)).fold(0.0, f64::max);

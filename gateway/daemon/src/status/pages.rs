@@ -33,7 +33,7 @@ h2{font-size:1rem;margin:.1rem 0 .6rem}dl{display:grid;grid-template-columns:max
 .grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(260px,1fr));gap:1rem}
 table{width:100%;border-collapse:collapse}th,td{text-align:left;padding:.3rem .4rem;border-bottom:1px solid var(--line)}th{color:var(--muted);font-weight:600}
 .ok{color:var(--ok)}.warn{color:var(--warn)}.bad{color:var(--bad)}.muted{color:var(--muted)}
-.graph{width:100%;height:auto}.graph .axis{stroke:var(--line)}.graph .label{font-size:11px;fill:var(--muted)}
+.graph{width:100%;height:auto;max-height:240px}.graph .axis{stroke:var(--line)}.graph .label{font-size:11px;fill:var(--muted)}
 .graph polyline{fill:none;stroke-width:2}.graph .in{stroke:#0969da}.graph .out{stroke:#1a7f37}
 .legend-in{color:#0969da}.legend-out{color:#1a7f37}
 button{font:inherit;padding:.35rem .8rem;border:1px solid var(--line);border-radius:5px;background:#fff;cursor:pointer}

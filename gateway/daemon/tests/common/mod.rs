@@ -141,3 +141,33 @@ mod blocking {
         }
     }
 }
+
+/// Logs in to the status page at `web` as `user` with curl, keeping the session in the cookie
+/// jar `jar`; returns the HTTP status of the login POST (303 on success).
+pub fn status_page_login(web: &str, jar: &Path, user: &str, password: &str) -> u16 {
+    let jar = jar.display().to_string();
+    let curl = |args: &[&str]| {
+        let out = Command::new("curl")
+            .args(["-s", "-i", "--max-time", "10"])
+            .args(args)
+            .output()
+            .expect("curl is installed");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let page = curl(&["-c", &jar, &format!("http://{web}/login")]);
+    let token = page.split("name=\"csrf\" value=\"").nth(1).unwrap().split('"').next().unwrap();
+    let r = curl(&[
+        "-b",
+        &jar,
+        "-c",
+        &jar,
+        "-d",
+        &format!("csrf={token}"),
+        "--data-urlencode",
+        &format!("username={user}"),
+        "--data-urlencode",
+        &format!("password={password}"),
+        &format!("http://{web}/login"),
+    ]);
+    r.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
