@@ -53,6 +53,9 @@ pub struct Config {
     /// The southbound MQTT endpoint; without the section there is no MQTT listener.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mqtt: Option<gw_driver_mqtt::MqttConfig>,
+    /// The board (watchdog, LEDs, button, readings); without the section none of it is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub board: Option<gw_board::BoardConfig>,
     /// The southbound CoAP endpoint; without the section there is no CoAP listener.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coap: Option<gw_driver_coap::CoapConfig>,
@@ -77,7 +80,9 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
-    /// The gateway's canonical device name in the cloud registry.
+    /// The gateway's canonical device name in the cloud registry. Without it, the board's serial
+    /// number names the gateway (`gw-<serial>`; needs `[board]`).
+    #[serde(default = "unnamed")]
     pub name: DeviceId,
     /// The application (tenant) the gateway and its sensors belong to.
     pub application: AppId,
@@ -86,6 +91,28 @@ pub struct GatewayConfig {
     /// How long components get to stop after SIGTERM/SIGINT before they are named and left.
     #[serde(default = "default_shutdown_grace", with = "gw_model::serde_util::duration")]
     pub shutdown_grace: Duration,
+}
+
+/// Stands for a missing `[gateway] name` until the board's serial replaces it.
+const UNNAMED: &str = "unnamed-gateway";
+
+fn unnamed() -> DeviceId {
+    DeviceId::new(UNNAMED).unwrap_or_else(|_| unreachable!("a valid device name"))
+}
+
+/// The gateway name a board serial number gives: `gw-` and the serial, lower case, with
+/// anything but letters, digits and '-' dropped.
+pub fn name_from_serial(serial: &str) -> Option<DeviceId> {
+    let cleaned: String = serial
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    let cleaned = cleaned.trim_matches('-');
+    if cleaned.is_empty() {
+        return None;
+    }
+    DeviceId::new(format!("gw-{cleaned}")).ok()
 }
 
 fn default_data_dir() -> PathBuf {
@@ -249,6 +276,8 @@ impl Config {
             path: origin.to_owned(),
             message: e.to_string().trim_end().to_owned(),
         })?;
+        let mut config = config;
+        config.resolve_name(text, origin)?;
         let devices = config.resolve_devices(text, origin)?;
         config.store.validate().map_err(|e| invalid(origin, "store", &e.to_string()))?;
         config
@@ -309,6 +338,44 @@ impl Config {
             bridge_passwords,
             admin_password,
         })
+    }
+
+    /// Names the gateway after its board's serial number when `[gateway] name` is absent.
+    fn resolve_name(&mut self, text: &str, origin: &str) -> Result<(), ConfigError> {
+        let named = toml::from_str::<toml::Table>(text)
+            .ok()
+            .and_then(|t| t.get("gateway")?.as_table()?.get("name").cloned())
+            .is_some();
+        if named {
+            return Ok(());
+        }
+        let Some(board) = &self.board else {
+            return Err(invalid(
+                origin,
+                "gateway.name",
+                "missing (set it, or configure [board] to take the board's serial number)",
+            ));
+        };
+        let board =
+            gw_board::Board::select(board).map_err(|e| invalid(origin, "board", &e.to_string()))?;
+        let serial = board.serial().ok_or_else(|| {
+            invalid(
+                origin,
+                "gateway.name",
+                &format!(
+                    "missing, and board {} has no serial number to take it from",
+                    board.profile.name
+                ),
+            )
+        })?;
+        self.gateway.name = name_from_serial(&serial).ok_or_else(|| {
+            invalid(
+                origin,
+                "gateway.name",
+                &format!("missing, and the board's serial {serial:?} makes no device name"),
+            )
+        })?;
+        Ok(())
     }
 
     /// Checks every `[[bridge]]` (URL, templates) and reads its password file.
@@ -440,6 +507,7 @@ mod tests {
         DEFAULT_CONFIG
             .replace("/etc/gatewayd/cloud.secret", &secret.display().to_string())
             .replace("/etc/gatewayd/registry.token", &secret.display().to_string())
+            .replace("/etc/gatewayd/admin.password", &secret.display().to_string())
             .lines()
             .map(|l| match l.strip_prefix("# ") {
                 Some(rest) if looks_like_toml(rest) => rest.to_owned(),
@@ -456,6 +524,22 @@ mod tests {
                 let k = k.trim();
                 !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
             })
+    }
+
+    #[test]
+    fn without_a_name_the_board_serial_names_the_gateway() {
+        let dir = tempfile::tempdir().unwrap();
+        gw_board::sim::SimBoard::create(dir.path()).unwrap();
+        let text = format!(
+            "[gateway]\napplication = \"app\"\n[board]\nprofile = \"sim\"\nroot = {:?}\n",
+            dir.path().display().to_string()
+        );
+        let c = Config::from_str_at(&text, "x.toml").unwrap().config;
+        assert_eq!(c.gateway.name.as_str(), "gw-sim-0000000001");
+        let e = Config::from_str_at("[gateway]\napplication = \"app\"\n", "x.toml").unwrap_err();
+        assert!(e.to_string().contains("gateway.name"), "{e}");
+        assert_eq!(name_from_serial("10000000 ABCDEF\0").unwrap().as_str(), "gw-10000000abcdef");
+        assert!(name_from_serial("--").is_none());
     }
 
     #[test]

@@ -67,17 +67,22 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let cloud_url = cloud.url();
 
     // 2. The gateway, configured as an installer would, through the same config parser: it
-    // learns its sensors and their credentials from the dev cloud's registry.
+    // learns its sensors and their credentials from the dev cloud's registry. It runs on the
+    // simulated board: its watchdog, LEDs and button are files under the data directory.
+    let board_dir = data.path().join("sim-board");
+    gw_board::sim::SimBoard::create(&board_dir).context("cannot create the simulated board")?;
     let text = format!(
         "[gateway]\nname = {GATEWAY:?}\napplication = {APP:?}\ndata_dir = {:?}\n\n\
          [cloud]\nkind = \"drogue-http\"\nurl = {cloud_url:?}\npassword = {gateway_password:?}\n\
          retry_max = \"5s\"\n\n\
          [registry]\nurl = {cloud_url:?}\ntoken = {token:?}\ninterval = \"30s\"\n\
          events_url = \"{cloud_url}/api/devcloud/v1/events\"\n\n\
-         [mqtt]\nlisten = \"{}\"\n\n[web]\nlisten = \"{}\"\npush_token = {push_token:?}\n",
-        data.path().display().to_string(),
+         [mqtt]\nlisten = \"{}\"\n\n[web]\nlisten = \"{}\"\npush_token = {push_token:?}\n\n\
+         [board]\nprofile = \"sim\"\nroot = {:?}\n",
+        data.path().join("state").display().to_string(),
         args.mqtt,
         args.web,
+        board_dir.display().to_string(),
     );
     let mut loaded = Config::from_str_at(&text, "demo config")?;
     // The status page's first technician, with a password for this run only.

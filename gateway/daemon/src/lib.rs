@@ -4,6 +4,7 @@
 //!
 //! # Layout
 //! - [`cli`]: the command line (`run`, `demo`, `print-config`, `check-config`, `accounts`).
+//! - [`board`]: the board at runtime: watchdog, LEDs, button, factory reset.
 //! - [`accounts_cli`]: `gatewayd accounts`: local accounts in the data directory.
 //! - [`config`]: the config file, its sections and secret files.
 //! - [`wiring`]: builds the gateway from its config in one top-to-bottom function.
@@ -19,6 +20,7 @@
 //! - [`push`]: the command push endpoint's `[web]` settings, mounted on the web listener.
 
 pub mod accounts_cli;
+pub mod board;
 pub mod cli;
 pub mod commands;
 pub mod config;

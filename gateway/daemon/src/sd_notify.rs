@@ -28,3 +28,20 @@ fn notify(state: &str) -> io::Result<bool> {
     }
     Ok(true)
 }
+
+/// Tells systemd's watchdog the daemon is alive.
+pub fn notify_watchdog() -> io::Result<bool> {
+    notify("WATCHDOG=1\n")
+}
+
+/// How often systemd wants `WATCHDOG=1` (half of `WATCHDOG_USEC`), when it asked for it and
+/// the request is for this process (`WATCHDOG_PID`).
+pub fn watchdog_interval() -> Option<std::time::Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID")
+        && pid.parse::<u32>().ok() != Some(std::process::id())
+    {
+        return None;
+    }
+    (usec > 0).then(|| std::time::Duration::from_micros(usec / 2))
+}

@@ -83,6 +83,8 @@ pub struct WebState {
     pub coap: Option<gw_driver_coap::Stats>,
     pub registry: Option<Arc<gw_cloud_sync::RegistryStatus>>,
     pub credentials: Option<Arc<gw_auth::CredentialChain>>,
+    /// The board, when `[board]` is configured.
+    pub board: Option<Arc<crate::board::BoardStatus>>,
     /// The command router: queue, outcomes (see `docs/commands.md`).
     pub commands: Option<crate::commands::CommandRouter>,
     /// What the command intakes (push, MQTT, HTTP waits) took (docs/command-intake.md).
@@ -105,6 +107,7 @@ impl WebState {
             coap: None,
             registry: None,
             credentials: None,
+            board: None,
             commands: None,
             command_intake: None,
             bridges: Vec::new(),
@@ -174,6 +177,7 @@ pub fn status_json(state: &WebState) -> serde_json::Value {
         "bridges": state.bridges.iter().map(|b| b.snapshot()).collect::<Vec<_>>(),
         "commands": state.commands.as_ref().map(|c| c.status()),
         "command_intake": state.command_intake.as_ref().map(|i| i.stats()),
+        "board": state.board.as_ref().map(|b| b.snapshot()),
         "credentials": state.credentials.as_ref().map(|c| serde_json::json!({
             "registry_devices": c.registry().len(),
             "local_accounts": c.accounts().list().len(),

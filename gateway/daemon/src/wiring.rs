@@ -49,8 +49,27 @@ impl Gateway {
         );
         let mut supervisor = Supervisor::new(token);
 
-        // 1. State on disk: the outbox is recovered before anything can produce into it.
+        // 0. The board, if configured: a factory reset asked for by the button happens now,
+        // before anything opens the data directory; the status LED shows "booting".
         prepare_data_dir(&config.gateway.data_dir)?;
+        let board = match &config.board {
+            Some(board_config) => {
+                crate::board::factory_reset_if_marked(&config.gateway.data_dir)
+                    .context("factory reset failed")?;
+                let board =
+                    gw_board::Board::select(board_config).context("cannot open the board")?;
+                if let Err(e) = board.leds().show(gw_board::LedState::Booting) {
+                    tracing::warn!(cause = %e, "cannot set the status LED");
+                }
+                tracing::info!(board = %board.profile.name, serial = ?board.serial(), "board");
+                let status = Arc::new(crate::board::BoardStatus::new(board));
+                state.board = Some(Arc::clone(&status));
+                Some((board_config.clone(), status))
+            }
+            None => None,
+        };
+
+        // 1. State on disk: the outbox is recovered before anything can produce into it.
         let outbox_dir = config.gateway.data_dir.join("outbox");
         let store_config = config.store.clone();
         let outbox = tokio::task::spawn_blocking(move || Outbox::open(&outbox_dir, &store_config))
@@ -298,6 +317,61 @@ impl Gateway {
                 }
             });
         }
+        // The board: watchdogs kicked while every component answers, LEDs, button.
+        let (identify_tx, identify_rx) = tokio::sync::mpsc::channel(4);
+        let probes: Vec<Box<dyn crate::board::Probe>> = vec![
+            Box::new(probes::Web::new(web_addr, web_tls.is_some())),
+            Box::new(probes::Store(outbox.clone())),
+        ];
+        let systemd_watchdog = crate::sd_notify::watchdog_interval();
+        match &board {
+            Some((board_config, status)) => {
+                let hw = status.board().watchdog().context("cannot open the hardware watchdog")?;
+                let (hang, stop) = (board_config.hang_timeout, supervisor.token().clone());
+                let status2 = Some(Arc::clone(status));
+                supervisor.spawn(
+                    "watchdog",
+                    crate::board::run_watchdog(hw, systemd_watchdog, probes, hang, status2, stop),
+                );
+                let uplink_status = state.uplink.clone();
+                let cloud_up = move || {
+                    uplink_status.as_ref().is_some_and(|u| {
+                        u.snapshot().state == gw_cloud_sync::UplinkState::Connected
+                    })
+                };
+                let leds = status.board().leds();
+                let stop = supervisor.token().clone();
+                supervisor.spawn(
+                    "leds",
+                    crate::board::run_leds(
+                        leds.clone(),
+                        Arc::clone(status),
+                        cloud_up,
+                        identify_rx,
+                        stop,
+                    ),
+                );
+                if let Some(events) = status.board().button() {
+                    let (tx, every) = (identify_tx.clone(), board_config.identify_for);
+                    let (dir, stop) = (config.gateway.data_dir.clone(), supervisor.token().clone());
+                    supervisor.spawn(
+                        "button",
+                        crate::board::run_button(events, leds, tx, every, dir, stop),
+                    );
+                }
+                controls.identify = Some((identify_tx, board_config.identify_for));
+            }
+            None if systemd_watchdog.is_some() => {
+                let stop = supervisor.token().clone();
+                let hang = gw_board::BoardConfig::default().hang_timeout;
+                supervisor.spawn(
+                    "watchdog",
+                    crate::board::run_watchdog(None, systemd_watchdog, probes, hang, None, stop),
+                );
+            }
+            None => {}
+        }
+
         let max_body = usize::try_from(config.web.max_message_bytes.bytes()).unwrap_or(usize::MAX);
         let listeners = state.listeners();
         let page = StatusPage::new(
@@ -481,4 +555,67 @@ fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot read data directory {}", dir.display()))?;
     anyhow::ensure!(meta.is_dir(), "data directory {} is not a directory", dir.display());
     Ok(())
+}
+
+/// The health probes the watchdog asks before each kick.
+mod probes {
+    use std::{future::Future, net::SocketAddr, pin::Pin, time::Duration};
+
+    use crate::board::Probe;
+
+    /// The web listener answers `/healthz` (over HTTPS when it serves HTTPS; the probe does not
+    /// check its own certificate).
+    pub struct Web {
+        url: String,
+        client: Option<reqwest::Client>,
+    }
+
+    impl Web {
+        pub fn new(addr: SocketAddr, tls: bool) -> Self {
+            let client = reqwest::Client::builder()
+                .danger_accept_invalid_certs(true)
+                .timeout(Duration::from_secs(5))
+                .build()
+                .ok();
+            let scheme = if tls { "https" } else { "http" };
+            Self { url: format!("{scheme}://{addr}/healthz"), client }
+        }
+    }
+
+    impl Probe for Web {
+        fn name(&self) -> &'static str {
+            "web"
+        }
+
+        fn check(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+            Box::pin(async move {
+                let client = self.client.as_ref().ok_or("no HTTP client")?;
+                let r = client.get(&self.url).send().await.map_err(|e| e.to_string())?;
+                if r.status().is_success() {
+                    Ok(())
+                } else {
+                    Err(format!("/healthz: {}", r.status()))
+                }
+            })
+        }
+    }
+
+    /// The outbox's state can be read (its locks are not held by a stuck commit).
+    pub struct Store(pub gw_store::Outbox);
+
+    impl Probe for Store {
+        fn name(&self) -> &'static str {
+            "outbox"
+        }
+
+        fn check(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+            let outbox = self.0.clone();
+            Box::pin(async move {
+                tokio::task::spawn_blocking(move || outbox.stats())
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+            })
+        }
+    }
 }

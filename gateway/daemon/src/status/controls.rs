@@ -17,6 +17,8 @@ pub struct GatewayControls {
     pub parked: Option<(Acker, Arc<UplinkStatus>)>,
     /// Woken to restart the uplink (the wiring's uplink task waits on it).
     pub restart_uplink: Option<Arc<Notify>>,
+    /// The LED task's identify requests, and how long an identify blink lasts.
+    pub identify: Option<(tokio::sync::mpsc::Sender<std::time::Duration>, std::time::Duration)>,
 }
 
 impl Controls for GatewayControls {
@@ -34,5 +36,9 @@ impl Controls for GatewayControls {
 
     fn restart_uplink(&self) -> bool {
         self.restart_uplink.as_ref().map(|n| n.notify_one()).is_some()
+    }
+
+    fn identify(&self) -> bool {
+        self.identify.as_ref().is_some_and(|(tx, every)| tx.try_send(*every).is_ok())
     }
 }

@@ -57,6 +57,8 @@ pub trait Controls: Send + Sync + 'static {
     fn retry_parked(&self) -> bool;
     /// Drops and re-establishes the uplink's connection. False without an uplink.
     fn restart_uplink(&self) -> bool;
+    /// Toggles the identify blink of the board's activity LED. False without a board.
+    fn identify(&self) -> bool;
 }
 
 /// The status page's state.
@@ -454,6 +456,7 @@ async fn actions(
         "resync" => "Registry resync requested.",
         "retry-parked" => "Parked devices released; their messages are tried again.",
         "restart-uplink" => "Uplink restart requested.",
+        "identify" => "Identify toggled: the activity LED blinks (press again to stop).",
         "unavailable" => "Not available on this gateway (not configured).",
         _ => "Done.",
     });
@@ -478,6 +481,7 @@ async fn act(
         "resync" => page.controls.resync(),
         "retry-parked" => page.controls.retry_parked(),
         "restart-uplink" => page.controls.restart_uplink(),
+        "identify" => page.controls.identify(),
         _ => return (StatusCode::NOT_FOUND, "no such action\n").into_response(),
     };
     tracing::info!(user = %s.user, action, done, "technician action");
@@ -755,6 +759,23 @@ pub fn exposition(page: &StatusPage) -> String {
                 e.gauge(name, help, &refs);
             }
         }
+    }
+    if at(&s, "board").is_object() {
+        if let Some(t) = at(&s, "board.temperature_celsius").as_f64() {
+            e.gauge1("gatewayd_board_temperature_celsius", "The board's thermal zone.", t);
+        }
+        if let Some(t) = at(&s, "board.throttled").as_bool() {
+            e.gauge1(
+                "gatewayd_board_throttled",
+                "1 while the firmware throttles (under-voltage or heat).",
+                f64::from(u8::from(t)),
+            );
+        }
+        e.gauge1(
+            "gatewayd_board_watchdog_kicking",
+            "1 while the watchdog is kicked (every component healthy).",
+            f64::from(u8::from(text(at(&s, "board.watchdog")) == "kicking")),
+        );
     }
     e.gauge1(
         "gatewayd_status_page_sessions",

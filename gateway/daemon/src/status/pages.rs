@@ -404,6 +404,7 @@ pub fn actions(csrf: &str, done: Option<&str>) -> Markup {
                 ("resync", "Resync the registry now", "Lists the cloud registry again and refreshes the credential cache."),
                 ("retry-parked", "Retry parked devices", "Devices the cloud refused are tried again at once."),
                 ("restart-uplink", "Restart the uplink", "Drops the cloud connection and connects again; nothing buffered is lost."),
+                ("identify", "Identify this gateway", "Blinks the activity LED, to find this box among others (toggle)."),
             ] {
                 section {
                     h2 { (label) }
