@@ -538,6 +538,113 @@ fn num(v: &Value) -> f64 {
     v.as_f64().unwrap_or(0.0)
 }
 
+enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// `/metrics` families that are one number of the status document: kind, name, help, path.
+const FAMILIES: &[(Kind, &str, &str, &str)] = &[
+    (
+        Kind::Gauge,
+        "gatewayd_outbox_records",
+        "Records waiting for the cloud (in flight included).",
+        "outbox.records_queued",
+    ),
+    (
+        Kind::Gauge,
+        "gatewayd_outbox_bytes",
+        "Bytes of the records waiting for the cloud.",
+        "outbox.bytes_queued",
+    ),
+    (
+        Kind::Gauge,
+        "gatewayd_outbox_disk_bytes",
+        "Size of the outbox's segment files.",
+        "outbox.disk_bytes",
+    ),
+    (
+        Kind::Gauge,
+        "gatewayd_outbox_max_bytes",
+        "The outbox's configured size limit.",
+        "outbox.max_bytes",
+    ),
+    (
+        Kind::Counter,
+        "gatewayd_outbox_committed_total",
+        "Records committed to the outbox.",
+        "outbox.records_committed",
+    ),
+    (
+        Kind::Counter,
+        "gatewayd_outbox_commits_total",
+        "Group commits of the outbox.",
+        "outbox.commits",
+    ),
+    (
+        Kind::Counter,
+        "gatewayd_outbox_written_bytes_total",
+        "Bytes written to outbox segments.",
+        "outbox.bytes_written",
+    ),
+    (
+        Kind::Counter,
+        "gatewayd_outbox_dropped_total",
+        "Records dropped by when_full = \"drop-oldest\".",
+        "outbox.dropped",
+    ),
+    (Kind::Counter, "gatewayd_uplink_sent_total", "Records the cloud accepted.", "uplink.sent"),
+    (
+        Kind::Counter,
+        "gatewayd_uplink_failures_total",
+        "Transient uplink failures (retried).",
+        "uplink.failures",
+    ),
+    (
+        Kind::Counter,
+        "gatewayd_uplink_dead_letters_total",
+        "Records the cloud rejected for good.",
+        "uplink.dead_letters",
+    ),
+    (Kind::Gauge, "gatewayd_mqtt_sessions", "Connected MQTT sessions.", "mqtt.sessions"),
+    (
+        Kind::Counter,
+        "gatewayd_mqtt_refused_logins_total",
+        "MQTT CONNECTs refused (credentials, rate limit).",
+        "mqtt.refused_logins",
+    ),
+    (
+        Kind::Counter,
+        "gatewayd_mqtt_bad_frames_total",
+        "MQTT connections closed for undecodable or oversized packets.",
+        "mqtt.bad_frames",
+    ),
+    (
+        Kind::Counter,
+        "gatewayd_mqtt_commands_delivered_total",
+        "Commands published to MQTT sessions.",
+        "mqtt.commands_delivered",
+    ),
+    (
+        Kind::Gauge,
+        "gatewayd_registry_devices",
+        "Devices the registry lets this gateway proxy.",
+        "registry.devices",
+    ),
+    (
+        Kind::Counter,
+        "gatewayd_registry_syncs_total",
+        "Successful registry listings.",
+        "registry.syncs",
+    ),
+    (
+        Kind::Counter,
+        "gatewayd_registry_failures_total",
+        "Failed registry listings.",
+        "registry.failures",
+    ),
+];
+
 /// `/metrics`: the status document's counters and gauges, and the ingest histograms.
 pub fn exposition(page: &StatusPage) -> String {
     let s = page.status();
@@ -587,68 +694,25 @@ pub fn exposition(page: &StatusPage) -> String {
         "Payload sizes of committed sensor messages.",
         &page.activity.sizes,
     );
-    if at(&s, "outbox").is_object() {
-        e.gauge1(
-            "gatewayd_outbox_records",
-            "Records waiting for the cloud (in flight included).",
-            num(at(&s, "outbox.records_queued")),
-        );
-        e.gauge1(
-            "gatewayd_outbox_bytes",
-            "Bytes of the records waiting for the cloud.",
-            num(at(&s, "outbox.bytes_queued")),
-        );
-        e.gauge1(
-            "gatewayd_outbox_disk_bytes",
-            "Size of the outbox's segment files.",
-            num(at(&s, "outbox.disk_bytes")),
-        );
-        e.gauge1(
-            "gatewayd_outbox_max_bytes",
-            "The outbox's configured size limit.",
-            num(at(&s, "outbox.max_bytes")),
-        );
-        e.counter1(
-            "gatewayd_outbox_committed_total",
-            "Records committed to the outbox.",
-            num(at(&s, "outbox.records_committed")) as u64,
-        );
-        e.counter1(
-            "gatewayd_outbox_commits_total",
-            "Group commits of the outbox.",
-            num(at(&s, "outbox.commits")) as u64,
-        );
-        e.counter1(
-            "gatewayd_outbox_written_bytes_total",
-            "Bytes written to outbox segments.",
-            num(at(&s, "outbox.bytes_written")) as u64,
-        );
-        e.counter1(
-            "gatewayd_outbox_dropped_total",
-            "Records dropped by when_full = \"drop-oldest\".",
-            num(at(&s, "outbox.dropped")) as u64,
-        );
+    // Families read straight from the status document; a section that is absent (component
+    // not configured) contributes none.
+    for (kind, name, help, path) in FAMILIES {
+        let section = path.split('.').next().unwrap_or_default();
+        if !at(&s, section).is_object() {
+            continue;
+        }
+        let value = num(at(&s, path));
+        match kind {
+            Kind::Counter => e.counter1(name, help, value as u64),
+            Kind::Gauge => e.gauge1(name, help, value),
+        }
     }
     if at(&s, "uplink").is_object() {
+        let connected = text(at(&s, "uplink.state")) == "connected";
         e.gauge1(
             "gatewayd_uplink_connected",
             "1 while the uplink is connected.",
-            if text(at(&s, "uplink.state")) == "connected" { 1.0 } else { 0.0 },
-        );
-        e.counter1(
-            "gatewayd_uplink_sent_total",
-            "Records the cloud accepted.",
-            num(at(&s, "uplink.sent")) as u64,
-        );
-        e.counter1(
-            "gatewayd_uplink_failures_total",
-            "Transient uplink failures (retried).",
-            num(at(&s, "uplink.failures")) as u64,
-        );
-        e.counter1(
-            "gatewayd_uplink_dead_letters_total",
-            "Records the cloud rejected for good.",
-            num(at(&s, "uplink.dead_letters")) as u64,
+            f64::from(u8::from(connected)),
         );
         e.gauge1(
             "gatewayd_uplink_parked_devices",
@@ -656,44 +720,7 @@ pub fn exposition(page: &StatusPage) -> String {
             at(&s, "uplink.parked_devices").as_array().map_or(0, Vec::len) as f64,
         );
     }
-    if at(&s, "mqtt").is_object() {
-        e.gauge1(
-            "gatewayd_mqtt_sessions",
-            "Connected MQTT sessions.",
-            num(at(&s, "mqtt.sessions")),
-        );
-        e.counter1(
-            "gatewayd_mqtt_refused_logins_total",
-            "MQTT CONNECTs refused (credentials, rate limit).",
-            num(at(&s, "mqtt.refused_logins")) as u64,
-        );
-        e.counter1(
-            "gatewayd_mqtt_bad_frames_total",
-            "MQTT connections closed for undecodable or oversized packets.",
-            num(at(&s, "mqtt.bad_frames")) as u64,
-        );
-        e.counter1(
-            "gatewayd_mqtt_commands_delivered_total",
-            "Commands published to MQTT sessions.",
-            num(at(&s, "mqtt.commands_delivered")) as u64,
-        );
-    }
     if at(&s, "registry").is_object() {
-        e.gauge1(
-            "gatewayd_registry_devices",
-            "Devices the registry lets this gateway proxy.",
-            num(at(&s, "registry.devices")),
-        );
-        e.counter1(
-            "gatewayd_registry_syncs_total",
-            "Successful registry listings.",
-            num(at(&s, "registry.syncs")) as u64,
-        );
-        e.counter1(
-            "gatewayd_registry_failures_total",
-            "Failed registry listings.",
-            num(at(&s, "registry.failures")) as u64,
-        );
         e.gauge1(
             "gatewayd_registry_last_sync_timestamp_seconds",
             "When the registry was last listed.",
