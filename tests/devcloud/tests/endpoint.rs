@@ -204,6 +204,7 @@ async fn ct_returns_a_command_routed_via_the_gateway() {
     let got = tokio::time::timeout(TIMEOUT, waiter).await.unwrap().unwrap();
     assert_eq!(got.status(), StatusCode::OK);
     assert_eq!(got.headers()["command"], "set-temp");
+    assert!(got.headers().get(header::CONTENT_TYPE).is_none(), "Drogue sends no content type");
     assert_eq!(got.text().await.unwrap(), r#"{"target":22}"#);
 }
 

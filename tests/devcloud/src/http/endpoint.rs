@@ -123,7 +123,12 @@ async fn publish(
         () = state.shutdown.cancelled() => None,
     };
     match cmd {
-        Some(cmd) => (StatusCode::OK, [("command", cmd.command)], cmd.payload).into_response(),
+        // As Drogue: the body is the raw payload, with no content type (a `Bytes` body would
+        // get `application/octet-stream` from axum).
+        Some(cmd) => {
+            (StatusCode::OK, [("command", cmd.command)], axum::body::Body::from(cmd.payload))
+                .into_response()
+        }
         None => StatusCode::ACCEPTED.into_response(),
     }
 }
