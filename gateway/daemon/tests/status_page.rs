@@ -211,6 +211,19 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
+        // Ends the session, which closes Chromium, then stops chromedriver. Plain blocking HTTP:
+        // drop cannot await.
+        let addr = self.base.trim_start_matches("http://").to_owned();
+        if let Ok(mut conn) = std::net::TcpStream::connect(&addr) {
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
+            let request = format!(
+                "DELETE /session/{} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                self.session
+            );
+            if conn.write_all(request.as_bytes()).is_ok() {
+                let _ = std::io::Read::read_to_end(&mut conn, &mut Vec::new());
+            }
+        }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
