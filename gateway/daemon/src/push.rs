@@ -111,6 +111,23 @@ mod tests {
         assert!(err.starts_with("x.toml:5: web.push_token_file"), "{err}");
     }
 
+    struct Nobody;
+
+    impl gw_model::CommandSink for Nobody {
+        async fn submit(&self, _: gw_model::Command) -> gw_model::CommandOutcome {
+            gw_model::CommandOutcome::UnknownDevice
+        }
+    }
+
+    #[test]
+    fn the_endpoint_is_mounted_only_with_a_secret() {
+        let intake = || gw_cloud_sync::CommandIntake::new(std::sync::Arc::new(Nobody));
+        let loaded = load("").unwrap();
+        assert!(super::router(&loaded.config.web, loaded.push_token, intake()).is_none());
+        let loaded = load("push_token = \"s3cret\"\n").unwrap();
+        assert!(super::router(&loaded.config.web, loaded.push_token, intake()).is_some());
+    }
+
     #[test]
     fn refuses_inconsistent_keys_naming_them() {
         let cases = [
