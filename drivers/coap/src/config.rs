@@ -3,6 +3,8 @@
 //! ```toml
 //! [coap]
 //! listen = "0.0.0.0:5683"          # UDP; port 0 = any free port (the bound address is logged)
+//! socket_buffer = "4MiB"           # the socket's receive and send buffers (the kernel caps them
+//!                                  # at net.core.rmem_max / wmem_max)
 //! max_message_size = "64KiB"       # largest message a sensor may upload (block-wise reassembled)
 //! block_memory_per_peer = "128KiB" # reassembly buffers and pending Block2 bodies of one peer
 //! block_memory_total = "16MiB"     # the same over all peers
@@ -34,6 +36,7 @@ pub use gw_model::ByteSize;
 #[serde(deny_unknown_fields, default)]
 pub struct CoapConfig {
     pub listen: SocketAddr,
+    pub socket_buffer: ByteSize,
     pub max_message_size: ByteSize,
     pub block_memory_per_peer: ByteSize,
     pub block_memory_total: ByteSize,
@@ -60,6 +63,7 @@ impl Default for CoapConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 5683)),
+            socket_buffer: ByteSize::new(4 * 1024 * 1024),
             max_message_size: ByteSize::new(64 * 1024),
             block_memory_per_peer: ByteSize::new(128 * 1024),
             block_memory_total: ByteSize::new(16 * 1024 * 1024),
@@ -89,6 +93,9 @@ impl CoapConfig {
                 "block_size",
                 format!("{} is not a power of 2 in 16..=1024", self.block_size),
             );
+        }
+        if self.socket_buffer.bytes() < 64 * 1024 || self.socket_buffer.bytes() > 1 << 30 {
+            return bad("socket_buffer", format!("{} is outside 64KiB..=1GiB", self.socket_buffer));
         }
         let message = self.max_message_size.bytes();
         if message < 1024 {
@@ -148,6 +155,7 @@ mod tests {
         let c: CoapConfig = toml::from_str(
             r#"
             listen = "127.0.0.1:0"
+            socket_buffer = "1MiB"
             max_message_size = "8KiB"
             block_memory_per_peer = "16KiB"
             block_memory_total = "1MiB"

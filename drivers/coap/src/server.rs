@@ -98,8 +98,8 @@ impl<A: Authenticate, I: Ingest, C: CommandSource> CoapEndpoint<A, I, C, UdpSock
     ) -> Result<Self, CoapError> {
         config.validate()?;
         let addr = config.listen;
-        let socket =
-            UdpSocket::bind(addr).await.map_err(|source| CoapError::Bind { addr, source })?;
+        let buffer = usize::try_from(config.socket_buffer.bytes()).unwrap_or(usize::MAX);
+        let socket = bind_udp(addr, buffer).map_err(|source| CoapError::Bind { addr, source })?;
         Self::with_transport(socket, config, auth, ingest, commands, default_app)
     }
 }
@@ -201,6 +201,23 @@ impl<A: Authenticate, I: Ingest, C: CommandSource, T: Transport> CoapEndpoint<A,
         }
         tracing::info!("CoAP endpoint stopped");
     }
+}
+
+/// A UDP socket with large buffers: a burst of sensors (a thousand requests at once) must not
+/// overflow the kernel's default receive queue of about 200 KiB, or they wait for their own
+/// retransmission timeouts. The kernel caps the sizes at `net.core.rmem_max`/`wmem_max`.
+fn bind_udp(addr: SocketAddr, buffer: usize) -> io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_nonblocking(true)?;
+    if let Err(e) = socket.set_recv_buffer_size(buffer) {
+        tracing::warn!(cause = %e, "CoAP socket: cannot set the receive buffer size");
+    }
+    if let Err(e) = socket.set_send_buffer_size(buffer) {
+        tracing::warn!(cause = %e, "CoAP socket: cannot set the send buffer size");
+    }
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
