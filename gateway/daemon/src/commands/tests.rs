@@ -224,3 +224,79 @@ async fn recent_outcomes_are_bounded_newest_first() {
     assert_eq!(recent[0].command, "c7");
     assert_eq!(recent[4].command, "c3");
 }
+
+struct AnyLogin;
+
+impl gw_model::Authenticate for AnyLogin {
+    async fn authenticate(
+        &self,
+        request: &gw_model::AuthRequest,
+        _peer: Option<std::net::IpAddr>,
+    ) -> gw_model::AuthOutcome {
+        gw_model::AuthOutcome::Pass(request.identity())
+    }
+}
+
+struct Discard;
+
+impl gw_model::Ingest for Discard {
+    async fn publish(&self, _t: gw_model::Telemetry) -> Result<(), gw_model::IngestError> {
+        Ok(())
+    }
+}
+
+/// The next command a rumqttc client receives: topic and payload.
+async fn next_publish(ev: &mut rumqttc::EventLoop) -> (String, Vec<u8>) {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = ev.poll().await.unwrap()
+            {
+                return (p.topic, p.payload.to_vec());
+            }
+        }
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn mqtt_sessions_get_commands_at_once_or_as_soon_as_they_subscribe() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = router(dir.path(), &small());
+    let config: gw_driver_mqtt::MqttConfig = toml::from_str("listen = \"127.0.0.1:0\"").unwrap();
+    let endpoint = gw_driver_mqtt::MqttEndpoint::bind(
+        &config,
+        Arc::new(AnyLogin),
+        Arc::new(Discard),
+        AppId::new("app").unwrap(),
+    )
+    .await
+    .unwrap();
+    let addr = endpoint.local_addr();
+    r.attach_mqtt(endpoint.commands());
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(endpoint.run(stop.clone()));
+    let sweeper = tokio::spawn(r.clone().run(stop.clone()));
+
+    // away: queued
+    assert_eq!(r.submit(command("s1", "while-away", None)).await, CommandOutcome::Queued);
+    let mut opts = rumqttc::MqttOptions::new("s1@app", addr.ip().to_string(), addr.port());
+    opts.set_credentials("s1@app", "pw");
+    let (client, mut ev) = rumqttc::AsyncClient::new(opts, 16);
+    client.subscribe("command/inbox//#", rumqttc::QoS::AtLeastOnce).await.unwrap();
+    // subscribing takes what was queued
+    let (topic, payload) = next_publish(&mut ev).await;
+    assert_eq!(topic, "command/inbox//while-away");
+    assert_eq!(payload, b"{\"on\":true}");
+    // subscribed: delivered at once
+    assert_eq!(r.submit(command("s1", "now", None)).await, CommandOutcome::Delivered);
+    assert_eq!(next_publish(&mut ev).await.0, "command/inbox//now");
+    let status = r.status();
+    assert_eq!((status.counts.queued, status.counts.delivered), (1, 2));
+    assert_eq!(status.queued, 0);
+    assert!(status.recent.iter().take(2).all(|o| o.via == Some(Via::Mqtt)), "{:?}", status.recent);
+
+    stop.cancel();
+    server.await.unwrap();
+    sweeper.await.unwrap().unwrap();
+}
