@@ -1,7 +1,9 @@
 //! End to end through the legacy broker bridge: a real mosquitto plays the site broker,
 //! `mosquitto_pub` publishes as a site sensor does, and the real gatewayd forwards what the
-//! bridge took to the dev cloud as that sensor. `/api/v1/status` shows the bridge's counters
-//! and its mappings' interworking descriptors.
+//! bridge took to the dev cloud as that sensor; a command the cloud pushes for that sensor
+//! goes through the command router and the bridge to the mapping's command topic, where
+//! `mosquitto_sub` receives it. `/api/v1/status` shows the bridge's counters and its mappings'
+//! interworking descriptors.
 
 #![allow(clippy::unwrap_used)]
 
@@ -15,9 +17,11 @@ use std::{
     time::{Duration, Instant},
 };
 
+use base64::Engine as _;
 use common::{Running, status, write};
 use gw_devcloud::{DevCloud, Seed};
 use site::{Mosquitto, have_mosquitto};
+use tokio::io::AsyncReadExt as _;
 use tokio_util::sync::CancellationToken;
 
 const APP: &str = "my-app";
@@ -28,7 +32,8 @@ fn config(dir: &Path, cloud: &str, site: &str) -> String {
         "[gateway]\nname = \"gw1\"\napplication = \"{APP}\"\ndata_dir = {data:?}\n\n\
          [cloud]\nkind = \"drogue-http\"\nurl = {cloud:?}\npassword = \"gw-secret\"\n\
          retry_min = \"50ms\"\nretry_max = \"200ms\"\n\n\
-         [web]\nlisten = \"127.0.0.1:0\"\n\n[log]\nformat = \"json\"\n\n\
+         [web]\nlisten = \"127.0.0.1:0\"\npush_token = \"push-secret\"\n\n\
+         [log]\nformat = \"json\"\n\n\
          [[devices]]\nname = \"s7\"\npassword = \"pw7\"\n\n\
          [[bridge]]\nname = \"site\"\nurl = {site:?}\nclient_id = \"gw1-bridge\"\n\
          reconnect_max = \"1s\"\n\n\
@@ -64,7 +69,7 @@ async fn site_broker_messages_reach_the_cloud_as_the_topics_device() {
     }
     let dir = tempfile::tempdir().unwrap();
     let site_dir = tempfile::tempdir().unwrap();
-    let site = Mosquitto::start(site_dir.path(), "allow_anonymous true");
+    let site = Mosquitto::start(site_dir.path(), "allow_anonymous true\nlog_type all");
     let seed = Seed::new().application(APP).password_device(APP, "gw1", "gw-secret").sensor(
         APP,
         "s7",
@@ -119,6 +124,38 @@ async fn site_broker_messages_reach_the_cloud_as_the_topics_device() {
     assert_eq!(bridge["messages"], 1, "{s}");
     assert_eq!(bridge["connected"], true, "{s}");
     assert_eq!(bridge["name"], "site", "{s}");
+
+    // a command for s7, pushed by the cloud, is published on the mapping's command topic
+    let mut sub = tokio::process::Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port, "-q", "1", "-t", "sensors/+/commands/#"])
+        .args(["-v", "-C", "1", "-W", "20"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    while !site.log().contains("sensors/+/commands/#") {
+        assert!(Instant::now() < deadline, "mosquitto_sub did not subscribe: {}", site.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let body = serde_json::json!({
+        "application": APP, "device": "s7", "command": "set-interval",
+        "payload": base64::engine::general_purpose::STANDARD.encode(r#"{"seconds":5}"#),
+    });
+    let pushed = reqwest::Client::new()
+        .post(format!("http://{web}/api/commands/v1/push"))
+        .bearer_auth("push-secret")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert!(pushed.status().is_success(), "{:?}", pushed.text().await);
+    let mut out = String::new();
+    let mut stdout = sub.stdout.take().unwrap();
+    tokio::time::timeout(PATIENCE, stdout.read_to_string(&mut out)).await.unwrap().unwrap();
+    assert_eq!(out.trim(), r#"sensors/s7/commands/set-interval {"seconds":5}"#);
+    let s = status(&reqwest::Client::new(), &web).await;
+    assert_eq!(s["bridges"][0]["commands_published"], 1, "{s}");
 
     // the site broker goes away: the status says so, with the error
     drop(site);
