@@ -12,7 +12,8 @@
 //! p50/p99 is measured at paced 1,000 and 10,000 msg/s with a QoS 1 subscriber on it.
 //!
 //! `cargo bench -p gatewayd --bench mqtt_bridge` (env `BENCH_SECONDS`, default 2, per cell;
-//! the whole run takes about 2-3 minutes). Needs `/usr/sbin/mosquitto`.
+//! `BENCH_CELLS=100x32,10x32` runs only those cells of the matrix; the whole run takes about
+//! 3-4 minutes). Needs `/usr/sbin/mosquitto`. Results: docs/benchmarks.md.
 
 #![allow(clippy::unwrap_used)]
 
@@ -366,6 +367,7 @@ async fn run(
     secs: f64,
     pace: Option<Duration>,
     counts: &Shared,
+    counts_arrivals: bool,
 ) -> Run {
     // start from quiet: nothing of an earlier cell still arriving (at most DRAIN)
     let settle = Instant::now() + DRAIN;
@@ -395,7 +397,7 @@ async fn run(
     let load_secs = t0.elapsed().as_secs_f64();
     let acked: u64 = published.iter().map(|p| p.acked_count).sum();
     // wait until every acknowledged message arrived, or nothing arrived for a while
-    let deadline = Instant::now() + DRAIN;
+    let deadline = Instant::now() + if counts_arrivals { DRAIN } else { Duration::ZERO };
     let mut last = (0, Instant::now());
     loop {
         let received = counts.lock().unwrap().received;
@@ -514,7 +516,7 @@ fn gatewayd(dir: &Path, name: &str, upstream: SocketAddr) -> (Proc, SocketAddr, 
     let mut config = format!(
         "[gateway]\nname = \"gw1\"\napplication = \"{APP}\"\ndata_dir = {:?}\n\n\
          [cloud]\nkind = \"mqtt\"\nurl = \"mqtt://{upstream}\"\ntopic = \"bench/{{device}}/{{channel}}\"\n\
-         concurrency = 256\n\n\
+         concurrency = 1024\n\n\
          [mqtt]\nlisten = \"127.0.0.1:0\"\nmax_inflight = 32\n\n\
          [auth]\nargon2_memory_kib = 64\n\n\
          [web]\nlisten = \"127.0.0.1:0\"\n\n[log]\nformat = \"json\"\nlevel = \"warn,gatewayd::wiring=info\"\n",
@@ -552,6 +554,18 @@ async fn outbox_stats(web: &str) -> serde_json::Value {
     let s: serde_json::Value =
         reqwest::get(format!("http://{web}/api/v1/status")).await.unwrap().json().await.unwrap();
     s["outbox"].clone()
+}
+
+/// Waits (at most 2 minutes) until gatewayd's outbox holds nothing unacknowledged.
+async fn wait_drained(web: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        if outbox_stats(web).await["records_queued"].as_u64() == Some(0) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("gatewayd's outbox did not drain within 2 minutes");
 }
 
 /// The `$SYS/broker/publish/messages/received` counter of a mosquitto (`sys_interval 1`),
@@ -637,7 +651,7 @@ async fn main() {
     println!("|---:|---:|---:|---:|---:|");
     let mut ceiling = 0f64;
     for (n, w) in [(1, 32), (10, 32), (100, 32)] {
-        let r = run(&direct, n, w, secs, None, &sink.counts).await;
+        let r = run(&direct, n, w, secs, None, &sink.counts, true).await;
         ceiling = ceiling.max(r.forwarded_per_s);
         println!(
             "| {n} | {w} | {:.0} | {:.0} | {} |",
@@ -649,33 +663,44 @@ async fn main() {
 
     println!("\nQoS 1, 100-byte payloads, {secs} s per cell, into the counting sink:\n");
     println!(
-        "| N | W | path | acked msg/s | forwarded msg/s | lost (acked, never arrived) | dup | bound N×W/commit |"
+        "| N | W | path | acked msg/s | forwarded msg/s | lost (acked, never arrived) | dup | commit latency | bound N×W/commit msg/s |"
     );
-    println!("|---:|---:|---|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---|---:|---:|---:|---:|---:|---:|");
     let mut best: HashMap<&str, (f64, usize, usize)> = HashMap::new();
+    // BENCH_CELLS="100x32,10x32" restricts the matrix (e.g. to profile one cell)
+    let cells = std::env::var("BENCH_CELLS").ok();
+    let wanted = |n: usize, w: usize| {
+        cells.as_deref().is_none_or(|c| c.split(',').any(|x| x.trim() == format!("{n}x{w}")))
+    };
     for n in [1usize, 10, 100] {
         for w in [1usize, 8, 32] {
+            if !wanted(n, w) {
+                continue;
+            }
             for (name, target) in &paths {
                 let before = if target.gatewayd { Some(outbox_stats(&gw_web).await) } else { None };
-                let r = run(target, n, w, secs, None, &sink.counts).await;
-                let bound = if target.gatewayd {
-                    format!("{:.0}", (n * w) as f64 / commit.as_secs_f64())
-                } else {
-                    "n/a".to_owned()
-                };
-                let extra = match before {
+                let r = run(target, n, w, secs, None, &sink.counts, true).await;
+                // the durable path's bound: N × W in flight, each waiting one commit; the
+                // commit latency is the observed time per group commit during the cell
+                let bound = match before {
                     Some(b) => {
                         let a = outbox_stats(&gw_web).await;
-                        let commits =
-                            a["commits"].as_u64().unwrap_or(0) - b["commits"].as_u64().unwrap_or(0);
-                        let recs = a["records_committed"].as_u64().unwrap_or(0)
-                            - b["records_committed"].as_u64().unwrap_or(0);
-                        format!(" ({:.1} records/commit)", recs as f64 / commits.max(1) as f64)
+                        let delta = |k: &str| {
+                            a[k].as_u64().unwrap_or(0).saturating_sub(b[k].as_u64().unwrap_or(0))
+                        };
+                        let (commits, recs) = (delta("commits").max(1), delta("records_committed"));
+                        let latency = r.secs / commits as f64;
+                        format!(
+                            "{:.2} ms, {:.0} records/commit | {:.0}",
+                            latency * 1e3,
+                            recs as f64 / commits as f64,
+                            (n * w) as f64 / latency
+                        )
                     }
-                    None => String::new(),
+                    None => "n/a | n/a".to_owned(),
                 };
                 println!(
-                    "| {n} | {w} | {name} | {:.0} | {:.0} | {} of {} | {} | {bound}{extra} |",
+                    "| {n} | {w} | {name} | {:.0} | {:.0} | {} of {} | {} | {bound} |",
                     r.acked as f64 / r.secs,
                     r.forwarded_per_s,
                     r.lost,
@@ -710,7 +735,7 @@ async fn main() {
 
     // the best cells again, into a real mosquitto upstream (counted by its $SYS counter)
     let (_up, up_addr) = mosquitto(d, "upstream", "sys_interval 1");
-    let (_gw2, gw2_addr, _) = gatewayd(d, "gw-up", up_addr);
+    let (_gw2, gw2_addr, gw2_web) = gatewayd(d, "gw-up", up_addr);
     let (_br2, br2_addr) = bridge(d, "bridge-up", up_addr);
     tokio::time::sleep(Duration::from_secs(1)).await;
     println!(
@@ -719,23 +744,28 @@ async fn main() {
     println!("| path | N | W | acked msg/s | upstream received msg/s | acked − received |");
     println!("|---|---:|---:|---:|---:|---:|");
     let up_paths = [
-        ("gatewayd", Target { addr: gw2_addr, gatewayd: true }, gw_best),
-        ("mosquitto bridge", Target { addr: br2_addr, gatewayd: false }, bridge_best),
+        ("gatewayd", Target { addr: gw2_addr, gatewayd: true }, gw_best, Some(gw2_web)),
+        ("mosquitto bridge", Target { addr: br2_addr, gatewayd: false }, bridge_best, None),
     ];
     let no_sink = Shared::default();
-    for (name, target, cell) in &up_paths {
+    for (name, target, cell, web) in &up_paths {
         let Some((_, n, w)) = cell else { continue };
         let before = sys_received(up_addr).await;
         let t0 = Instant::now();
-        let r = run(target, *n, *w, secs, None, &no_sink).await;
-        let after = sys_received(up_addr).await;
-        // the $SYS reads settle over a second or two after the load: count the load's time
-        let got = after - before;
+        let r = run(target, *n, *w, secs, None, &no_sink, false).await;
+        // gatewayd forwards its backlog after the load: until its outbox is empty
+        let busy = match web {
+            Some(web) => {
+                wait_drained(web).await;
+                t0.elapsed().as_secs_f64()
+            }
+            None => r.secs,
+        };
+        let got = sys_received(up_addr).await - before;
         println!(
-            "| {name} | {n} | {w} | {:.0} | {:.0} (in {:.1} s incl. drain) | {} |",
+            "| {name} | {n} | {w} | {:.0} | {:.0} (over {busy:.1} s) | {} |",
             r.acked as f64 / r.secs,
-            got as f64 / r.secs,
-            t0.elapsed().as_secs_f64(),
+            got as f64 / busy,
             r.acked as i64 - got as i64
         );
     }
@@ -747,10 +777,10 @@ async fn main() {
     );
     println!("| path | rate msg/s | received | lost | p50 ms | p99 ms |");
     println!("|---|---:|---:|---:|---:|---:|");
-    for (name, target, _) in &up_paths {
+    for (name, target, _, _) in &up_paths {
         for rate in [1_000u64, 10_000] {
             let per = Duration::from_secs_f64(10.0 / rate as f64);
-            let mut r = run(target, 10, 32, secs, Some(per), &sub).await;
+            let mut r = run(target, 10, 32, secs, Some(per), &sub, true).await;
             println!(
                 "| {name} | {rate} | {} | {} | {:.2} | {:.2} |",
                 r.received,
