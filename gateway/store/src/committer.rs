@@ -12,7 +12,7 @@ use crate::{
     format::{self, SEGMENT_HEADER_LEN},
     index::{DevIdx, Pos, SegmentInfo},
     recover::{self, Head},
-    shared::{Batch, Counters, Progress, Run, Shared, lock},
+    shared::{Batch, Counters, Meta, Progress, REJECTED_KEPT, Run, Shared, lock},
 };
 
 pub(crate) struct Committer {
@@ -63,7 +63,11 @@ impl Committer {
         loop {
             let closing = self.take_batch();
             if !self.batch.metas.is_empty() || !self.batch.acks.is_empty() {
-                self.commit()?;
+                match self.commit() {
+                    Ok(()) => {}
+                    Err(e) if is_out_of_space(&e) => self.refuse_batch(&e)?,
+                    Err(e) => return Err(e),
+                }
             }
             if self.dirty
                 && (closing || self.last_sync.elapsed() >= self.shared.config.sync_interval)
@@ -119,39 +123,13 @@ impl Committer {
             self.make_room(self.batch.buf.len() as u64)?;
         }
 
-        // data records, rolling to a new segment where one would pass the target size
-        self.positions.clear();
-        let mut chunk_start = 0usize;
-        let mut chunk_offset = self.head.len;
         let metas = std::mem::take(&mut self.batch.metas);
-        for m in &metas {
-            let start = m.start as usize;
-            let in_segment = chunk_offset + (start - chunk_start) as u64;
-            if in_segment > SEGMENT_HEADER_LEN as u64
-                && in_segment + u64::from(m.len) > shared.segment_target
-            {
-                self.write(chunk_start..start)?;
-                self.roll(m.seq)?;
-                chunk_start = start;
-                chunk_offset = self.head.len;
-            }
-            let offset = chunk_offset + (start - chunk_start) as u64;
-            let offset = u32::try_from(offset).unwrap_or(u32::MAX);
-            self.positions.push((m.dev, Pos { seq: m.seq, offset, len: m.len }));
-            self.last_written = m.seq;
-        }
-        // acknowledgements ride along in the same write
-        if !self.batch.acks.is_empty() {
-            format::to_ranges(&mut self.batch.acks, &mut self.ranges);
-            format::append_ack_record(&mut self.batch.buf, self.last_written, &self.ranges);
-        }
-        self.write(chunk_start..self.batch.buf.len())?;
-        match shared.config.sync {
-            SyncPolicy::Always => self.sync()?,
-            SyncPolicy::Interval if self.last_sync.elapsed() >= shared.config.sync_interval => {
-                self.sync()?
-            }
-            SyncPolicy::Interval => {}
+        let written_before = self.last_written;
+        if let Err(e) = self.write_batch(&metas) {
+            // the batch as it was, for refuse_batch (disk full) or the failure report
+            self.batch.metas = metas;
+            self.last_written = written_before;
+            return Err(e);
         }
 
         if !metas.is_empty() {
@@ -173,6 +151,81 @@ impl Committer {
         }
         self.batch.metas = metas;
         self.delete_finished()
+    }
+
+    /// Writes a batch's records (rolling segments as needed) and its acknowledgements, then
+    /// syncs per the policy.
+    fn write_batch(&mut self, metas: &[Meta]) -> Result<(), StoreError> {
+        // data records, rolling to a new segment where one would pass the target size
+        self.positions.clear();
+        let mut chunk_start = 0usize;
+        let mut chunk_offset = self.head.len;
+        for m in metas {
+            let start = m.start as usize;
+            let in_segment = chunk_offset + (start - chunk_start) as u64;
+            if in_segment > SEGMENT_HEADER_LEN as u64
+                && in_segment + u64::from(m.len) > self.shared.segment_target
+            {
+                self.write(chunk_start..start)?;
+                self.roll(m.seq)?;
+                chunk_start = start;
+                chunk_offset = self.head.len;
+            }
+            let offset = chunk_offset + (start - chunk_start) as u64;
+            let offset = u32::try_from(offset).unwrap_or(u32::MAX);
+            self.positions.push((m.dev, Pos { seq: m.seq, offset, len: m.len }));
+            self.last_written = m.seq;
+        }
+        // acknowledgements ride along in the same write
+        if !self.batch.acks.is_empty() {
+            format::to_ranges(&mut self.batch.acks, &mut self.ranges);
+            format::append_ack_record(&mut self.batch.buf, self.last_written, &self.ranges);
+        }
+        self.write(chunk_start..self.batch.buf.len())?;
+        match self.shared.config.sync {
+            SyncPolicy::Always => self.sync()?,
+            SyncPolicy::Interval
+                if self.last_sync.elapsed() >= self.shared.config.sync_interval =>
+            {
+                self.sync()?
+            }
+            SyncPolicy::Interval => {}
+        }
+        Ok(())
+    }
+
+    /// The disk is full: the batch's records are refused (their producers get
+    /// [`StoreError::DiskFull`], nothing of them is acknowledged), whatever part of the batch
+    /// reached the head segment is cut off again, and its acknowledgements wait for the next
+    /// commit. The outbox stays open; once space returns, commits succeed again.
+    fn refuse_batch(&mut self, cause: &StoreError) -> Result<(), StoreError> {
+        let (Some(first), Some(last)) = (self.batch.metas.first(), self.batch.metas.last()) else {
+            // only acknowledgements: keep them for the next commit
+            let acks = std::mem::take(&mut self.batch.acks);
+            lock(&self.shared.pending).batch.acks.extend(acks);
+            return Ok(());
+        };
+        let (from, to, records) = (first.seq, last.seq, self.batch.metas.len());
+        let file = &self.head.file;
+        file.set_len(self.head.len).map_err(|source| StoreError::Truncate {
+            path: self.head.path.clone(),
+            len: self.head.len,
+            source,
+        })?;
+        self.positions.clear();
+        let acks = std::mem::take(&mut self.batch.acks);
+        lock(&self.shared.pending).batch.acks.extend(acks);
+        {
+            let mut rejected = lock(&self.shared.rejected);
+            rejected.push_back((from, to));
+            while rejected.len() > REJECTED_KEPT {
+                rejected.pop_front();
+            }
+        }
+        Counters::add(&self.shared.counters.rejected_disk_full, records as u64);
+        warn!(records, cause = %error_chain(cause), "disk full: messages refused, the outbox stays open");
+        self.shared.progress.send_modify(|p| p.rejections += 1);
+        Ok(())
     }
 
     fn write(&mut self, range: Range<usize>) -> Result<(), StoreError> {
@@ -287,7 +340,7 @@ impl Committer {
 
 /// The progress value a freshly opened outbox starts with.
 pub(crate) fn initial_progress(last_seq: u64) -> Progress {
-    Progress { durable: last_seq, run: Run::Open }
+    Progress { durable: last_seq, run: Run::Open, rejections: 0 }
 }
 
 fn error_chain(e: &StoreError) -> String {
@@ -299,4 +352,21 @@ fn error_chain(e: &StoreError) -> String {
         source = s.source();
     }
     text
+}
+
+/// Whether an error means the disk (or the file size limit, or a quota) has no room.
+fn is_out_of_space(e: &StoreError) -> bool {
+    let source = match e {
+        StoreError::Write { source, .. }
+        | StoreError::Sync { source, .. }
+        | StoreError::Open { source, .. }
+        | StoreError::Truncate { source, .. } => source,
+        _ => return false,
+    };
+    matches!(
+        source.kind(),
+        std::io::ErrorKind::StorageFull
+            | std::io::ErrorKind::QuotaExceeded
+            | std::io::ErrorKind::FileTooLarge
+    )
 }

@@ -82,6 +82,11 @@ pub enum StoreError {
     #[error("the outbox committer stopped after an error: {reason}")]
     CommitterFailed { reason: String },
 
+    /// The disk had no room for the record; nothing of it was kept. The outbox stays open and
+    /// takes records again once space returns. Sensors see "quota exceeded".
+    #[error("the disk is full: the message was not stored")]
+    DiskFull,
+
     /// The outbox was closed.
     #[error("the outbox is closed")]
     Closed,

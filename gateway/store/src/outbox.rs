@@ -115,6 +115,7 @@ impl Outbox {
             deliverable: Notify::new(),
             counters: Counters::default(),
             failure: Mutex::new(None),
+            rejected: Mutex::default(),
         });
         Counters::add(&shared.counters.disk_bytes, recovered.disk_bytes);
         Counters::add(&shared.counters.corrupt_skipped, recovered.corrupt);
@@ -136,12 +137,20 @@ impl Outbox {
         let seq = self.enqueue(t)?;
         let mut rx = shared.progress.subscribe();
         let progress = match rx
-            .wait_for(|p| p.durable >= seq || p.run != Run::Open && p.run != Run::Closing)
+            .wait_for(|p| {
+                p.durable >= seq
+                    || p.run != Run::Open && p.run != Run::Closing
+                    || p.rejections > 0 && shared.is_rejected(seq)
+            })
             .await
         {
             Ok(p) => *p,
             Err(_) => return Err(StoreError::Closed),
         };
+        // a refused batch's seqs may be passed by a later batch's durable mark: look first
+        if progress.rejections > 0 && shared.is_rejected(seq) {
+            return Err(StoreError::DiskFull);
+        }
         if progress.durable >= seq { Ok(Seq(seq)) } else { Err(shared.stopped_error(progress.run)) }
     }
 
@@ -216,6 +225,7 @@ impl Outbox {
             syncs: Counters::get(&c.syncs),
             dropped: Counters::get(&c.dropped),
             corrupt_skipped: Counters::get(&c.corrupt_skipped),
+            rejected_disk_full: Counters::get(&c.rejected_disk_full),
             devices,
         }
     }
@@ -234,7 +244,7 @@ impl gw_model::Ingest for Outbox {
         use gw_model::IngestError;
         match self.append(&telemetry).await {
             Ok(_) => Ok(()),
-            Err(e @ StoreError::QuotaExceeded { .. }) => {
+            Err(e @ (StoreError::QuotaExceeded { .. } | StoreError::DiskFull)) => {
                 Err(IngestError::QuotaExceeded(e.to_string()))
             }
             Err(e @ StoreError::RecordTooLarge { .. }) => Err(IngestError::TooLarge(e.to_string())),

@@ -41,6 +41,8 @@ pub(crate) enum Run {
 pub(crate) struct Progress {
     pub durable: u64,
     pub run: Run,
+    /// Batches refused so far (the disk was full); their seqs are in [`Shared::rejected`].
+    pub rejections: u64,
 }
 
 /// One record in the forming batch.
@@ -110,6 +112,8 @@ pub(crate) struct Counters {
     pub syncs: AtomicU64,
     pub dropped: AtomicU64,
     pub corrupt_skipped: AtomicU64,
+    /// Records refused because the disk was full.
+    pub rejected_disk_full: AtomicU64,
 }
 
 impl Counters {
@@ -143,7 +147,14 @@ pub(crate) struct Shared {
     pub deliverable: Notify,
     pub counters: Counters,
     pub failure: Mutex<Option<String>>,
+    /// The seq ranges of the latest batches refused because the disk was full (inclusive),
+    /// newest last, at most [`REJECTED_KEPT`].
+    pub rejected: Mutex<std::collections::VecDeque<(u64, u64)>>,
 }
+
+/// Refused ranges remembered for producers still to look: a producer would have to sleep
+/// through this many refused batches to miss its own.
+pub(crate) const REJECTED_KEPT: usize = 1024;
 
 impl Shared {
     /// Queues acknowledged seqs for the next ack record and wakes the committer if idle.
@@ -161,6 +172,11 @@ impl Shared {
     }
 
     /// The error that stopped the committer, for producers and the reader.
+    /// Whether `seq` was in a batch refused because the disk was full.
+    pub fn is_rejected(&self, seq: u64) -> bool {
+        lock(&self.rejected).iter().any(|(from, to)| (*from..=*to).contains(&seq))
+    }
+
     pub fn stopped_error(&self, run: Run) -> crate::StoreError {
         match run {
             Run::Failed => crate::StoreError::CommitterFailed {

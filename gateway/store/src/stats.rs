@@ -48,6 +48,7 @@ pub struct OutboxStats {
     pub(crate) syncs: u64,
     pub(crate) dropped: u64,
     pub(crate) corrupt_skipped: u64,
+    pub(crate) rejected_disk_full: u64,
     pub(crate) devices: Vec<DeviceStats>,
 }
 
@@ -100,6 +101,10 @@ impl OutboxStats {
     /// Damaged records or regions skipped at open or on read.
     pub fn corrupt_skipped(&self) -> u64 {
         self.corrupt_skipped
+    }
+    /// Records refused because the disk was full (their senders were told so).
+    pub fn rejected_disk_full(&self) -> u64 {
+        self.rejected_disk_full
     }
     /// Devices with queued records, drops, or parked.
     pub fn devices(&self) -> &[DeviceStats] {

@@ -42,11 +42,17 @@ pub struct Running {
 impl Running {
     pub fn start(config: &str, notify_socket: Option<&Path>) -> Self {
         let mut cmd = Command::new(BIN);
-        cmd.args(["run", "--config", config]).stdout(Stdio::null()).stderr(Stdio::piped());
-        cmd.env("RUST_LOG", "info");
+        cmd.args(["run", "--config", config]);
         if let Some(p) = notify_socket {
             cmd.env("NOTIFY_SOCKET", p);
         }
+        Self::spawn(cmd)
+    }
+
+    /// Runs `cmd` (which ends up exec-ing gatewayd, e.g. through `unshare`), reading its log.
+    pub fn spawn(mut cmd: Command) -> Self {
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.env("RUST_LOG", "info");
         let mut child = cmd.spawn().expect("spawn gatewayd");
         let stderr = child.stderr.take().unwrap();
         let (tx, lines) = mpsc::channel();
