@@ -14,12 +14,16 @@
 //! - [`bundle`]: the bundle file format, keys, signing, the keyring, verification.
 //! - [`bootenv`]: the boot loader environment behind one trait: GRUB (`grub-editenv`),
 //!   U-Boot (`fw_printenv`/`fw_setenv`) and a plain key=value file.
+//! - [`disk`]: the flashable GPT disk image (provision FAT, slots A and B, data).
+//! - [`provision`]: `provision.toml` checked and imported (secrets into the data partition).
 //! - [`slots`]: the A/B boot state kept in that environment, install to the inactive slot,
 //!   mark-good, rollback, and the health gate that decides when a tried slot is good.
 
 pub mod bootenv;
 pub mod bundle;
+pub mod disk;
 pub mod manifest;
+pub mod provision;
 pub mod slots;
 
 use std::{io, path::PathBuf};
@@ -60,6 +64,10 @@ pub enum ImageError {
     Key { path: PathBuf, reason: String },
     #[error("keyring {path}: {reason}")]
     Keyring { path: PathBuf, reason: String },
+    #[error("provision.toml: {0}")]
+    Provision(String),
+    #[error("disk image: {0}")]
+    Disk(String),
     #[error("boot loader environment: {0}")]
     Env(String),
     #[error("cannot run {tool}: {source}")]

@@ -107,6 +107,39 @@ enum Command {
         #[command(flatten)]
         board: BoardArgs,
     },
+    /// Write a flashable GPT disk image: FAT provision partition, rootfs slots A (from a
+    /// directory) and B (empty), data. No root privileges or loop devices needed.
+    Disk {
+        /// The board profile the image is for.
+        #[arg(long)]
+        board: String,
+        /// The root file system of slot A (a directory; run under fakeroot for root ownership).
+        #[arg(long)]
+        rootfs: PathBuf,
+        /// A directory whose files go to the FAT partition (EFI loader, grub.cfg, ...).
+        #[arg(long)]
+        boot: Option<PathBuf>,
+        /// A provision.toml to put on the FAT partition.
+        #[arg(long)]
+        provision: Option<PathBuf>,
+        /// The version of the system in slot A (recorded for the no-downgrade check).
+        #[arg(long)]
+        version: Option<semver::Version>,
+        #[arg(long, default_value_t = 64)]
+        provision_mib: u64,
+        #[arg(long, default_value_t = 256)]
+        slot_mib: u64,
+        #[arg(long, default_value_t = 128)]
+        data_mib: u64,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check a provision.toml and write it onto a disk image's FAT partition (mtools).
+    Provision {
+        image: PathBuf,
+        #[arg(long)]
+        file: PathBuf,
+    },
     /// Print the slots' state: booted, good, tried, versions.
     Status {
         #[command(flatten)]
@@ -221,6 +254,43 @@ fn run(command: Command) -> anyhow::Result<()> {
             println!(
                 "installed {} into slot {} ({} bytes); it is tried at the next boot",
                 done.version, done.slot, done.bytes
+            );
+        }
+        Command::Disk {
+            board,
+            rootfs,
+            boot,
+            provision,
+            version,
+            provision_mib,
+            slot_mib,
+            data_mib,
+            out,
+        } => {
+            let spec = gw_image::disk::DiskSpec {
+                board: gw_board::Profile::builtin(&board)?,
+                rootfs,
+                boot,
+                provision,
+                version,
+                provision_mib,
+                slot_mib,
+                data_mib,
+            };
+            gw_image::disk::build(&spec, &out)?;
+            let parts = gw_image::disk::layout(&spec);
+            println!("{}: GPT image for {}", out.display(), spec.board.name);
+            for (name, p) in ["provision", "rootfs-a", "rootfs-b", "data"].iter().zip(parts) {
+                println!("  {name:<10} at {:>6} MiB, {:>5} MiB", p.offset >> 20, p.len >> 20);
+            }
+        }
+        Command::Provision { image, file } => {
+            let p = gw_image::disk::write_provision(&image, &file)?;
+            println!(
+                "{}: provision.toml for gateway {} of {} written",
+                image.display(),
+                p.gateway.name,
+                p.gateway.application
             );
         }
         Command::Status { board } => {

@@ -44,6 +44,13 @@ enum Command {
         #[command(subcommand)]
         command: crate::accounts_cli::AccountsCommand,
     },
+    /// Install signed update bundles into the inactive slot; show the slots.
+    Update {
+        #[arg(long, short, default_value = "/etc/gatewayd/gatewayd.toml")]
+        config: PathBuf,
+        #[command(subcommand)]
+        command: crate::update::UpdateCommand,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -66,6 +73,7 @@ pub fn main() -> ExitCode {
             }
         },
         Command::Accounts { config, command } => crate::accounts_cli::run(&config, command),
+        Command::Update { config, command } => crate::update::cli(&config, command),
         Command::Run { config } => {
             let loaded = match Config::load(&config) {
                 Ok(l) => l,

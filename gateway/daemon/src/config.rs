@@ -71,6 +71,9 @@ pub struct Config {
     /// The command router: how long commands wait for their sensors, the queue's bounds.
     #[serde(default)]
     pub commands: crate::commands::CommandsConfig,
+    /// Updates (signed bundles into the inactive slot, mark-good once healthy); needs `[board]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<crate::update::UpdateConfig>,
     /// Static devices, as if synced from a registry (development and tests).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub devices: Vec<StaticDevice>,
@@ -323,6 +326,14 @@ impl Config {
                 }
             }
         };
+        if let Some(update) = &config.update {
+            if config.board.is_none() {
+                return Err(invalid(origin, "update", "needs [board] (its slots and boot loader)"));
+            }
+            if update.healthy_after < Duration::from_secs(1) {
+                return Err(invalid(origin, "update.healthy_after", "at least 1s"));
+            }
+        }
         let bridge_passwords = config.resolve_bridges(origin)?;
         let admin_password = match &config.web.admin_password_file {
             Some(file) => Some(read_secret(file, "web.admin_password_file", text, origin)?),

@@ -18,6 +18,7 @@
 //! - [`logging`]: tracing set-up, human or JSON.
 //! - [`web_tls`]: HTTPS for the web listener, with the push endpoint's client certificates.
 //! - [`push`]: the command push endpoint's `[web]` settings, mounted on the web listener.
+//! - [`update`]: `[update]`: signed bundles into the inactive slot, mark-good once healthy.
 
 pub mod accounts_cli;
 pub mod board;
@@ -31,6 +32,7 @@ pub mod push;
 pub mod sd_notify;
 pub mod status;
 pub mod supervisor;
+pub mod update;
 pub mod web;
 pub mod web_tls;
 pub mod wiring;

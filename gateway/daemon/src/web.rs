@@ -85,6 +85,8 @@ pub struct WebState {
     pub credentials: Option<Arc<gw_auth::CredentialChain>>,
     /// The board, when `[board]` is configured.
     pub board: Option<Arc<crate::board::BoardStatus>>,
+    /// The updater, when `[update]` is configured: slots, trial state, last install.
+    pub update: Option<Arc<crate::update::Updater>>,
     /// The command router: queue, outcomes (see `docs/commands.md`).
     pub commands: Option<crate::commands::CommandRouter>,
     /// What the command intakes (push, MQTT, HTTP waits) took (docs/command-intake.md).
@@ -108,6 +110,7 @@ impl WebState {
             registry: None,
             credentials: None,
             board: None,
+            update: None,
             commands: None,
             command_intake: None,
             bridges: Vec::new(),
@@ -178,6 +181,7 @@ pub fn status_json(state: &WebState) -> serde_json::Value {
         "commands": state.commands.as_ref().map(|c| c.status()),
         "command_intake": state.command_intake.as_ref().map(|i| i.stats()),
         "board": state.board.as_ref().map(|b| b.snapshot()),
+        "update": state.update.as_ref().map(|u| u.snapshot()),
         "credentials": state.credentials.as_ref().map(|c| serde_json::json!({
             "registry_devices": c.registry().len(),
             "local_accounts": c.accounts().list().len(),

@@ -371,6 +371,29 @@ impl Gateway {
             }
             None => {}
         }
+        // Updates: install into the inactive slot; mark the booted slot good once healthy.
+        if let (Some(update), Some((_, status))) = (&config.update, &board) {
+            let updater = Arc::new(crate::update::Updater::new(
+                status.board().clone(),
+                update.clone(),
+                &config.gateway.data_dir,
+            ));
+            state.update = Some(Arc::clone(&updater));
+            commands.attach_updater(Arc::clone(&updater));
+            let probes: Vec<Box<dyn crate::board::Probe>> = vec![
+                Box::new(probes::Web::new(web_addr, web_tls.is_some())),
+                Box::new(probes::Store(outbox.clone())),
+            ];
+            let uplink_status = state.uplink.clone();
+            let cloud_up = move || {
+                uplink_status
+                    .as_ref()
+                    .is_some_and(|u| u.snapshot().state == gw_cloud_sync::UplinkState::Connected)
+            };
+            let stop = supervisor.token().clone();
+            supervisor
+                .spawn("mark-good", crate::update::run_mark_good(updater, probes, cloud_up, stop));
+        }
 
         let max_body = usize::try_from(config.web.max_message_bytes.bytes()).unwrap_or(usize::MAX);
         let listeners = state.listeners();

@@ -5,6 +5,7 @@
 //! | `resync`        | ignored                                   | lists the registry now                   |
 //! | `set-log-level` | a filter directive: `debug`, `gw_store=trace,info` | replaces the log filter until restart |
 //! | `reboot`        | ignored                                   | runs `[commands] reboot_command`, or stops gatewayd with a failure exit code for systemd to restart it |
+//! | `update`        | a bundle's URL (text, or JSON `{"url": ...}`) | downloads, verifies and installs it into the inactive slot (`[update]`); tried at the next boot |
 //!
 //! Anything else is rejected, naming the commands there are.
 
@@ -22,6 +23,7 @@ const REBOOT_COMMAND_WAIT: Duration = Duration::from_secs(10);
 /// What the gateway does for its own commands.
 pub struct GatewayCommands {
     resync: OnceLock<gw_cloud_sync::ResyncHandle>,
+    updater: OnceLock<std::sync::Arc<crate::update::Updater>>,
     reboot_command: Vec<String>,
     /// Set to true when `reboot` asks the daemon to stop for a restart.
     restart: watch::Sender<bool>,
@@ -32,6 +34,7 @@ impl GatewayCommands {
     pub fn new(reboot_command: Vec<String>) -> Self {
         Self {
             resync: OnceLock::new(),
+            updater: OnceLock::new(),
             reboot_command,
             restart: watch::Sender::new(false),
             log_filter: Mutex::new(None),
@@ -41,6 +44,11 @@ impl GatewayCommands {
     /// Lets `resync` reach the registry sync.
     pub fn set_resync(&self, handle: gw_cloud_sync::ResyncHandle) {
         let _ = self.resync.set(handle);
+    }
+
+    /// Lets `update` install bundles.
+    pub fn set_updater(&self, updater: std::sync::Arc<crate::update::Updater>) {
+        let _ = self.updater.set(updater);
     }
 
     /// Resolves to true once `reboot` asked the daemon to restart.
@@ -77,8 +85,19 @@ impl GatewayCommands {
                 Ok(())
             }
             "reboot" => self.reboot().await,
+            "update" => {
+                let updater = self
+                    .updater
+                    .get()
+                    .ok_or("no [update] is configured: this gateway takes no updates")?;
+                let url = bundle_url(&command.payload)?;
+                tracing::warn!(%url, "update requested by a gateway command");
+                let done = updater.install_url(&url).await?;
+                tracing::warn!(slot = %done.slot, version = %done.version, "update installed; tried at the next boot");
+                Ok(())
+            }
             other => Err(format!(
-                "unknown gateway command '{other}' (known: resync, set-log-level, reboot)"
+                "unknown gateway command '{other}' (known: resync, set-log-level, reboot, update)"
             )),
         }
     }
@@ -103,4 +122,21 @@ impl GatewayCommands {
             Err(_) => Ok(()),
         }
     }
+}
+
+/// The `update` command's URL: the payload as text, or a JSON object's `url`.
+fn bundle_url(payload: &[u8]) -> Result<String, String> {
+    let text = std::str::from_utf8(payload).map_err(|_| "the payload must be a URL".to_owned())?;
+    let text = text.trim();
+    let url = if text.starts_with('{') {
+        let v: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| format!("the payload is not JSON: {e}"))?;
+        v.get("url").and_then(|u| u.as_str()).ok_or("the JSON payload has no \"url\"")?.to_owned()
+    } else {
+        text.trim_matches('"').to_owned()
+    };
+    if url.is_empty() {
+        return Err("the payload must be the bundle's URL".into());
+    }
+    Ok(url)
 }

@@ -3,7 +3,7 @@
 //! [`CommandSink::submit`], and leaves towards its sensor by the first way that works:
 //!
 //! 1. a command for the gateway itself (`[gateway] name`) is carried out by the daemon
-//!    ([`gateway`]: `resync`, `set-log-level`, `reboot`);
+//!    ([`gateway`]: `resync`, `set-log-level`, `reboot`, `update`);
 //! 2. a device this gateway does not proxy (registry cache, `[[devices]]`, local accounts) is
 //!    refused ([`CommandOutcome::UnknownDevice`]);
 //! 3. when nothing is queued for the sensor yet: a request of the sensor waiting for a command
@@ -156,6 +156,11 @@ impl CommandRouter {
     /// Lets the `resync` gateway command reach the registry sync.
     pub fn attach_resync(&self, handle: gw_cloud_sync::ResyncHandle) {
         self.inner.own.set_resync(handle);
+    }
+
+    /// Lets the `update` gateway command install bundles (`[update]`).
+    pub fn attach_updater(&self, updater: std::sync::Arc<crate::update::Updater>) {
+        self.inner.own.set_updater(updater);
     }
 
     /// Reports every outcome upstream as well (`[commands] report_channel`).
