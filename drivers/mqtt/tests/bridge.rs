@@ -325,3 +325,106 @@ async fn bad_templates_are_refused_naming_the_key() {
     let e = Bridge::new(&c, None, &app(), known, TestIngest::new()).err().unwrap();
     assert!(e.to_string().contains("mapping[0].commands"), "{e}");
 }
+
+/// Runs openssl in `dir`; false (after a skip line) when it is missing outside CI.
+fn openssl(dir: &std::path::Path, args: &[&str]) -> bool {
+    match std::process::Command::new("openssl").current_dir(dir).args(args).output() {
+        Ok(out) => {
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            true
+        }
+        Err(_) => {
+            assert!(std::env::var_os("CI").is_none(), "openssl is required under CI");
+            eprintln!("SKIP: openssl not installed");
+            false
+        }
+    }
+}
+
+/// mqtts://: the bridge verifies the site broker's certificate against `ca_file`.
+#[tokio::test]
+async fn bridges_a_site_broker_over_tls() {
+    if !have_mosquitto("bridges_a_site_broker_over_tls") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let ca = [&["req", "-x509"][..], &ec, &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2"]]
+        .concat();
+    if !openssl(d, &[&ca[..], &["-subj", "/CN=site-ca"]].concat()) {
+        return;
+    }
+    std::fs::write(d.join("server.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    let csr = [&["req"][..], &ec, &["-keyout", "server.key", "-out", "server.csr"]].concat();
+    assert!(openssl(d, &[&csr[..], &["-subj", "/CN=127.0.0.1"]].concat()));
+    assert!(openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ]
+    ));
+    let p = |f: &str| d.join(f).display().to_string();
+    let site = Mosquitto::start(
+        d,
+        &format!(
+            "allow_anonymous true\ncafile {}\ncertfile {}\nkeyfile {}",
+            p("ca.pem"),
+            p("server.pem"),
+            p("server.key")
+        ),
+    );
+    let mut config = config(&site, "gw1-tls");
+    config.url = format!("mqtts://{}", site.addr);
+    config.ca_file = Some(d.join("ca.pem"));
+    let ingest = TestIngest::new();
+    let bridge = Running::start(&config, ingest.clone());
+    bridge.wait_subscribed().await;
+    let out = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &site.addr.port().to_string(), "--cafile", &p("ca.pem")])
+        .args(["-q", "1", "-t", "sensors/s7/temp", "-m", "over tls"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "mosquitto_pub: {}", String::from_utf8_lossy(&out.stderr));
+    let records = ingest.wait_for(1).await;
+    assert_eq!((records[0].device.as_str(), &records[0].payload[..]), ("s7", &b"over tls"[..]));
+    bridge.stop().await;
+
+    // a bridge that trusts another CA does not get in, and says why in its status
+    let mut wrong = config.clone();
+    let other =
+        [&["req", "-x509"][..], &ec, &["-keyout", "o.key", "-out", "other.pem", "-days", "2"]]
+            .concat();
+    assert!(openssl(d, &[&other[..], &["-subj", "/CN=other-ca"]].concat()));
+    wrong.ca_file = Some(d.join("other.pem"));
+    let refused = Running::start(&wrong, TestIngest::new());
+    tokio::time::timeout(DEADLINE, async {
+        while refused.status.snapshot().last_error.is_none() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .unwrap();
+    let s = refused.status.snapshot();
+    assert!(!s.connected, "{s:?}");
+    refused.stop().await;
+}
