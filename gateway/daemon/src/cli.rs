@@ -44,6 +44,9 @@ enum Command {
         #[command(subcommand)]
         command: crate::accounts_cli::AccountsCommand,
     },
+    /// Import an installer's provision.toml: secrets into the data partition, the config
+    /// written, the file rewritten without secrets (docs/installing.md).
+    Provision(crate::provision_cli::ProvisionArgs),
     /// Install signed update bundles into the inactive slot; show the slots.
     Update {
         #[arg(long, short, default_value = "/etc/gatewayd/gatewayd.toml")]
@@ -74,6 +77,7 @@ pub fn main() -> ExitCode {
         },
         Command::Accounts { config, command } => crate::accounts_cli::run(&config, command),
         Command::Update { config, command } => crate::update::cli(&config, command),
+        Command::Provision(args) => crate::provision_cli::run(args),
         Command::Run { config } => {
             let loaded = match Config::load(&config) {
                 Ok(l) => l,

@@ -18,6 +18,7 @@
 //! - [`logging`]: tracing set-up, human or JSON.
 //! - [`web_tls`]: HTTPS for the web listener, with the push endpoint's client certificates.
 //! - [`push`]: the command push endpoint's `[web]` settings, mounted on the web listener.
+//! - [`provision_cli`]: `gatewayd provision`: imports an installer's provision.toml.
 //! - [`update`]: `[update]`: signed bundles into the inactive slot, mark-good once healthy.
 
 pub mod accounts_cli;
@@ -28,6 +29,7 @@ pub mod config;
 pub mod demo;
 pub mod http_endpoint;
 pub mod logging;
+pub mod provision_cli;
 pub mod push;
 pub mod sd_notify;
 pub mod status;
