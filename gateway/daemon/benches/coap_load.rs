@@ -293,38 +293,41 @@ async fn main() {
         "CoAP CON POST, 100-byte JSON, N sensors with one request in flight each, {secs} s per cell"
     );
     println!(
-        "| N | server | answered req/s | p50 ms | p99 ms | failed | retransmits | server CPU | durable bound N ÷ commit latency |"
+        "| N | server | answered req/s | p50 ms | p99 ms | failed | retransmits | server CPU | generator CPU | durable bound N ÷ commit latency |"
     );
-    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &n in &counts {
         // first round: every sensor's first login is checked against its hash (not timed)
         load(gw_addr, n, 0.5, true).await;
-        let (cpu0, commits0) = (cpu_secs(gw.id()), outbox_commits(&web).await);
+        let me = std::process::id();
+        let (cpu0, commits0, gen0) = (cpu_secs(gw.id()), outbox_commits(&web).await, cpu_secs(me));
         let g = load(gw_addr, n, secs, true).await;
-        let (cpu1, commits1) = (cpu_secs(gw.id()), outbox_commits(&web).await);
+        let (cpu1, commits1, gen1) = (cpu_secs(gw.id()), outbox_commits(&web).await, cpu_secs(me));
         let commit_latency = g.secs / (commits1 - commits0).max(1) as f64;
         println!(
-            "| {n} | gatewayd (4209, ack after fdatasync) | {:.0} | {} | {} | {} | {} | {:.0} % | {:.0} (commit {:.2} ms) |",
+            "| {n} | gatewayd (4209, ack after fdatasync) | {:.0} | {} | {} | {} | {} | {:.0} % | {:.0} % | {:.0} (commit {:.2} ms) |",
             g.ok as f64 / g.secs,
             ms(g.p50),
             ms(g.p99),
             g.failed,
             g.retransmits,
             (cpu1 - cpu0) / g.secs * 100.0,
+            (gen1 - gen0) / g.secs * 100.0,
             n as f64 / commit_latency,
             commit_latency * 1000.0,
         );
-        let cpu0 = cpu_secs(libcoap.id());
+        let (cpu0, gen0) = (cpu_secs(libcoap.id()), cpu_secs(me));
         let l = load(libcoap_addr, n, secs, false).await;
-        let cpu1 = cpu_secs(libcoap.id());
+        let (cpu1, gen1) = (cpu_secs(libcoap.id()), cpu_secs(me));
         println!(
-            "| {n} | coap-server-notls -d 10 (no 4209, in memory) | {:.0} | {} | {} | {} | {} | {:.0} % | – |",
+            "| {n} | coap-server-notls -d 10 (no 4209, in memory) | {:.0} | {} | {} | {} | {} | {:.0} % | {:.0} % | – |",
             l.ok as f64 / l.secs,
             ms(l.p50),
             ms(l.p99),
             l.failed,
             l.retransmits,
             (cpu1 - cpu0) / l.secs * 100.0,
+            (gen1 - gen0) / l.secs * 100.0,
         );
     }
     let _ = gw.kill();
