@@ -144,7 +144,7 @@ fn print_banner(
     sensor1_password: &str,
     admin_password: &str,
 ) {
-    println!(
+    say(format_args!(
         "\ngatewayd demo: a dev cloud, gateway {GATEWAY} of application {APP}, and sensors {sensors}\n\
          posting a temperature through the gateway every few seconds ({http} over HTTP, {last}\n\
          over MQTT). The gateway learns the sensors and their passwords from the cloud's registry.\n\n\
@@ -167,12 +167,12 @@ fn print_banner(
         last = SENSORS[SENSORS.len() - 1],
         mqtt_host = mqtt.ip(),
         mqtt_port = mqtt.port(),
-    );
+    ));
 }
 
 fn print_command_hints(mqtt: SocketAddr, cloud: &str, token: &str, sensor1_password: &str) {
     let last = SENSORS[SENSORS.len() - 1];
-    println!(
+    say(format_args!(
         "Commands: the cloud pushes them to the gateway, which delivers them at once to a sensor\n\
          that is connected (MQTT subscription, HTTP/CoAP request waiting with ct=) and otherwise\n\
          queues them on disk for the sensor's next contact. Send {last} (subscribed over MQTT) one:\n\
@@ -183,7 +183,15 @@ fn print_command_hints(mqtt: SocketAddr, cloud: &str, token: &str, sensor1_passw
          The push endpoint itself: POST /api/commands/v1/push (docs/command-intake.md).\n",
         host = mqtt.ip(),
         port = mqtt.port(),
-    );
+    ));
+}
+
+/// Prints a hint. Not println!: a reader that closed standard output (a pipe to `head`, a test
+/// that has read enough) must not stop the demo.
+fn say(text: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_fmt(text).and_then(|()| out.write_all(b"\n")).and_then(|()| out.flush());
 }
 
 /// Waits (up to 20 s) until the gateway holds its sensors' credentials from the registry, so
