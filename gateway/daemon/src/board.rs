@@ -201,11 +201,14 @@ pub async fn run_watchdog(
     }
 }
 
-/// Shows the cloud link on the status LED (checked every second) and the identify blink.
+/// Shows the cloud link on the status LED (checked every second) and the identify blink. With
+/// `fault` (a refused provision.toml), the status LED shows the error pattern instead, whatever
+/// the cloud link does.
 pub async fn run_leds(
     leds: Leds,
     status: Arc<BoardStatus>,
     cloud_up: impl Fn() -> bool + Send + 'static,
+    fault: bool,
     mut identify: mpsc::Receiver<Duration>,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -231,7 +234,13 @@ pub async fn run_leds(
             let _ = leds.identify(false);
             status.identify.store(false, Ordering::Relaxed);
         }
-        let state = if cloud_up() { LedState::CloudUp } else { LedState::CloudDown };
+        let state = if fault {
+            LedState::Error
+        } else if cloud_up() {
+            LedState::CloudUp
+        } else {
+            LedState::CloudDown
+        };
         if shown != Some(state) {
             if let Err(e) = leds.show(state) {
                 tracing::warn!(cause = %e, "cannot set the status LED");
@@ -378,6 +387,7 @@ mod tests {
             sim.board().leds(),
             status.clone(),
             move || cloud.load(Ordering::SeqCst),
+            false,
             rx,
             stop.clone(),
         ));
@@ -392,6 +402,24 @@ mod tests {
         assert_eq!(sim.led("activity").2, Some((250, 250)));
         tokio::time::sleep(Duration::from_secs(6)).await;
         assert_eq!(sim.led("activity").0, "none", "identify ends by itself");
+        stop.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fault_shows_the_error_pattern_whatever_the_cloud_link_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let sim = SimBoard::create(dir.path()).unwrap();
+        let status = Arc::new(BoardStatus::new(sim.board()));
+        let (tx, rx) = mpsc::channel(4);
+        let stop = CancellationToken::new();
+        tokio::spawn(run_leds(sim.board().leds(), status.clone(), || true, true, rx, stop.clone()));
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(sim.led("status").2, Some((100, 900)), "error: short flash");
+        assert_eq!(status.snapshot()["leds"], "error");
+        tx.send(Duration::from_secs(5)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(sim.led("activity").2, Some((250, 250)), "identify still works");
+        assert_eq!(sim.led("status").2, Some((100, 900)));
         stop.cancel();
     }
 

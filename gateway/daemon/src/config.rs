@@ -263,6 +263,9 @@ pub struct Loaded {
     pub bridge_passwords: Vec<Option<Secret>>,
     /// The first technician's password, when `[web] admin_password_file` sets one.
     pub admin_password: Option<Secret>,
+    /// Why `gatewayd provision` last refused provision.toml, while that stands (its
+    /// `provision.error` beside the config file; `gatewayd run` reads it).
+    pub provision_error: Option<String>,
 }
 
 impl Config {
@@ -348,6 +351,7 @@ impl Config {
             push_token,
             bridge_passwords,
             admin_password,
+            provision_error: None,
         })
     }
 

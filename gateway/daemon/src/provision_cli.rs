@@ -4,7 +4,11 @@
 //! without its secrets. A bad file changes nothing; its error is printed and kept in
 //! `provision.error` beside the written config (removed by the next good import).
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    io::Read,
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use gw_image::provision::{ImportPaths, Imported, import};
 
@@ -24,8 +28,29 @@ pub struct ProvisionArgs {
     secrets: PathBuf,
 }
 
+/// Where a refused import's error is kept: `provision.error` beside the written config, which
+/// is the config `gatewayd run` reads.
+pub fn error_file(config: &Path) -> PathBuf {
+    config.with_file_name("provision.error")
+}
+
+/// The error of a refused import that still stands for the config at `config` (its
+/// `provision.error`, at most 4 KiB of it), or `None` after a good import.
+pub fn standing_error(config: &Path) -> Option<String> {
+    let file = error_file(config);
+    let mut text = String::new();
+    match std::fs::File::open(&file).and_then(|f| f.take(4096).read_to_string(&mut text)) {
+        Ok(_) if text.trim().is_empty() => Some("provision.toml was refused".into()),
+        Ok(_) => Some(text.trim().to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => {
+            Some(format!("provision.toml was refused ({} cannot be read: {e})", file.display()))
+        }
+    }
+}
+
 pub fn run(args: ProvisionArgs) -> ExitCode {
-    let error_file = args.config.with_file_name("provision.error");
+    let error_file = error_file(&args.config);
     let paths = ImportPaths {
         provision: args.file,
         base_config: args.base,
@@ -53,5 +78,24 @@ pub fn run(args: ProvisionArgs) -> ExitCode {
             let _ = std::fs::write(&error_file, format!("{e}\n"));
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn the_standing_error_is_read_beside_the_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("gatewayd.toml");
+        assert_eq!(standing_error(&config), None);
+        std::fs::write(dir.path().join("provision.error"), "provision.toml: cloud.url: bad\n")
+            .unwrap();
+        assert_eq!(standing_error(&config).as_deref(), Some("provision.toml: cloud.url: bad"));
+        std::fs::write(dir.path().join("provision.error"), "").unwrap();
+        assert_eq!(standing_error(&config).as_deref(), Some("provision.toml was refused"));
     }
 }

@@ -1,8 +1,8 @@
 //! Updates on the gateway (`[update]`, docs/updating.md): signed bundles installed into the
-//! inactive slot (`gatewayd update install`, the cloud's `update` gateway command with a URL),
-//! and the health gate that marks the booted slot good once the gateway has been healthy for
-//! `healthy_after` (every component answers its probe, and the cloud link is up or the start is
-//! `cloud_grace` ago). A slot on trial that never gets there is not marked, so the boot loader
+//! inactive slot (`gatewayd update install`, the cloud's `update` gateway command with a URL,
+//! an upload on the status page), and the health gate that marks the booted slot good once the
+//! gateway has been healthy for `healthy_after` (every component answers its probe, and the
+//! cloud link is up or the start is `cloud_grace` ago). A slot on trial that never gets there is not marked, so the boot loader
 //! falls back to the good slot at the next reset.
 
 use std::{
@@ -15,7 +15,7 @@ use std::{
 use anyhow::Context;
 use gw_board::Board;
 use gw_image::{
-    Bundle, HealthGate, InstallOptions, Installed, Keyring, SlotSystem,
+    Bundle, HealthGate, ImageError, InstallOptions, Installed, Keyring, SlotSystem,
     bootenv::{self, ToolPath},
     slots::MarkGood,
 };
@@ -41,7 +41,7 @@ pub struct UpdateConfig {
     /// back (a site may be offline on purpose); before it, the link must be up.
     #[serde(default = "default_cloud_grace", with = "gw_model::serde_util::duration")]
     pub cloud_grace: Duration,
-    /// The largest bundle the `update` command downloads.
+    /// The largest bundle the `update` command downloads or the status page accepts.
     #[serde(default = "default_max_bundle_bytes")]
     pub max_bundle_bytes: ByteSize,
 }
@@ -76,8 +76,48 @@ pub struct Updater {
     slots: SlotSystem,
     config: UpdateConfig,
     download_dir: PathBuf,
-    busy: tokio::sync::Mutex<()>,
+    busy: Arc<tokio::sync::Mutex<()>>,
     last: Mutex<serde_json::Value>,
+}
+
+/// The one bundle being received and installed: holds the updater's lock, and removes the
+/// bundle file when dropped (also when the client that sent it goes away half-way).
+#[derive(Debug)]
+pub struct Staging {
+    file: PathBuf,
+    _busy: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Staging {
+    /// Where the bundle is written.
+    pub fn path(&self) -> &Path {
+        &self.file
+    }
+
+    /// Creates (or truncates) the bundle file, and its directory if needed.
+    pub async fn create(&self) -> std::io::Result<tokio::fs::File> {
+        if let Some(dir) = self.file.parent() {
+            tokio::fs::create_dir_all(dir).await?;
+        }
+        tokio::fs::File::create(&self.file).await
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        // unlink only; runs before the lock is released
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+/// Why a staged bundle was not installed.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    /// The updater refused it (signature, board, version, image hash) or could not write it.
+    #[error(transparent)]
+    Refused(#[from] ImageError),
+    #[error("the install task ended abnormally: {0}")]
+    Aborted(String),
 }
 
 impl Updater {
@@ -87,7 +127,7 @@ impl Updater {
             slots: SlotSystem::new(board, env),
             config,
             download_dir: data_dir.join("update"),
-            busy: tokio::sync::Mutex::new(()),
+            busy: Arc::new(tokio::sync::Mutex::new(())),
             last: Mutex::new(serde_json::Value::Null),
         }
     }
@@ -96,48 +136,64 @@ impl Updater {
         &self.slots
     }
 
+    /// `[update] max_bundle_bytes`.
+    pub fn max_bundle_bytes(&self) -> u64 {
+        self.config.max_bundle_bytes.bytes()
+    }
+
+    /// Starts receiving a bundle (into the data directory's `update/`); `None` while another
+    /// one is received or installed.
+    pub fn try_stage(&self) -> Option<Staging> {
+        let busy = Arc::clone(&self.busy).try_lock_owned().ok()?;
+        Some(Staging { file: self.download_dir.join("incoming.bundle"), _busy: busy })
+    }
+
     /// Verifies and installs a bundle file (blocking: run it off the async threads).
-    pub fn install_file(&self, bundle: &Path, force: bool) -> anyhow::Result<Installed> {
-        let keyring = Keyring::load(&self.config.keyring)?;
-        let result = Bundle::open(bundle, &keyring)
-            .and_then(|b| self.slots.install(&b, &InstallOptions { allow_downgrade: force }));
+    pub fn install_file(&self, bundle: &Path, force: bool) -> Result<Installed, ImageError> {
+        let result = Keyring::load(&self.config.keyring).and_then(|keyring| {
+            Bundle::open(bundle, &keyring)
+                .and_then(|b| self.slots.install(&b, &InstallOptions { allow_downgrade: force }))
+        });
         let note = match &result {
             Ok(done) => json!({"outcome": "installed", "slot": done.slot.to_string(),
                                "version": done.version.to_string()}),
             Err(e) => json!({"outcome": "refused", "reason": e.to_string()}),
         };
         *self.last.lock().unwrap_or_else(PoisonError::into_inner) = note;
-        Ok(result?)
+        result
+    }
+
+    /// Installs a received bundle on a blocking thread, which keeps the lock and removes the
+    /// file when done even if the caller stops waiting.
+    pub async fn install_staged(
+        self: &Arc<Self>,
+        staging: Staging,
+        force: bool,
+    ) -> Result<Installed, InstallError> {
+        let me = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let result = me.install_file(staging.path(), force);
+            drop(staging);
+            result
+        })
+        .await
+        .map_err(|e| InstallError::Aborted(e.to_string()))?
+        .map_err(InstallError::from)
     }
 
     /// Downloads a bundle from `url` (at most `max_bundle_bytes`) into the data directory and
     /// installs it.
     pub async fn install_url(self: &Arc<Self>, url: &str) -> Result<Installed, String> {
-        let _busy = self.busy.try_lock().map_err(|_| "an update is already being installed")?;
+        let staging = self.try_stage().ok_or("an update is already being installed")?;
         let url: reqwest::Url = url.parse().map_err(|e| format!("bad URL {url:?}: {e}"))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(format!("{url}: only http and https URLs"));
         }
-        tokio::fs::create_dir_all(&self.download_dir)
-            .await
-            .map_err(|e| format!("cannot create {}: {e}", self.download_dir.display()))?;
-        let file = self.download_dir.join("download.bundle");
-        let result = self.download(&url, &file).await;
-        let result = match result {
-            Ok(()) => {
-                let (me, f) = (Arc::clone(self), file.clone());
-                tokio::task::spawn_blocking(move || me.install_file(&f, false))
-                    .await
-                    .map_err(|e| format!("install task: {e}"))
-                    .and_then(|r| r.map_err(|e| format!("{e:#}")))
-            }
-            Err(e) => Err(e),
-        };
-        let _ = tokio::fs::remove_file(&file).await;
-        result
+        self.download(&url, &staging).await?;
+        self.install_staged(staging, false).await.map_err(|e| format!("{e:#}"))
     }
 
-    async fn download(&self, url: &reqwest::Url, file: &Path) -> Result<(), String> {
+    async fn download(&self, url: &reqwest::Url, staging: &Staging) -> Result<(), String> {
         use tokio::io::AsyncWriteExt;
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(30))
@@ -153,9 +209,9 @@ impl Updater {
         if response.content_length().is_some_and(|l| l > max) {
             return Err(format!("{url}: larger than [update] max_bundle_bytes ({max} bytes)"));
         }
-        let mut out = tokio::fs::File::create(file)
-            .await
-            .map_err(|e| format!("cannot create {}: {e}", file.display()))?;
+        let file = staging.path();
+        let mut out =
+            staging.create().await.map_err(|e| format!("cannot create {}: {e}", file.display()))?;
         let mut total = 0u64;
         while let Some(chunk) =
             response.chunk().await.map_err(|e| format!("download of {url} broke off: {e}"))?
@@ -354,7 +410,7 @@ mod tests {
         let snapshot = updater.snapshot();
         assert_eq!(snapshot["last_install"]["version"], "1.1.0");
         assert_eq!(snapshot["version_b"], "1.1.0");
-        assert!(!dir.path().join("data/update/download.bundle").exists(), "download removed");
+        assert!(!dir.path().join("data/update/incoming.bundle").exists(), "download removed");
     }
 
     #[tokio::test]
@@ -371,6 +427,29 @@ mod tests {
         let e = updater.install_url(&format!("{base}/good.bundle")).await.unwrap_err();
         assert!(e.contains("larger than [update] max_bundle_bytes"), "{e}");
         assert!(std::fs::read(sim.root().join("dev/sim-slot-b")).unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn one_bundle_is_staged_at_a_time_and_its_file_removed() {
+        use tokio::io::AsyncWriteExt;
+        let dir = tempfile::tempdir().unwrap();
+        let sim = gw_board::sim::SimBoard::create(&dir.path().join("board")).unwrap();
+        let config = UpdateConfig { keyring: fixtures().join("keyring"), ..Default::default() };
+        let updater = Arc::new(Updater::new(sim.board(), config, &dir.path().join("data")));
+        let staging = updater.try_stage().unwrap();
+        assert!(updater.try_stage().is_none(), "busy while one is staged");
+        let e = updater.install_url("http://127.0.0.1:9/x.bundle").await.unwrap_err();
+        assert!(e.contains("already being installed"), "{e}");
+        staging.create().await.unwrap().write_all(b"not a bundle").await.unwrap();
+        let file = staging.path().to_owned();
+        assert!(file.exists());
+        let e = updater.install_staged(staging, false).await.unwrap_err();
+        assert!(matches!(e, InstallError::Refused(ImageError::NotABundle { .. })), "{e}");
+        assert!(!file.exists(), "removed after the install");
+        let staging = updater.try_stage().expect("free again");
+        staging.create().await.unwrap();
+        drop(staging);
+        assert!(!file.exists(), "removed when dropped");
     }
 
     #[tokio::test(start_paused = true)]

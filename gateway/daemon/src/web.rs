@@ -93,6 +93,8 @@ pub struct WebState {
     pub command_intake: Option<gw_cloud_sync::CommandIntake>,
     /// The legacy broker bridges, with their mappings' interworking descriptors.
     pub bridges: Vec<gw_driver_mqtt::BridgeStatus>,
+    /// Why the last `gatewayd provision` refused provision.toml, while that stands.
+    pub provision_error: Option<String>,
 }
 
 impl WebState {
@@ -114,6 +116,7 @@ impl WebState {
             commands: None,
             command_intake: None,
             bridges: Vec::new(),
+            provision_error: None,
         }
     }
 
@@ -182,6 +185,7 @@ pub fn status_json(state: &WebState) -> serde_json::Value {
         "command_intake": state.command_intake.as_ref().map(|i| i.stats()),
         "board": state.board.as_ref().map(|b| b.snapshot()),
         "update": state.update.as_ref().map(|u| u.snapshot()),
+        "provisioning": {"error": state.provision_error},
         "credentials": state.credentials.as_ref().map(|c| serde_json::json!({
             "registry_devices": c.registry().len(),
             "local_accounts": c.accounts().list().len(),

@@ -48,6 +48,11 @@ impl Gateway {
             readiness.clone(),
         );
         let mut supervisor = Supervisor::new(token);
+        // A refused provision.toml: shown on the status page and the status LED while it stands.
+        if let Some(error) = &loaded.provision_error {
+            tracing::error!(cause = %error, "provision.toml was refused; running with the previous settings");
+        }
+        state.provision_error = loaded.provision_error.clone();
 
         // 0. The board, if configured: a factory reset asked for by the button happens now,
         // before anything opens the data directory; the status LED shows "booting".
@@ -341,12 +346,14 @@ impl Gateway {
                 };
                 let leds = status.board().leds();
                 let stop = supervisor.token().clone();
+                let fault = state.provision_error.is_some();
                 supervisor.spawn(
                     "leds",
                     crate::board::run_leds(
                         leds.clone(),
                         Arc::clone(status),
                         cloud_up,
+                        fault,
                         identify_rx,
                         stop,
                     ),

@@ -1,13 +1,20 @@
 //! `gatewayd provision` on the files an image has: the installer's provision.toml is imported
 //! (secrets into the data directory 0600, config written from the base, the file rewritten
 //! without secrets), the gateway then runs under the provisioned name and its technician logs
-//! in with the provisioned password; a bad file changes nothing and leaves `provision.error`.
+//! in with the provisioned password; a bad file changes nothing and leaves `provision.error`,
+//! which the next `gatewayd run` shows on the status page, in `/api/v1/status` and `/metrics`,
+//! and as the error pattern of the status LED, until a good file is imported.
 
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
-use std::{os::unix::fs::PermissionsExt, path::Path, process::Command};
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::Path,
+    process::Command,
+    time::{Duration, Instant},
+};
 
 use common::{Running, write};
 
@@ -92,4 +99,81 @@ fn a_bad_provision_file_changes_nothing_and_says_why() {
         std::fs::read_to_string(dir.path().join("data/secrets/cloud.secret")).unwrap(),
         "new"
     );
+}
+
+/// A page of the status page, fetched with curl and the session in `jar`.
+fn page(web: &str, jar: &Path, path: &str) -> String {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10", "-b"])
+        .arg(jar)
+        .arg(format!("http://{web}{path}"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn wait_led(sim: &gw_board::sim::SimBoard, want: Option<(u32, u32)>) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sim.led("status").2 != want {
+        assert!(Instant::now() < deadline, "status LED {:?}, expected {want:?}", sim.led("status"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_refused_provision_file_shows_on_the_status_page_and_the_status_led_until_fixed() {
+    let dir = setup();
+    let sim = gw_board::sim::SimBoard::create(&dir.path().join("board")).unwrap();
+    let base = std::fs::read_to_string(dir.path().join("base.toml")).unwrap();
+    let board =
+        format!("\n[board]\nprofile = \"sim\"\nroot = {:?}\n", sim.root().display().to_string());
+    write(dir.path(), "base.toml", &(base + &board));
+    write(&dir.path().join("boot"), "provision.toml", PROVISION);
+    assert!(provision(dir.path()).0);
+    let bad = PROVISION.replace("gw-0042", "gw 42");
+    write(&dir.path().join("boot"), "provision.toml", &bad);
+    let (ok, out) = provision(dir.path());
+    assert!(!ok && out.contains("gateway.name"), "{out}");
+
+    let config = dir.path().join("data/gatewayd.toml").display().to_string();
+    let client = common::blocking_client();
+    let status = |web: &str| -> serde_json::Value {
+        serde_json::from_str(&client.get(format!("http://{web}/api/v1/status")).text()).unwrap()
+    };
+    let jar = dir.path().join("jar");
+    {
+        let gw = Running::start(&config, None);
+        let line = gw.wait_for("provision.toml was refused", Duration::from_secs(10));
+        assert!(line.contains("gateway.name"), "{line}");
+        let web = gw.web_addr();
+        let v = status(&web);
+        let error = v["provisioning"]["error"].as_str().unwrap_or_else(|| panic!("{v}"));
+        assert!(error.contains("provision.toml: gateway.name: 1 to 63 letters"), "{error}");
+        assert_eq!(v["gateway"]["name"], "gw-0042", "the previous settings run");
+        assert_eq!(common::status_page_login(&web, &jar, "admin", "installer-pw-1"), 303);
+        let overview = page(&web, &jar, "/");
+        assert!(overview.contains("id=\"provision-error\""), "{overview}");
+        assert!(overview.contains("provision.toml: gateway.name: 1 to 63 letters"), "{overview}");
+        let metrics = client.get(format!("http://{web}/metrics")).text();
+        assert!(metrics.contains("\ngatewayd_provision_error 1\n"), "{metrics}");
+        wait_led(&sim, Some((100, 900)));
+        assert_eq!(status(&web)["board"]["leds"], "error");
+    }
+
+    // Fixed and imported: no banner, no error, the LED follows the cloud link (none: slow blink).
+    write(&dir.path().join("boot"), "provision.toml", PROVISION);
+    assert!(provision(dir.path()).0);
+    let gw = Running::start(&config, None);
+    let web = gw.web_addr();
+    let v = status(&web);
+    assert!(v["provisioning"]["error"].is_null(), "{v}");
+    assert_eq!(common::status_page_login(&web, &jar, "admin", "installer-pw-1"), 303);
+    let overview = page(&web, &jar, "/");
+    assert!(
+        overview.contains("id=\"gw-name\"") && !overview.contains("provision-error"),
+        "{overview}"
+    );
+    let metrics = client.get(format!("http://{web}/metrics")).text();
+    assert!(metrics.contains("\ngatewayd_provision_error 0\n"), "{metrics}");
+    wait_led(&sim, Some((1000, 1000)));
 }

@@ -1,5 +1,6 @@
 //! The technicians' status page: login, the overview with its throughput graph, sensors,
-//! commands, interworking and actions, live updates by Server-Sent Events, and `/metrics`.
+//! commands, interworking, actions, bundle upload, live updates by Server-Sent Events, and
+//! `/metrics`.
 //!
 //! Pages need a technician session: a local account of the technicians' application
 //! (`[web] technician_app`, and through the credential chain the legacy login service with
@@ -12,6 +13,7 @@ pub mod history;
 pub mod metrics;
 pub mod pages;
 pub mod session;
+pub mod update_page;
 
 use std::{
     convert::Infallible,
@@ -22,7 +24,7 @@ use std::{
 
 use axum::{
     Form, Router,
-    extract::{ConnectInfo, Path, Query, State},
+    extract::{ConnectInfo, DefaultBodyLimit, Path, Query, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{
         Html, IntoResponse, Redirect, Response,
@@ -157,6 +159,7 @@ fn now_ms() -> u64 {
 
 /// The routes of the status page and `/metrics`.
 pub fn router(page: StatusPage) -> Router {
+    let upload_limit = update_page::body_limit(&page);
     Router::new()
         .route("/", get(overview))
         .route("/login", get(login_form).post(login))
@@ -166,6 +169,12 @@ pub fn router(page: StatusPage) -> Router {
         .route("/interworking", get(interworking))
         .route("/actions", get(actions))
         .route("/actions/{action}", post(act))
+        .route(
+            "/update",
+            get(update_page::show)
+                .post(update_page::upload)
+                .layer(DefaultBodyLimit::max(upload_limit)),
+        )
         .route("/events", get(events))
         .route("/metrics", get(metrics))
         .with_state(page)
@@ -804,6 +813,11 @@ pub fn exposition(page: &StatusPage) -> String {
             f64::from(u8::from(text(at(&s, "board.watchdog")) == "kicking")),
         );
     }
+    e.gauge1(
+        "gatewayd_provision_error",
+        "1 while the last provision.toml import stands refused (provision.error).",
+        f64::from(u8::from(at(&s, "provisioning.error").is_string())),
+    );
     e.gauge1(
         "gatewayd_status_page_sessions",
         "Technician sessions open.",

@@ -12,6 +12,7 @@ pub enum Page {
     Commands,
     Interworking,
     Actions,
+    Update,
 }
 
 const NAV: &[(Page, &str, &str)] = &[
@@ -20,6 +21,7 @@ const NAV: &[(Page, &str, &str)] = &[
     (Page::Commands, "/commands", "Commands"),
     (Page::Interworking, "/interworking", "Interworking"),
     (Page::Actions, "/actions", "Actions"),
+    (Page::Update, "/update", "Update"),
 ];
 
 const STYLE: &str = r#"
@@ -38,7 +40,8 @@ table{width:100%;border-collapse:collapse}th,td{text-align:left;padding:.3rem .4
 .legend-in{color:#0969da}.legend-out{color:#1a7f37}
 button{font:inherit;padding:.35rem .8rem;border:1px solid var(--line);border-radius:5px;background:#fff;cursor:pointer}
 input{font:inherit;padding:.35rem;border:1px solid var(--line);border-radius:5px;width:100%}
-.login{max-width:340px;margin:3rem auto}.login label{display:block;margin:.6rem 0 .2rem}.error{color:var(--bad)}
+section.alert{border:2px solid var(--bad);background:#fff5f5}section.alert pre{white-space:pre-wrap;margin:.4rem 0}
+input[type=checkbox]{width:auto}.login{max-width:340px;margin:3rem auto}.login label{display:block;margin:.6rem 0 .2rem}.error{color:var(--bad)}
 @media (max-width:600px){table.wide td:nth-child(n+5),table.wide th:nth-child(n+5){display:none}}
 "#;
 
@@ -172,6 +175,16 @@ pub fn overview(status: &Value, now_ms: u64, graph: &str, csrf: &str) -> Markup 
         Some(Page::Overview),
         Some(csrf),
         html! {
+            @if let Some(error) = get(status, "provisioning.error").as_str() {
+                section.alert #provision-error role="alert" {
+                    h2.bad { "provision.toml was refused" }
+                    p {
+                        "Nothing of it was applied: the gateway runs with its previous settings. "
+                        "Correct the file on the PROVISION drive and restart the gateway."
+                    }
+                    pre { (error) }
+                }
+            }
             div.grid {
                 section #gateway {
                     h2 { "Gateway" }
@@ -419,6 +432,73 @@ pub fn actions(csrf: &str, done: Option<&str>) -> Markup {
     )
 }
 
+/// The slots as the updater sees them, and the bundle upload form; `update` is the `update`
+/// section of the status document (null without an updater).
+pub fn update(
+    update: &Value,
+    max_bytes: Option<u64>,
+    csrf: &str,
+    notice: Option<&super::update_page::Notice>,
+) -> Markup {
+    let last = get(update, "last_install");
+    layout(
+        "Update",
+        Some(Page::Update),
+        Some(csrf),
+        html! {
+            @if let Some(n) = notice {
+                section #result role=(if n.ok { "status" } else { "alert" }) class=[(!n.ok).then_some("alert")] {
+                    p class=(if n.ok { "ok" } else { "bad" }) { (n.text) }
+                }
+            }
+            section #slots {
+                h2 { "Slots" }
+                @if update.is_null() {
+                    p.muted #no-updater {
+                        "Updates are not configured on this gateway (they need a board with A/B "
+                        "slots and an [update] section): bundles cannot be installed here."
+                    }
+                } @else {
+                    dl {
+                        dt { "State" } dd #slot-state { (text(get(update, "state"))) }
+                        dt { "Booted slot" } dd { (text(get(update, "booted"))) }
+                        dt { "Slot A" } dd { (text(get(update, "version_a"))) }
+                        dt { "Slot B" } dd { (text(get(update, "version_b"))) }
+                        dt { "Last install" } dd #last-install {
+                            @match get(last, "outcome").as_str() {
+                                Some("installed") => { "installed " (text(get(last, "version"))) " into slot " (text(get(last, "slot"))) }
+                                Some(_) => { "refused: " (text(get(last, "reason"))) }
+                                None => { "none since start" }
+                            }
+                        }
+                    }
+                }
+            }
+            @if let Some(max) = max_bytes {
+                section #upload {
+                    h2 { "Install an update bundle" }
+                    p.muted {
+                        "A signed bundle for this board, at most " (bytes(max)) ". It is written "
+                        "into the inactive slot; the gateway keeps running the booted one until "
+                        "it reboots, then tries the new slot once."
+                    }
+                    form method="post" action="/update" enctype="multipart/form-data" {
+                        input type="hidden" name="csrf" value=(csrf);
+                        p {
+                            label {
+                                input type="checkbox" name="force" value="1";
+                                " Force downgrade (install a version older than the booted one)"
+                            }
+                        }
+                        p { input #bundle type="file" name="bundle" accept=".bundle" required; }
+                        button type="submit" { "Upload and install" }
+                    }
+                }
+            }
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -434,6 +514,29 @@ mod tests {
         assert!(page.contains("class=\"ok\""));
         assert!(page.contains("name=\"csrf\" value=\"tok\""));
         assert_eq!(text(get(&status, "uplink.missing.deeper")), "—");
+    }
+
+    #[test]
+    fn a_refused_provision_file_is_a_banner_on_the_overview() {
+        let quiet = overview(&json!({"provisioning": {"error": null}}), 0, "", "tok").into_string();
+        assert!(!quiet.contains("provision-error"));
+        let status = json!({"provisioning": {"error": "provision.toml: cloud.url: <bad>"}});
+        let page = overview(&status, 0, "", "tok").into_string();
+        assert!(page.contains("id=\"provision-error\""), "{page}");
+        assert!(page.contains("provision.toml: cloud.url: &lt;bad&gt;"), "escaped: {page}");
+    }
+
+    #[test]
+    fn the_update_page_shows_the_slots_or_says_there_are_none() {
+        let none = update(&Value::Null, None, "tok", None).into_string();
+        assert!(none.contains("not configured") && !none.contains("multipart"), "{none}");
+        let slots = json!({"state": "booted A, marked good", "booted": "A", "version_a": "1.0.0",
+                           "version_b": null, "last_install": {"outcome": "refused", "reason": "bad signature"}});
+        let page = update(&slots, Some(1 << 30), "tok", None).into_string();
+        assert!(page.contains("booted A, marked good") && page.contains("1.0 GiB"), "{page}");
+        assert!(page.contains("refused: bad signature"), "{page}");
+        let csrf = page.find("name=\"csrf\"").unwrap();
+        assert!(csrf < page.find("name=\"bundle\"").unwrap(), "the token comes before the file");
     }
 
     #[test]
