@@ -678,3 +678,41 @@ async fn actions_restart_the_uplink_and_retry_parked_devices_behind_csrf() {
     assert_eq!(session.act("resync", &csrf).1, "/actions?done=unavailable");
     assert_eq!(session.act("no-such-action", &csrf).0, 404);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_technician_uploads_an_update_bundle_in_the_browser() {
+    if !have("chromedriver") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sim = gw_board::sim::SimBoard::create(&dir.path().join("board")).unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../image/tests/fixtures");
+    let base = std::fs::read_to_string(config(dir.path())).unwrap();
+    let text = format!(
+        "{base}\n[board]\nprofile = \"sim\"\nroot = {:?}\n\n[update]\nkeyring = {:?}\n",
+        sim.root().display().to_string(),
+        fixtures.join("keyring").display().to_string(),
+    );
+    let gw = Running::start(&write(dir.path(), "update.toml", &text), None);
+    let web = gw.web_addr();
+    let out = output_dir();
+    let browser = Browser::start().await;
+
+    browser.goto(&format!("http://{web}/update")).await;
+    browser.type_into("#username", "admin").await;
+    browser.type_into("#password", ADMIN_PW).await;
+    browser.click("button[type=submit]").await;
+    browser.wait_url("/update").await;
+    assert!(browser.text("#slot-state").await.contains("booted A"));
+    // chromedriver hands a local file to a file input as its path
+    let bundle = fixtures.join("good.bundle").canonicalize().unwrap().display().to_string();
+    browser.type_into("#bundle", &bundle).await;
+    browser.click("#upload button[type=submit]").await;
+    let result =
+        browser.wait_text("#result", Duration::from_secs(20), |t| t.contains("Installed")).await;
+    assert!(result.contains("Installed version 1.1.0 into slot B. Reboot to try it"), "{result}");
+    assert!(browser.text("#last-install").await.contains("installed 1.1.0 into slot B"));
+    browser.screenshot(&out.join("update.png")).await;
+    let env = std::fs::read_to_string(sim.root().join("boot/gatewayd.env")).unwrap();
+    assert!(env.contains("gw_try=B"), "{env}");
+}
