@@ -12,7 +12,8 @@
 //!
 //! - [`manifest`]: the manifest's TOML, parsed and checked (fuzzed).
 //! - [`bundle`]: the bundle file format, keys, signing, the keyring, verification.
-//! - [`bootenv`]: the boot loader environment behind one trait: GRUB (`grub-editenv`),
+//! - [`bootenv`]: the boot loader environment behind one trait: GRUB (`grub-editenv`, or the
+//!   block read and written natively where that tool is missing),
 //!   U-Boot (`fw_printenv`/`fw_setenv`) and a plain key=value file.
 //! - [`disk`]: the flashable GPT disk image (provision FAT, slots A and B, data).
 //! - [`provision`]: `provision.toml` checked and imported (secrets into the data partition).

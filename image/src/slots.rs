@@ -35,6 +35,9 @@ pub const VAR_GOOD: &str = "gw_good";
 pub const VAR_TRY: &str = "gw_try";
 pub const VAR_TRY_LEFT: &str = "gw_try_left";
 
+/// The rootfs's release file: `VERSION=<semver>` of the system image (os-release style).
+pub const RELEASE_FILE: &str = "/etc/gatewayd/release";
+
 /// One of the two rootfs slots.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Slot {
@@ -178,6 +181,17 @@ impl SlotSystem {
     pub fn state(&self) -> Result<BootState, ImageError> {
         let vars = self.env.read()?;
         state_of(self.booted()?, &vars)
+    }
+
+    /// The version of the running system: the `VERSION=` line of the release file the image
+    /// build writes into each rootfs ([`RELEASE_FILE`], under the board's root). A bundle's
+    /// manifest carries the same version, so a second image differs without another gatewayd.
+    pub fn running_version(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.board.path(Path::new(RELEASE_FILE))).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("VERSION="))
+            .map(|v| v.trim().trim_matches('"').to_owned())
+            .filter(|v| !v.is_empty())
     }
 
     /// The version installed in a slot, when an install (or the disk image) recorded it.

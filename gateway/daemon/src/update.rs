@@ -235,6 +235,7 @@ impl Updater {
         json!({
             "state": state,
             "booted": self.slots.booted().ok().map(|s| s.to_string()),
+            "running_version": self.slots.running_version(),
             "version_a": version(gw_image::Slot::A),
             "version_b": version(gw_image::Slot::B),
             "last_install": *self.last.lock().unwrap_or_else(PoisonError::into_inner),
@@ -408,9 +409,23 @@ mod tests {
         let slot_b = std::fs::read(sim.root().join("dev/sim-slot-b")).unwrap();
         assert_eq!(slot_b, std::fs::read(fixtures().join("rootfs.img")).unwrap());
         let snapshot = updater.snapshot();
+        assert_eq!(snapshot["running_version"], serde_json::Value::Null, "no release file");
         assert_eq!(snapshot["last_install"]["version"], "1.1.0");
         assert_eq!(snapshot["version_b"], "1.1.0");
         assert!(!dir.path().join("data/update/incoming.bundle").exists(), "download removed");
+    }
+
+    #[test]
+    fn the_running_version_comes_from_the_release_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let sim = gw_board::sim::SimBoard::create(&dir.path().join("board")).unwrap();
+        let release = sim.root().join("etc/gatewayd/release");
+        std::fs::create_dir_all(release.parent().unwrap()).unwrap();
+        std::fs::write(&release, "NAME=gatewayd\nVERSION=\"1.2.3\"\n").unwrap();
+        let updater = Updater::new(sim.board(), UpdateConfig::default(), dir.path());
+        let snapshot = updater.snapshot();
+        assert_eq!(snapshot["running_version"], "1.2.3", "{snapshot}");
+        assert_eq!(snapshot["booted"], "A", "{snapshot}");
     }
 
     #[tokio::test]
