@@ -79,14 +79,13 @@ pub fn main() -> ExitCode {
         Command::Update { config, command } => crate::update::cli(&config, command),
         Command::Provision(args) => crate::provision_cli::run(args),
         Command::Run { config } => {
-            let mut loaded = match Config::load(&config) {
+            let loaded = match Config::load(&config) {
                 Ok(l) => l,
                 Err(e) => {
                     eprintln!("gatewayd: {e}");
                     return ExitCode::from(2);
                 }
             };
-            loaded.provision_error = crate::provision_cli::standing_error(&config);
             logging::init(loaded.config.log.format, &loaded.config.log.level);
             runtime_then(|| async move {
                 let stop = StopSignal::install();

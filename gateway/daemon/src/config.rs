@@ -118,7 +118,8 @@ pub fn name_from_serial(serial: &str) -> Option<DeviceId> {
     DeviceId::new(format!("gw-{cleaned}")).ok()
 }
 
-fn default_data_dir() -> PathBuf {
+/// `[gateway] data_dir` when a config names none.
+pub fn default_data_dir() -> PathBuf {
     PathBuf::from("/var/lib/gatewayd")
 }
 
@@ -263,9 +264,6 @@ pub struct Loaded {
     pub bridge_passwords: Vec<Option<Secret>>,
     /// The first technician's password, when `[web] admin_password_file` sets one.
     pub admin_password: Option<Secret>,
-    /// Why `gatewayd provision` last refused provision.toml, while that stands (its
-    /// `provision.error` beside the config file; `gatewayd run` reads it).
-    pub provision_error: Option<String>,
 }
 
 impl Config {
@@ -351,7 +349,6 @@ impl Config {
             push_token,
             bridge_passwords,
             admin_password,
-            provision_error: None,
         })
     }
 

@@ -2,7 +2,9 @@
 //! before `gatewayd run`: checks it, moves its secrets into the data partition (0600), writes
 //! the gateway's config from the image's base config and the file, and rewrites the file
 //! without its secrets. A bad file changes nothing; its error is printed and kept in
-//! `provision.error` beside the written config (removed by the next good import).
+//! `provision.error` in the gateway's data directory (the base config's `[gateway] data_dir`,
+//! which the written config keeps), removed by the next good import. `gatewayd run` reads it
+//! from there whichever of the two configs it runs with.
 
 use std::{
     io::Read,
@@ -28,16 +30,15 @@ pub struct ProvisionArgs {
     secrets: PathBuf,
 }
 
-/// Where a refused import's error is kept: `provision.error` beside the written config, which
-/// is the config `gatewayd run` reads.
-pub fn error_file(config: &Path) -> PathBuf {
-    config.with_file_name("provision.error")
+/// Where a refused import's error is kept: `provision.error` in the gateway's data directory.
+pub fn error_file(data_dir: &Path) -> PathBuf {
+    data_dir.join("provision.error")
 }
 
-/// The error of a refused import that still stands for the config at `config` (its
-/// `provision.error`, at most 4 KiB of it), or `None` after a good import.
-pub fn standing_error(config: &Path) -> Option<String> {
-    let file = error_file(config);
+/// The error of a refused import that still stands for the gateway whose data directory is
+/// `data_dir` (at most 4 KiB of its `provision.error`), or `None` after a good import.
+pub fn standing_error(data_dir: &Path) -> Option<String> {
+    let file = error_file(data_dir);
     let mut text = String::new();
     match std::fs::File::open(&file).and_then(|f| f.take(4096).read_to_string(&mut text)) {
         Ok(_) if text.trim().is_empty() => Some("provision.toml was refused".into()),
@@ -49,8 +50,18 @@ pub fn standing_error(config: &Path) -> Option<String> {
     }
 }
 
+/// The data directory the base config names (`[gateway] data_dir`, else the default). Read
+/// leniently: a base config is not a complete gateway config.
+fn data_dir_of(base: &Path) -> PathBuf {
+    std::fs::read_to_string(base)
+        .ok()
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .and_then(|t| t.get("gateway")?.get("data_dir")?.as_str().map(PathBuf::from))
+        .unwrap_or_else(crate::config::default_data_dir)
+}
+
 pub fn run(args: ProvisionArgs) -> ExitCode {
-    let error_file = error_file(&args.config);
+    let error_file = error_file(&data_dir_of(&args.base));
     let paths = ImportPaths {
         provision: args.file,
         base_config: args.base,
@@ -88,14 +99,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_standing_error_is_read_beside_the_config() {
+    fn the_standing_error_is_read_from_the_data_directory_of_the_base_config() {
         let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("gatewayd.toml");
-        assert_eq!(standing_error(&config), None);
-        std::fs::write(dir.path().join("provision.error"), "provision.toml: cloud.url: bad\n")
+        let data = dir.path().join("data");
+        let base = dir.path().join("base.toml");
+        std::fs::write(&base, format!("[gateway]\ndata_dir = {:?}\n", data.display().to_string()))
             .unwrap();
-        assert_eq!(standing_error(&config).as_deref(), Some("provision.toml: cloud.url: bad"));
-        std::fs::write(dir.path().join("provision.error"), "").unwrap();
-        assert_eq!(standing_error(&config).as_deref(), Some("provision.toml was refused"));
+        assert_eq!(data_dir_of(&base), data);
+        assert_eq!(
+            data_dir_of(&dir.path().join("missing.toml")),
+            crate::config::default_data_dir()
+        );
+        std::fs::create_dir_all(&data).unwrap();
+        assert_eq!(standing_error(&data), None);
+        std::fs::write(error_file(&data), "provision.toml: cloud.url: bad\n").unwrap();
+        assert_eq!(standing_error(&data).as_deref(), Some("provision.toml: cloud.url: bad"));
+        std::fs::write(error_file(&data), "").unwrap();
+        assert_eq!(standing_error(&data).as_deref(), Some("provision.toml was refused"));
     }
 }

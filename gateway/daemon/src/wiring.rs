@@ -48,11 +48,12 @@ impl Gateway {
             readiness.clone(),
         );
         let mut supervisor = Supervisor::new(token);
-        // A refused provision.toml: shown on the status page and the status LED while it stands.
-        if let Some(error) = &loaded.provision_error {
-            tracing::error!(cause = %error, "provision.toml was refused; running with the previous settings");
+        // A refused provision.toml (read before a factory reset could wipe the note): shown on
+        // the status page and the status LED while it stands.
+        state.provision_error = crate::provision_cli::standing_error(&config.gateway.data_dir);
+        if let Some(error) = &state.provision_error {
+            tracing::error!(cause = %error, "provision.toml was refused; running without it");
         }
-        state.provision_error = loaded.provision_error.clone();
 
         // 0. The board, if configured: a factory reset asked for by the button happens now,
         // before anything opens the data directory; the status LED shows "booting".

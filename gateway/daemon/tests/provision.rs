@@ -85,7 +85,7 @@ fn a_bad_provision_file_changes_nothing_and_says_why() {
     write(&dir.path().join("boot"), "provision.toml", bad);
     let (ok, out) = provision(dir.path());
     assert!(!ok && out.contains("cloud.url"), "{out}");
-    let error = std::fs::read_to_string(dir.path().join("data/provision.error")).unwrap();
+    let error = std::fs::read_to_string(dir.path().join("data/state/provision.error")).unwrap();
     assert!(error.contains("cloud.url"), "{error}");
     assert_eq!(std::fs::read_to_string(dir.path().join("data/gatewayd.toml")).unwrap(), config);
     assert_eq!(std::fs::read_to_string(dir.path().join("boot/provision.toml")).unwrap(), bad);
@@ -94,7 +94,7 @@ fn a_bad_provision_file_changes_nothing_and_says_why() {
     let good = bad.replace("ftp://cloud", "https://cloud.example.com");
     write(&dir.path().join("boot"), "provision.toml", &good);
     assert!(provision(dir.path()).0);
-    assert!(!dir.path().join("data/provision.error").exists());
+    assert!(!dir.path().join("data/state/provision.error").exists());
     assert_eq!(
         std::fs::read_to_string(dir.path().join("data/secrets/cloud.secret")).unwrap(),
         "new"
@@ -120,14 +120,49 @@ fn wait_led(sim: &gw_board::sim::SimBoard, want: Option<(u32, u32)>) {
     }
 }
 
-#[test]
-fn a_refused_provision_file_shows_on_the_status_page_and_the_status_led_until_fixed() {
+/// [`setup`] with the sim board in the base config.
+fn setup_with_board() -> (tempfile::TempDir, gw_board::sim::SimBoard) {
     let dir = setup();
     let sim = gw_board::sim::SimBoard::create(&dir.path().join("board")).unwrap();
     let base = std::fs::read_to_string(dir.path().join("base.toml")).unwrap();
     let board =
         format!("\n[board]\nprofile = \"sim\"\nroot = {:?}\n", sim.root().display().to_string());
     write(dir.path(), "base.toml", &(base + &board));
+    (dir, sim)
+}
+
+fn status(web: &str) -> serde_json::Value {
+    let client = common::blocking_client();
+    serde_json::from_str(&client.get(format!("http://{web}/api/v1/status")).text()).unwrap()
+}
+
+#[test]
+fn a_refused_provision_file_at_the_first_boot_shows_on_the_gateway_running_its_base_config() {
+    let (dir, sim) = setup_with_board();
+    write(&dir.path().join("boot"), "provision.toml", &PROVISION.replace("[technician]", "[x]"));
+    let (ok, out) = provision(dir.path());
+    assert!(!ok && out.contains("unknown field `x`"), "{out}");
+    assert!(!dir.path().join("data/gatewayd.toml").exists(), "nothing written");
+    // No config was written, so the system runs the image's base config (as the image's init
+    // does); the note is in the data directory both configs share.
+    let gw = Running::start(&dir.path().join("base.toml").display().to_string(), None);
+    let line = gw.wait_for("provision.toml was refused", Duration::from_secs(10));
+    assert!(line.contains("unknown field"), "{line}");
+    let web = gw.web_addr();
+    let password = gw.wait_for("status page login", Duration::from_secs(10));
+    let password = password.split("password \"").nth(1).unwrap().split('"').next().unwrap();
+    let v = status(&web);
+    assert!(v["provisioning"]["error"].as_str().unwrap().contains("unknown field `x`"), "{v}");
+    let jar = dir.path().join("jar");
+    assert_eq!(common::status_page_login(&web, &jar, "admin", password), 303);
+    let overview = page(&web, &jar, "/");
+    assert!(overview.contains("id=\"provision-error\"") && overview.contains("unknown field"));
+    wait_led(&sim, Some((100, 900)));
+}
+
+#[test]
+fn a_refused_provision_file_shows_on_the_status_page_and_the_status_led_until_fixed() {
+    let (dir, sim) = setup_with_board();
     write(&dir.path().join("boot"), "provision.toml", PROVISION);
     assert!(provision(dir.path()).0);
     let bad = PROVISION.replace("gw-0042", "gw 42");
@@ -137,9 +172,6 @@ fn a_refused_provision_file_shows_on_the_status_page_and_the_status_led_until_fi
 
     let config = dir.path().join("data/gatewayd.toml").display().to_string();
     let client = common::blocking_client();
-    let status = |web: &str| -> serde_json::Value {
-        serde_json::from_str(&client.get(format!("http://{web}/api/v1/status")).text()).unwrap()
-    };
     let jar = dir.path().join("jar");
     {
         let gw = Running::start(&config, None);
