@@ -44,6 +44,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+# depmod, modprobe, mkfs.ext4 and sfdisk live in sbin, which a user's PATH may lack.
+export PATH="$PATH:/usr/sbin:/sbin"
 VERSION=1.0.0
 OUT=""
 KEYRING=""
