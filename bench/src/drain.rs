@@ -35,6 +35,13 @@ struct Drained {
     rss_peak_kib: u64,
 }
 
+impl Drained {
+    /// What arrived of the backlog per second, from the first delivery to the last.
+    fn drain_per_s(&self) -> f64 {
+        (self.acked - self.lost) as f64 / self.span.as_secs_f64().max(1e-3)
+    }
+}
+
 /// Publishes the backlog into `target` while nothing listens on `upstream`, then starts the
 /// counting upstream there and waits (at most `limit`) for the backlog.
 async fn backlog(
@@ -76,11 +83,18 @@ async fn backlog(
         }
         if last.1.elapsed() > Duration::from_secs(5) && received == last.0 {
             eprintln!("drain: {received} of {acked} arrived so far");
+            if let Some(gw) = gw {
+                let st = gw.status().await.unwrap_or_default();
+                eprintln!("gatewayd: cloud {} outbox {}", st["cloud"], st["outbox"]);
+            }
             last.1 = Instant::now();
         }
         if received != last.0 {
             last = (received, Instant::now());
         } else if received > 0 && last.1.elapsed() > Duration::from_secs(10) {
+            break;
+        } else if received == 0 && started.elapsed() > Duration::from_secs(60) {
+            eprintln!("drain: nothing arrived within 60 s of the upstream's start");
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -121,7 +135,7 @@ pub async fn scenario(dir: &Path, messages: usize) -> anyhow::Result<()> {
             "lost",
             "dup",
             "peak RSS MiB",
-            "gatewayd ÷ bridge (drain time)",
+            "gatewayd ÷ bridge (drain msg/s)",
         ],
     );
     let gw_up = SocketAddr::from(([127, 0, 0, 1], util::free_port()));
@@ -143,8 +157,18 @@ pub async fn scenario(dir: &Path, messages: usize) -> anyhow::Result<()> {
     .await?;
     drop(gw);
     let br_up = SocketAddr::from(([127, 0, 0, 1], util::free_port()));
-    let (br, br_addr) =
-        mqtt::bridge(dir, "drain-bridge", br_up, "max_queued_messages 0\nmax_queued_bytes 0\n")?;
+    // a persistent bridge session (cleansession false): with a clean one, mosquitto drops
+    // what it queued for the upstream while the link was down
+    let (br, br_addr) = util::mosquitto(
+        dir,
+        "drain-bridge",
+        &format!(
+            "allow_anonymous true\nmax_queued_messages 0\nmax_queued_bytes 0\n\
+             connection upstream\naddress {br_up}\ntopic # out 1\ntry_private false\n\
+             notifications false\ncleansession false\nbridge_protocol_version mqttv311\n\
+             restart_timeout 1\n"
+        ),
+    )?;
     let b = backlog(
         &Target { addr: br_addr, gatewayd: false },
         br_up,
@@ -155,7 +179,7 @@ pub async fn scenario(dir: &Path, messages: usize) -> anyhow::Result<()> {
     )
     .await?;
     for (name, d, vs) in [
-        ("gatewayd (on disk)", &g, ratio(b.total.as_secs_f64(), g.total.as_secs_f64())),
+        ("gatewayd (on disk)", &g, ratio(g.drain_per_s(), b.drain_per_s())),
         ("mosquitto bridge (in memory)", &b, String::new()),
     ] {
         table.row(&[
@@ -164,7 +188,7 @@ pub async fn scenario(dir: &Path, messages: usize) -> anyhow::Result<()> {
             thousands(d.ingest_per_s),
             format!("{:.1}", d.total.as_secs_f64()),
             format!("{:.1}", d.span.as_secs_f64()),
-            thousands((d.acked - d.lost) as f64 / d.span.as_secs_f64().max(1e-3)),
+            thousands(d.drain_per_s()),
             thousands(d.lost as f64),
             d.duplicates.to_string(),
             format!("{:.0}", d.rss_peak_kib as f64 / 1024.0),
@@ -172,8 +196,9 @@ pub async fn scenario(dir: &Path, messages: usize) -> anyhow::Result<()> {
         ]);
     }
     println!(
-        "\n(\"gatewayd ÷ bridge\" above 1× means gatewayd drained its backlog faster; the \
-         bridge keeps its backlog in memory and loses it on a restart.)"
+        "\n(\"drain time from upstream start\" includes each one's reconnect delay; the ratio \
+         compares drain rates. The bridge keeps its backlog in memory and loses it on a \
+         restart.)"
     );
     Ok(())
 }
