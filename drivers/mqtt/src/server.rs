@@ -140,8 +140,26 @@ impl<A: Authenticate, I: Ingest> MqttEndpoint<A, I> {
     }
 }
 
+/// Pending connections the kernel queues for the listener (capped by `net.core.somaxconn`).
+/// A whole site reconnects at once after a gateway restart: with a short queue (the usual
+/// 128), the SYNs beyond it are dropped and those sensors retry only a second later.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// A TCP listener on `addr` with [`LISTEN_BACKLOG`] (the gateway's web listener uses it too).
+/// Must be called within a tokio runtime.
+pub fn listen_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 async fn bind(addr: SocketAddr) -> Result<TcpListener, MqttError> {
-    TcpListener::bind(addr).await.map_err(|source| MqttError::Bind { addr, source })
+    listen_tcp(addr).map_err(|source| MqttError::Bind { addr, source })
 }
 
 fn tls_acceptor(config: &MqttConfig) -> Result<TlsAcceptor, MqttError> {

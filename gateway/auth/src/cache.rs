@@ -9,7 +9,16 @@
 //! The snapshot file (`credentials.snap` in the data dir) is a [`gw_store::snapshot`] of kind
 //! `cred`, version 1, whose payload is JSON `{"devices": [{"app", "name", "aliases",
 //! "credentials": [{"pass": {"argon2": "$argon2id$..."}} | {"user": {"username", "password",
-//! "unique"}}]}]}`.
+//! "unique"}}]}], "revision": {"uid", "resource_version"}}]}` (`revision` only when the
+//! registry gave the device both; snapshots without it load too).
+//!
+//! A sync re-hashes only new or changed devices. Within one process an unchanged device is
+//! told by a keyed fingerprint of its credentials (never written to disk). After a restart the
+//! fingerprints are gone, so a device loaded from the snapshot counts as unchanged when the
+//! registry still reports the `uid` and `resourceVersion` it was hashed from: Drogue's registry
+//! gives every write of a device a new `resourceVersion` and a re-created device a new `uid`.
+//! Without that, every boot would re-hash every plain password (about 20 s of CPU for 10,000
+//! devices here, minutes on a small board) while sensors log in.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -56,6 +65,25 @@ struct CachedDevice {
     /// the next sync without re-hashing it. Memory only: unknown after a load.
     #[serde(skip)]
     fingerprint: Option<[u8; 32]>,
+    /// The registry object the hashes were made from (not secret; kept in the snapshot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    revision: Option<Revision>,
+}
+
+/// A device's identity and version in the registry: both change whenever its credentials can
+/// have changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Revision {
+    uid: String,
+    resource_version: String,
+}
+
+impl Revision {
+    fn of(device: &Device) -> Option<Self> {
+        let (uid, version) = (&device.metadata.uid, &device.metadata.resource_version);
+        (!uid.is_empty() && !version.is_empty())
+            .then(|| Self { uid: uid.clone(), resource_version: version.clone() })
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -104,11 +132,17 @@ impl CredentialCache {
             let name = device.metadata.name.clone();
             let fingerprint =
                 verified::fingerprint(&(&app, &name, &device.spec.alias, device.credentials()))?;
-            let reused = previous
-                .and_then(|p| p.devices.get(&(app.clone(), name.clone())))
-                .filter(|old| old.fingerprint == Some(fingerprint));
+            let revision = Revision::of(device);
+            let reused =
+                previous.and_then(|p| p.devices.get(&(app.clone(), name.clone()))).filter(|old| {
+                    match old.fingerprint {
+                        Some(known) => known == fingerprint,
+                        // loaded from the snapshot: the registry's own version tells
+                        None => old.revision.is_some() && old.revision == revision,
+                    }
+                });
             if let Some(old) = reused {
-                out.push(old.clone());
+                out.push(CachedDevice { fingerprint: Some(fingerprint), revision, ..old.clone() });
                 continue;
             }
             let mut credentials = Vec::new();
@@ -132,6 +166,7 @@ impl CredentialCache {
                 credentials,
                 generation: next_generation(),
                 fingerprint: Some(fingerprint),
+                revision,
             });
         }
         Ok(Self::index(out))

@@ -230,3 +230,70 @@ fn rebuild_reuses_unchanged_devices_and_renews_changed_ones() {
     assert_eq!(after.verify(&pw("plain", "changed")), Some(true));
     assert_eq!(after.verify(&pw("plain", "plain-secret-111")), Some(false));
 }
+
+/// A device as the registry lists it: with its `uid` and `resourceVersion`.
+fn versioned(name: &str, uid: &str, version: &str, password: &str) -> Device {
+    serde_json::from_value(json!({
+        "metadata": {"application": "app", "name": name, "uid": uid, "resourceVersion": version},
+        "spec": creds(json!([{"pass": password}])),
+    }))
+    .unwrap()
+}
+
+/// The stored hash of a device's first credential, as written to the snapshot.
+fn stored_hash(c: &CredentialCache, name: &str) -> String {
+    let d = &c.devices[&("app".to_owned(), name.to_owned())];
+    serde_json::to_string(&d.credentials).unwrap()
+}
+
+#[test]
+fn after_a_restart_devices_of_an_unchanged_registry_version_are_not_hashed_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("credentials.snap");
+    let synced = vec![
+        versioned("same", "u1", "v1", "same-pw"),
+        versioned("edited", "u2", "v1", "old-pw"),
+        versioned("recreated", "u3", "v1", "first-pw"),
+        dev("unversioned", creds(json!([{"pass": "plain-pw"}]))),
+    ];
+    let first = cache(&synced);
+    first.save(&path).unwrap();
+    let loaded = CredentialCache::load(&path).unwrap().unwrap();
+
+    // the next boot's sync: one device edited, one deleted and created again under its name
+    let now = vec![
+        versioned("same", "u1", "v1", "same-pw"),
+        versioned("edited", "u2", "v2", "new-pw"),
+        versioned("recreated", "u9", "v1", "second-pw"),
+        dev("unversioned", creds(json!([{"pass": "plain-pw"}]))),
+    ];
+    let after = CredentialCache::rebuild(&now, &params(), Some(&loaded)).unwrap();
+    // argon2 salts are random: an equal hash string means it was not hashed again
+    assert_eq!(stored_hash(&after, "same"), stored_hash(&first, "same"));
+    assert_eq!(after.generation("app", "same"), loaded.generation("app", "same"));
+    for renewed in ["edited", "recreated", "unversioned"] {
+        assert_ne!(stored_hash(&after, renewed), stored_hash(&first, renewed), "{renewed}");
+    }
+    assert_eq!(after.verify(&pw("same", "same-pw")), Some(true));
+    assert_eq!(after.verify(&pw("edited", "new-pw")), Some(true));
+    assert_eq!(after.verify(&pw("edited", "old-pw")), Some(false));
+    assert_eq!(after.verify(&pw("recreated", "second-pw")), Some(true));
+    assert_eq!(after.verify(&pw("recreated", "first-pw")), Some(false));
+
+    // the sync after that one goes by the in-process fingerprint again
+    let again = CredentialCache::rebuild(&now, &params(), Some(&after)).unwrap();
+    for name in ["same", "edited", "recreated", "unversioned"] {
+        assert_eq!(stored_hash(&again, name), stored_hash(&after, name), "{name}");
+    }
+}
+
+#[test]
+fn a_snapshot_without_registry_versions_still_loads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("credentials.snap");
+    let body = json!({"devices": [{"app": "app", "name": "old", "aliases": [],
+        "credentials": [{"pass": {"bcrypt": bcrypt::hash("pw", 4).unwrap()}}]}]});
+    gw_store::snapshot::write(&path, KIND, VERSION, body.to_string().as_bytes()).unwrap();
+    let loaded = CredentialCache::load(&path).unwrap().unwrap();
+    assert_eq!(loaded.verify(&pw("old", "pw")), Some(true));
+}

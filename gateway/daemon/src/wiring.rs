@@ -174,8 +174,7 @@ impl Gateway {
         let web_tls =
             crate::push::tls(&config.web).context("cannot set up HTTPS on the web listener")?;
         let listen = config.web.listen;
-        let listener = tokio::net::TcpListener::bind(listen)
-            .await
+        let listener = gw_driver_mqtt::listen_tcp(listen)
             .with_context(|| format!("cannot bind web listener on {listen}"))?;
         let web_addr = listener.local_addr().context("web listener has no local address")?;
         state.add_listener("web", web_addr);
