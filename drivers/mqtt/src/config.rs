@@ -12,6 +12,7 @@
 //! max_packet_size = "256KiB"       # largest MQTT packet accepted (fixed header included);
 //!                                  # "64KiB", "1MiB", or a plain integer of bytes
 //! max_connections = 1024           # connections at once over both listeners; more are closed at accept
+//!                                  # (also the listen queue, 128-4096)
 //! max_inflight = 32                # publishes of one connection awaiting the outbox (and QoS 1
 //!                                  # commands awaiting the sensor's PUBACK); reading pauses when full
 //! connect_timeout = "10s"          # time from accept to CONNACK (TLS handshake, CONNECT, login)

@@ -75,11 +75,11 @@ impl<A: Authenticate, I: Ingest> MqttEndpoint<A, I> {
         let tls = match config.tls_listen {
             Some(addr) => {
                 let acceptor = tls_acceptor(config)?;
-                Some((bind(addr).await?, acceptor))
+                Some((bind(addr, backlog(config)).await?, acceptor))
             }
             None => None,
         };
-        let plain = bind(config.listen).await?;
+        let plain = bind(config.listen, backlog(config)).await?;
         let shared = Arc::new(Shared {
             auth,
             ingest,
@@ -140,14 +140,12 @@ impl<A: Authenticate, I: Ingest> MqttEndpoint<A, I> {
     }
 }
 
-/// Pending connections the kernel queues for the listener (capped by `net.core.somaxconn`).
-/// A whole site reconnects at once after a gateway restart: with a short queue (the usual
-/// 128), the SYNs beyond it are dropped and those sensors retry only a second later.
-pub const LISTEN_BACKLOG: u32 = 4096;
-
-/// A TCP listener on `addr` with [`LISTEN_BACKLOG`] (the gateway's web listener uses it too).
-/// Must be called within a tokio runtime.
-pub fn listen_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// A TCP listener on `addr` whose kernel queue holds up to `backlog` connections not yet
+/// accepted (capped by `net.core.somaxconn`). A whole site reconnects at once after a gateway
+/// restart: with the usual queue of 128, the SYNs beyond it are dropped and those sensors retry
+/// only a second later. The gateway's web listener uses it too. Must be called within a tokio
+/// runtime.
+pub fn listen_tcp(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
         tokio::net::TcpSocket::new_v4()
     } else {
@@ -155,11 +153,18 @@ pub fn listen_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
     }?;
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
-    socket.listen(LISTEN_BACKLOG)
+    socket.listen(backlog)
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, MqttError> {
-    listen_tcp(addr).map_err(|source| MqttError::Bind { addr, source })
+/// The listen queue of the MQTT listeners: as many as may be connected at once
+/// (`max_connections`), at least 128 and at most 4,096; queueing more than the endpoint will
+/// take only delays the refusal.
+fn backlog(config: &MqttConfig) -> u32 {
+    u32::try_from(config.max_connections).unwrap_or(u32::MAX).clamp(128, 4096)
+}
+
+async fn bind(addr: SocketAddr, backlog: u32) -> Result<TcpListener, MqttError> {
+    listen_tcp(addr, backlog).map_err(|source| MqttError::Bind { addr, source })
 }
 
 fn tls_acceptor(config: &MqttConfig) -> Result<TlsAcceptor, MqttError> {

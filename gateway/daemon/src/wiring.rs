@@ -174,7 +174,8 @@ impl Gateway {
         let web_tls =
             crate::push::tls(&config.web).context("cannot set up HTTPS on the web listener")?;
         let listen = config.web.listen;
-        let listener = gw_driver_mqtt::listen_tcp(listen)
+        // HTTP sensors reconnect in storms too (see the MQTT listeners)
+        let listener = gw_driver_mqtt::listen_tcp(listen, 1024)
             .with_context(|| format!("cannot bind web listener on {listen}"))?;
         let web_addr = listener.local_addr().context("web listener has no local address")?;
         state.add_listener("web", web_addr);

@@ -470,11 +470,18 @@ async fn malformed_input_from_many_connections_leaves_the_gateway_serving() {
     // Legitimate traffic keeps flowing the whole time.
     let until = Instant::now() + Duration::from_secs(4 * u64::from(scale()));
     let mut i = 0u64;
+    let mut slowest = Duration::ZERO;
     while Instant::now() < until {
+        let t0 = Instant::now();
         assert_eq!(publish(&client, &web, 0, format!("{{\"i\":{i}}}")).await, 202, "message {i}");
+        slowest = slowest.max(t0.elapsed());
         i += 1;
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    eprintln!(
+        "{i} legitimate messages during the attack, the slowest took {slowest:?}; {} attacks",
+        sent.load(Ordering::Relaxed)
+    );
     stop.store(true, Ordering::Relaxed);
     for a in attackers {
         a.await.unwrap();
@@ -486,13 +493,23 @@ async fn malformed_input_from_many_connections_leaves_the_gateway_serving() {
     assert!(gw.child.id() > 0);
     assert_eq!(client.get(format!("http://{web}/healthz")).send().await.unwrap().status(), 200);
     if have_mosquitto_clients() {
+        // the attack's last connections may still fill `max_connections` for a moment: a
+        // refused sensor reconnects, as real ones do
         let (host, port) = mqtt.rsplit_once(':').unwrap();
-        let ok = Command::new("mosquitto_pub")
-            .args(["-h", host, "-p", port, "-u", "s1@app", "-P", "pw1", "-q", "1", "-t", "temp"])
-            .args(["-m", "{\"after\":true}"])
-            .status()
-            .unwrap();
-        assert!(ok.success(), "MQTT after the attack");
+        let mut tries = 0;
+        let ok = loop {
+            tries += 1;
+            let ok = Command::new("mosquitto_pub")
+                .args(["-h", host, "-p", port, "-u", "s1@app", "-P", "pw1", "-q", "1"])
+                .args(["-t", "temp", "-m", "{\"after\":true}"])
+                .status()
+                .unwrap();
+            if ok.success() || tries == 10 {
+                break ok;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        assert!(ok.success(), "MQTT after the attack ({tries} tries)");
     }
     let coap_client = ["coap-client-notls", "coap-client"]
         .into_iter()
