@@ -8,7 +8,7 @@
 //! freed ones stay resident: a storm of 1,000 logins would grow the process by hundreds of
 //! MiB. The pool keeps at most one buffer per core, plus one for a registry sync.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::{LazyLock, Mutex, PoisonError};
 
 use argon2::{
     ARGON2ID_IDENT, Algorithm, Argon2, Block, Params, PasswordVerifier, Version,
@@ -23,10 +23,10 @@ use crate::AuthError;
 static MEMORY: Mutex<Vec<Vec<Block>>> = Mutex::new(Vec::new());
 
 /// How many idle buffers the pool keeps: logins hash at most one per core, and a registry sync
-/// hashes new devices on one more thread.
-fn pool_size() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from) + 1
-}
+/// hashes new devices on one more thread. Read once: finding the core count can read cgroup
+/// files, and every login would ask.
+static POOL_SIZE: LazyLock<usize> =
+    LazyLock::new(|| std::thread::available_parallelism().map_or(1, usize::from) + 1);
 
 /// Runs `f` with argon2 working memory of `params`' size, from the pool when one is idle.
 fn with_memory<T>(params: &Params, f: impl FnOnce(&mut [Block]) -> T) -> T {
@@ -37,9 +37,8 @@ fn with_memory<T>(params: &Params, f: impl FnOnce(&mut [Block]) -> T) -> T {
         memory = vec![Block::default(); blocks];
     }
     let result = f(&mut memory[..blocks]);
-    let keep = pool_size();
     let mut pool = MEMORY.lock().unwrap_or_else(PoisonError::into_inner);
-    if pool.len() < keep {
+    if pool.len() < *POOL_SIZE {
         pool.push(memory);
     }
     result
@@ -189,7 +188,7 @@ mod tests {
             .to_string();
         assert!(StoredHash::Argon2(theirs.clone()).verify("pw"));
         assert!(!StoredHash::Argon2(theirs).verify("pw "));
-        // argon2i and argon2d strings verify too (with their own algorithm)
+        // an argon2i string verifies too (with its own algorithm)
         let argon2i = Argon2::new(Algorithm::Argon2i, Version::V0x13, params.clone())
             .hash_password(b"pw")
             .unwrap()
@@ -217,7 +216,7 @@ mod tests {
             }
         });
         let pool = MEMORY.lock().unwrap();
-        assert!(!pool.is_empty() && pool.len() <= pool_size(), "{} buffers", pool.len());
+        assert!(!pool.is_empty() && pool.len() <= *POOL_SIZE, "{} buffers", pool.len());
     }
 
     #[test]
