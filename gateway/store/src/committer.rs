@@ -1,24 +1,34 @@
 //! The committer thread: the only writer of segment files. It takes the batch that formed
-//! while it was busy, writes it with one `write()`, fdatasyncs it (per the sync policy), then
-//! publishes the new durable watermark and files the records in the index. While it syncs, the
-//! next batch forms behind it; it starts the next commit as soon as the sync returns.
+//! while it was busy, writes it with one `pwrite()` at the head's committed length, fdatasyncs
+//! it (per the sync policy), then publishes the new durable watermark and files the records in
+//! the index. While it syncs, the next batch forms behind it; it starts the next commit as soon
+//! as the sync returns.
+//!
+//! When the disk is full, a batch is refused whole or from the point it stopped being durable
+//! (a roll syncs what came before it): the head is cut back to exactly what it held, and the
+//! batch's acknowledgements go to the reserve instead (`reclaim`). After every commit, refused
+//! or not, the committer frees what is fully acknowledged.
 
-use std::{io::Write, ops::Range, sync::Arc, time::Instant};
+mod reclaim;
+
+use std::{ops::Range, sync::Arc, time::Instant};
 
 use tracing::{debug, error, warn};
 
 use crate::{
     StoreError, SyncPolicy, WhenFull,
+    faults::{self, FaultPoint},
     format::{self, SEGMENT_HEADER_LEN},
-    index::{DevIdx, Pos, SegmentInfo},
-    recover::{self, Head},
+    index::{DevIdx, Pos},
+    recover::{self, Head, is_out_of_space},
+    reserve::Reserve,
     shared::{Batch, Counters, Meta, Progress, REJECTED_KEPT, Run, Shared, lock},
 };
 
 pub(crate) struct Committer {
     shared: Arc<Shared>,
     head: Head,
-    /// Highest data seq written to a segment.
+    /// Highest data seq committed to a segment (during a write: written so far).
     last_written: u64,
     /// Written but not yet fdatasync'd (sync = "interval").
     dirty: bool,
@@ -26,10 +36,24 @@ pub(crate) struct Committer {
     batch: Batch,
     positions: Vec<(DevIdx, Pos)>,
     ranges: Vec<Range<u64>>,
+    /// Head length up to which everything is committed: what a refusal cuts back to.
+    good_len: u64,
+    /// Records of the batch being written that are committed already (a roll synced them).
+    committed: usize,
+    /// Cutting the head back to this length failed; it is owed before the next write.
+    cut_owed: Option<u64>,
+    reserve: Reserve,
+    /// The acks on disk may lack some that the index knows (a refusal or a deletion could not
+    /// record them): the next write to the head carries a full ack checkpoint.
+    checkpoint_owed: bool,
+    /// A write was refused for lack of space since the head was last reclaimed.
+    short_of_space: bool,
+    scratch: Vec<u8>,
 }
 
 impl Committer {
-    pub fn new(shared: Arc<Shared>, head: Head, last_written: u64) -> Self {
+    pub fn new(shared: Arc<Shared>, head: Head, last_written: u64, reserve: Reserve) -> Self {
+        let good_len = head.len;
         Self {
             shared,
             head,
@@ -39,7 +63,20 @@ impl Committer {
             batch: Batch::default(),
             positions: Vec::new(),
             ranges: Vec::new(),
+            good_len,
+            committed: 0,
+            cut_owed: None,
+            reserve,
+            checkpoint_owed: false,
+            // at open, reclaim a fully acknowledged head whatever its size
+            short_of_space: true,
+            scratch: Vec::new(),
         }
+    }
+
+    /// Frees what recovery found fully acknowledged, before the outbox takes records.
+    pub fn start(&mut self) -> Result<(), StoreError> {
+        self.reclaim()
     }
 
     /// Runs until closed or failed. A failure stops the outbox: every waiting and later
@@ -63,18 +100,29 @@ impl Committer {
         loop {
             let closing = self.take_batch();
             if !self.batch.metas.is_empty() || !self.batch.acks.is_empty() {
-                match self.commit() {
-                    Ok(()) => {}
-                    Err(e) if is_out_of_space(&e) => self.refuse_batch(&e)?,
-                    Err(e) => return Err(e),
-                }
+                self.commit()?;
+            }
+            if closing && self.checkpoint_owed {
+                // the last chance to record acks that only the index knows
+                self.persist_checkpoint()?;
             }
             if self.dirty
                 && (closing || self.last_sync.elapsed() >= self.shared.config.sync_interval)
             {
-                self.sync()?;
+                match self.sync() {
+                    Ok(()) => {}
+                    // what was written stays in the page cache; the next sync tries again
+                    Err(e) if is_out_of_space(&e) && !closing => {
+                        warn!(cause = %error_chain(&e), "interval fdatasync failed for lack of space; retrying later");
+                        self.last_sync = Instant::now();
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             if closing {
+                if let Some(len) = self.cut_owed {
+                    warn!(segment = %self.head.path.display(), len, "closing with a refused batch not cut off the head");
+                }
                 return Ok(());
             }
         }
@@ -125,49 +173,45 @@ impl Committer {
 
         let metas = std::mem::take(&mut self.batch.metas);
         let written_before = self.last_written;
-        if let Err(e) = self.write_batch(&metas) {
-            // the batch as it was, for refuse_batch (disk full) or the failure report
-            self.batch.metas = metas;
-            self.last_written = written_before;
-            return Err(e);
+        self.committed = 0;
+        self.good_len = self.head.len;
+        self.positions.clear();
+        let mut result = self.ensure_cut();
+        if result.is_ok() {
+            result = self.write_batch(&metas, written_before);
         }
-
-        if !metas.is_empty() {
-            let became_ready = {
-                let mut idx = lock(&shared.index);
-                let mut any = false;
-                for (dev, pos) in self.positions.drain(..) {
-                    any |= idx.push(dev, pos);
-                }
-                any
-            };
-            Counters::add(&shared.counters.commits, 1);
-            Counters::add(&shared.counters.records_committed, metas.len() as u64);
-            let last = self.last_written;
-            shared.progress.send_modify(|p| p.durable = last);
-            if became_ready {
-                shared.deliverable.notify_one();
+        let outcome = match result {
+            Ok(()) => {
+                self.file_records(&metas, metas.len());
+                Ok(())
             }
-        }
+            Err(e) if is_out_of_space(&e) => self.refuse(&metas, written_before, &e),
+            Err(e) => Err(e),
+        };
         self.batch.metas = metas;
-        self.delete_finished()
+        outcome?;
+        self.reclaim()
     }
 
-    /// Writes a batch's records (rolling segments as needed) and its acknowledgements, then
-    /// syncs per the policy.
-    fn write_batch(&mut self, metas: &[Meta]) -> Result<(), StoreError> {
-        // data records, rolling to a new segment where one would pass the target size
-        self.positions.clear();
+    /// Writes a batch's records (rolling segments as needed), its acknowledgements and, if
+    /// one is owed, an ack checkpoint, then syncs per the policy. On error, `committed` says
+    /// how many records (a prefix) are committed all the same.
+    fn write_batch(&mut self, metas: &[Meta], written_before: u64) -> Result<(), StoreError> {
         let mut chunk_start = 0usize;
         let mut chunk_offset = self.head.len;
-        for m in metas {
+        for (i, m) in metas.iter().enumerate() {
             let start = m.start as usize;
             let in_segment = chunk_offset + (start - chunk_start) as u64;
             if in_segment > SEGMENT_HEADER_LEN as u64
                 && in_segment + u64::from(m.len) > self.shared.segment_target
             {
-                self.write(chunk_start..start)?;
+                self.write(chunk_start..start, FaultPoint::Append)?;
+                self.sync()?;
+                // everything before `m` is durable now, whatever happens to the rest
+                self.committed = i;
+                self.good_len = self.head.len;
                 self.roll(m.seq)?;
+                self.good_len = self.head.len;
                 chunk_start = start;
                 chunk_offset = self.head.len;
             }
@@ -181,73 +225,131 @@ impl Committer {
             format::to_ranges(&mut self.batch.acks, &mut self.ranges);
             format::append_ack_record(&mut self.batch.buf, self.last_written, &self.ranges);
         }
-        self.write(chunk_start..self.batch.buf.len())?;
+        let checkpoint = self.checkpoint_owed || self.reserve.holds_acks();
+        if checkpoint {
+            // only records filed before this batch: the batch's own are not in the index yet
+            let ranges = lock(&self.shared.index).checkpoint_ranges(written_before + 1);
+            format::append_ack_records(&mut self.batch.buf, self.last_written, &ranges);
+        }
+        let point = if metas.is_empty() { FaultPoint::AckWrite } else { FaultPoint::Append };
+        self.write(chunk_start..self.batch.buf.len(), point)?;
         match self.shared.config.sync {
             SyncPolicy::Always => self.sync()?,
             SyncPolicy::Interval
-                if self.last_sync.elapsed() >= self.shared.config.sync_interval =>
+                if checkpoint || self.last_sync.elapsed() >= self.shared.config.sync_interval =>
             {
                 self.sync()?
             }
             SyncPolicy::Interval => {}
         }
-        Ok(())
-    }
-
-    /// The disk is full: the batch's records are refused (their producers get
-    /// [`StoreError::DiskFull`], nothing of them is acknowledged), whatever part of the batch
-    /// reached the head segment is cut off again, and its acknowledgements wait for the next
-    /// commit. The outbox stays open; once space returns, commits succeed again.
-    fn refuse_batch(&mut self, cause: &StoreError) -> Result<(), StoreError> {
-        let (Some(first), Some(last)) = (self.batch.metas.first(), self.batch.metas.last()) else {
-            // only acknowledgements: keep them for the next commit
-            let acks = std::mem::take(&mut self.batch.acks);
-            lock(&self.shared.pending).batch.acks.extend(acks);
-            return Ok(());
-        };
-        let (from, to, records) = (first.seq, last.seq, self.batch.metas.len());
-        let file = &self.head.file;
-        file.set_len(self.head.len).map_err(|source| StoreError::Truncate {
-            path: self.head.path.clone(),
-            len: self.head.len,
-            source,
-        })?;
-        self.positions.clear();
-        let acks = std::mem::take(&mut self.batch.acks);
-        lock(&self.shared.pending).batch.acks.extend(acks);
-        {
-            let mut rejected = lock(&self.shared.rejected);
-            rejected.push_back((from, to));
-            while rejected.len() > REJECTED_KEPT {
-                rejected.pop_front();
-            }
+        self.committed = metas.len();
+        self.good_len = self.head.len;
+        if checkpoint {
+            self.checkpoint_owed = false;
+            self.reset_reserve();
         }
-        Counters::add(&self.shared.counters.rejected_disk_full, records as u64);
-        warn!(records, cause = %error_chain(cause), "disk full: messages refused, the outbox stays open");
-        self.shared.progress.send_modify(|p| p.rejections += 1);
         Ok(())
     }
 
-    fn write(&mut self, range: Range<usize>) -> Result<(), StoreError> {
+    /// Files the first `n` records of the batch in the index and tells their producers.
+    fn file_records(&mut self, metas: &[Meta], n: usize) {
+        let Some(last) = n.checked_sub(1).and_then(|i| metas.get(i)) else { return };
+        let shared = &self.shared;
+        let became_ready = {
+            let mut idx = lock(&shared.index);
+            let mut any = false;
+            for &(dev, pos) in self.positions.iter().take(n) {
+                any |= idx.push(dev, pos);
+            }
+            any
+        };
+        Counters::add(&shared.counters.commits, 1);
+        Counters::add(&shared.counters.records_committed, n as u64);
+        let last = last.seq;
+        shared.progress.send_modify(|p| p.durable = last);
+        if became_ready {
+            shared.deliverable.notify_one();
+        }
+    }
+
+    /// The disk is full: the batch's records from the first one not durable on are refused
+    /// (their producers get [`StoreError::DiskFull`], nothing of them is acknowledged), the
+    /// head is cut back to exactly what it held before them, the records before them are
+    /// committed, and the batch's acknowledgements go to the reserve. The outbox stays open;
+    /// once space returns, commits succeed again.
+    fn refuse(
+        &mut self,
+        metas: &[Meta],
+        written_before: u64,
+        cause: &StoreError,
+    ) -> Result<(), StoreError> {
+        let n = self.committed;
+        self.cut_back()?;
+        self.last_written =
+            n.checked_sub(1).and_then(|i| metas.get(i)).map_or(written_before, |m| m.seq);
+        self.file_records(metas, n);
+        if let (Some(first), Some(last)) = (metas.get(n), metas.last()) {
+            let records = metas.len() - n;
+            {
+                let mut rejected = lock(&self.shared.rejected);
+                rejected.push_back((first.seq, last.seq));
+                while rejected.len() > REJECTED_KEPT {
+                    rejected.pop_front();
+                }
+            }
+            Counters::add(&self.shared.counters.rejected_disk_full, records as u64);
+            warn!(records, committed = n, cause = %error_chain(cause), "disk full: messages refused, the outbox stays open");
+            self.shared.progress.send_modify(|p| p.rejections += 1);
+        } else {
+            debug!(cause = %error_chain(cause), "disk full: acknowledgements go to the reserve");
+        }
+        if !self.batch.acks.is_empty() {
+            self.keep_acks_aside();
+        }
+        self.short_of_space = true;
+        Ok(())
+    }
+
+    /// Cuts the head back to `good_len`: whatever a failed write left after it goes. If the
+    /// cut itself fails for lack of space, it is owed and retried before the next write.
+    fn cut_back(&mut self) -> Result<(), StoreError> {
+        let cut = self.head.len.saturating_sub(self.good_len);
+        Counters::sub(&self.shared.counters.disk_bytes, cut);
+        self.head.len = self.good_len;
+        self.cut_owed = Some(self.good_len);
+        match self.ensure_cut() {
+            Ok(()) => Ok(()),
+            Err(e) if is_out_of_space(&e) => {
+                warn!(segment = %self.head.path.display(), cause = %error_chain(&e), "cannot cut a refused batch off the head yet; refusing until it is");
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Performs an owed cut (truncation, synced).
+    fn ensure_cut(&mut self) -> Result<(), StoreError> {
+        let Some(len) = self.cut_owed else { return Ok(()) };
+        let faults = &self.shared.faults;
+        faults::set_len(faults, &self.head.file, len)
+            .and_then(|()| faults::sync_data(faults, FaultPoint::Sync, &self.head.file))
+            .map_err(|source| StoreError::Truncate { path: self.head.path.clone(), len, source })?;
+        self.cut_owed = None;
+        Ok(())
+    }
+
+    fn write(&mut self, range: Range<usize>, point: FaultPoint) -> Result<(), StoreError> {
         if range.is_empty() {
             return Ok(());
         }
-        let bytes = &self.batch.buf[range];
-        (&*self.head.file)
-            .write_all(bytes)
-            .map_err(|source| StoreError::Write { path: self.head.path.clone(), source })?;
-        self.head.len += bytes.len() as u64;
+        write_head(&self.shared, &mut self.head, &self.batch.buf[range], point)?;
         self.dirty = true;
-        Counters::add(&self.shared.counters.bytes_written, bytes.len() as u64);
-        Counters::add(&self.shared.counters.disk_bytes, bytes.len() as u64);
         Ok(())
     }
 
     fn sync(&mut self) -> Result<(), StoreError> {
         if self.dirty {
-            self.head
-                .file
-                .sync_data()
+            faults::sync_data(&self.shared.faults, FaultPoint::Sync, &self.head.file)
                 .map_err(|source| StoreError::Sync { path: self.head.path.clone(), source })?;
             Counters::add(&self.shared.counters.syncs, 1);
         }
@@ -259,7 +361,7 @@ impl Committer {
     /// Closes the head (synced) and starts a new segment whose first record is `base`.
     fn roll(&mut self, base: u64) -> Result<(), StoreError> {
         self.sync()?;
-        let head = recover::create_segment(&self.shared.dir, base)?;
+        let head = recover::create_segment(&self.shared.dir, base, &self.shared.faults)?;
         Counters::add(&self.shared.counters.bytes_written, head.len);
         Counters::add(&self.shared.counters.disk_bytes, head.len);
         lock(&self.shared.index).add_segment(head.base, head.path.clone(), Arc::clone(&head.file));
@@ -267,75 +369,22 @@ impl Committer {
         self.head = head;
         Ok(())
     }
+}
 
-    /// `when_full = "drop-oldest"`: drops whole oldest segments until `incoming` more bytes fit.
-    fn make_room(&mut self, incoming: u64) -> Result<(), StoreError> {
-        let max = self.shared.config.max_bytes.bytes();
-        while Counters::get(&self.shared.counters.disk_bytes) + incoming > max {
-            let dropped = lock(&self.shared.index).drop_oldest_segment(self.head.base);
-            match dropped {
-                Some((seg, records)) => {
-                    warn!(segment = %seg.path.display(), records, "outbox full: dropped oldest records");
-                    Counters::add(&self.shared.counters.dropped, records);
-                    self.delete(&seg)?;
-                }
-                None if self.head.len > SEGMENT_HEADER_LEN as u64 => {
-                    // everything is in the head: close it so that it can be dropped
-                    let next = self.batch.metas.first().map_or(self.last_written + 1, |m| m.seq);
-                    self.roll(next)?;
-                }
-                None => break,
-            }
-        }
-        Ok(())
-    }
-
-    /// Deletes segments whose records are all acknowledged. If an older segment stays, its
-    /// acknowledgements are first re-recorded in the head (they may live in the segment that
-    /// goes away).
-    fn delete_finished(&mut self) -> Result<(), StoreError> {
-        let finished = lock(&self.shared.index).take_finished_segments(self.head.base);
-        if finished.is_empty() {
-            return Ok(());
-        }
-        for (base, seg) in &finished {
-            let oldest = lock(&self.shared.index).oldest_segment();
-            if let Some(oldest) = oldest.filter(|o| o < base) {
-                let live = lock(&self.shared.index).live_between(oldest, *base);
-                self.checkpoint_acks(oldest, *base, &live)?;
-            }
-            self.delete(seg)?;
-        }
-        recover::sync_dir(&self.shared.dir)
-    }
-
-    /// Writes (and syncs) an ack record covering every seq in `from..to` that is not `live`.
-    fn checkpoint_acks(&mut self, from: u64, to: u64, live: &[u64]) -> Result<(), StoreError> {
-        let mut ranges = Vec::with_capacity(live.len() + 1);
-        let mut start = from;
-        for &s in live {
-            if s > start {
-                ranges.push(start..s);
-            }
-            start = s + 1;
-        }
-        if start < to {
-            ranges.push(start..to);
-        }
-        self.batch.buf.clear();
-        format::append_ack_record(&mut self.batch.buf, self.last_written, &ranges);
-        self.write(0..self.batch.buf.len())?;
-        self.sync()
-    }
-
-    fn delete(&self, seg: &SegmentInfo) -> Result<(), StoreError> {
-        let len = seg.file.metadata().map(|m| m.len()).unwrap_or(0);
-        std::fs::remove_file(&seg.path)
-            .map_err(|source| StoreError::Delete { path: seg.path.clone(), source })?;
-        Counters::sub(&self.shared.counters.disk_bytes, len);
-        debug!(segment = %seg.path.display(), "deleted outbox segment");
-        Ok(())
-    }
+/// Writes `bytes` at the head's committed length (never after stray bytes a failed write
+/// may have left) and counts them.
+fn write_head(
+    shared: &Shared,
+    head: &mut Head,
+    bytes: &[u8],
+    point: FaultPoint,
+) -> Result<(), StoreError> {
+    faults::write_at(&shared.faults, point, &head.file, bytes, head.len)
+        .map_err(|source| StoreError::Write { path: head.path.clone(), source })?;
+    head.len += bytes.len() as u64;
+    Counters::add(&shared.counters.bytes_written, bytes.len() as u64);
+    Counters::add(&shared.counters.disk_bytes, bytes.len() as u64);
+    Ok(())
 }
 
 /// The progress value a freshly opened outbox starts with.
@@ -352,21 +401,4 @@ fn error_chain(e: &StoreError) -> String {
         source = s.source();
     }
     text
-}
-
-/// Whether an error means the disk (or the file size limit, or a quota) has no room.
-fn is_out_of_space(e: &StoreError) -> bool {
-    let source = match e {
-        StoreError::Write { source, .. }
-        | StoreError::Sync { source, .. }
-        | StoreError::Open { source, .. }
-        | StoreError::Truncate { source, .. } => source,
-        _ => return false,
-    };
-    matches!(
-        source.kind(),
-        std::io::ErrorKind::StorageFull
-            | std::io::ErrorKind::QuotaExceeded
-            | std::io::ErrorKind::FileTooLarge
-    )
 }

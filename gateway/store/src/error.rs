@@ -74,6 +74,17 @@ pub enum StoreError {
         source: io::Error,
     },
 
+    /// Another process (or another open outbox in this one) holds the directory's lock.
+    #[error("outbox directory {} is in use by {}", dir.display(), holder_text(*holder))]
+    Locked { dir: PathBuf, holder: Option<u32> },
+
+    #[error("cannot lock the outbox directory with {path}")]
+    LockFile {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
     #[error("cannot start the outbox committer thread")]
     Spawn(#[source] io::Error),
 
@@ -144,4 +155,11 @@ pub enum StoreError {
 
     #[error("command log {path} is unusable: {reason}")]
     CommandLogCorrupt { path: PathBuf, reason: &'static str },
+}
+
+fn holder_text(holder: Option<u32>) -> String {
+    match holder {
+        Some(pid) => format!("process {pid}"),
+        None => "another process".to_owned(),
+    }
 }

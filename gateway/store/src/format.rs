@@ -127,6 +127,17 @@ pub(crate) fn append_ack_record(buf: &mut Vec<u8>, seq: u64, ranges: &[Range<u64
     finish_header(buf, start, ranges.len() * 16, seq, KIND_ACKS);
 }
 
+/// Appends ack records listing `ranges`, as many as keep each body within [`MAX_BODY_LEN`];
+/// at least one (an empty one still marks `seq` as written).
+pub(crate) fn append_ack_records(buf: &mut Vec<u8>, seq: u64, ranges: &[Range<u64>]) {
+    if ranges.is_empty() {
+        append_ack_record(buf, seq, &[]);
+    }
+    for chunk in ranges.chunks(MAX_BODY_LEN / 16) {
+        append_ack_record(buf, seq, chunk);
+    }
+}
+
 fn finish_header(buf: &mut [u8], start: usize, body_len: usize, seq: u64, kind: u8) {
     // body_len is bounded by MAX_BODY_LEN by the callers' size checks; saturate rather than wrap
     let len = u32::try_from(body_len).unwrap_or(u32::MAX);

@@ -70,9 +70,17 @@ pub(crate) struct Index {
     segments: BTreeMap<u64, SegmentInfo>,
     live_records: u64,
     live_bytes: u64,
+    /// Seqs an ack checkpoint must never cover: those of segment files recovery could not
+    /// read (they may hold records once they can be read again).
+    protected: Vec<std::ops::Range<u64>>,
 }
 
 impl Index {
+    /// Keeps `seqs` out of every ack checkpoint.
+    pub fn protect(&mut self, seqs: std::ops::Range<u64>) {
+        self.protected.push(seqs);
+    }
+
     /// Registers the next device; its number is the count of devices before it.
     pub fn add_device(&mut self, app: AppId, device: DeviceId) -> DevIdx {
         let idx = DevIdx::try_from(self.devices.len()).unwrap_or(DevIdx::MAX);
@@ -293,6 +301,40 @@ impl Index {
         out
     }
 
+    /// Live records (queued or in flight) of the segment keyed `base`.
+    pub fn segment_live(&self, base: u64) -> u64 {
+        self.segments.get(&base).map_or(0, |s| s.live)
+    }
+
+    /// What an ack checkpoint records: every seq from the oldest segment's base up to `end`
+    /// (exclusive) that is not live, as ascending half-open ranges.
+    pub fn checkpoint_ranges(&self, end: u64) -> Vec<std::ops::Range<u64>> {
+        let Some(from) = self.oldest_segment() else { return Vec::new() };
+        let live = self.live_between(from, end);
+        let mut ranges = Vec::with_capacity(live.len() + 1);
+        let mut start = from;
+        for s in live {
+            if s > start {
+                ranges.push(start..s);
+            }
+            start = s + 1;
+        }
+        if start < end {
+            ranges.push(start..end);
+        }
+        for p in &self.protected {
+            ranges = ranges
+                .into_iter()
+                .flat_map(|r| {
+                    let below = r.start..r.end.min(p.start);
+                    let above = r.start.max(p.end)..r.end;
+                    [below, above].into_iter().filter(|x| x.start < x.end)
+                })
+                .collect();
+        }
+        ranges
+    }
+
     pub fn live_records(&self) -> u64 {
         self.live_records
     }
@@ -436,5 +478,10 @@ mod tests {
         let done: Vec<u64> = idx.take_finished_segments(5).into_iter().map(|(b, _)| b).collect();
         assert_eq!(done, [3]);
         assert_eq!(idx.live_between(1, 3), [1, 2]);
+        assert_eq!(idx.checkpoint_ranges(7), [3..5, 6..7], "5 is still live");
+        assert_eq!(idx.segment_live(5), 1);
+        assert_eq!(idx.segment_live(1), 2);
+        idx.protect(3..4);
+        assert_eq!(idx.checkpoint_ranges(7), [4..5, 6..7], "3 is protected");
     }
 }

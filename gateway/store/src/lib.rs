@@ -19,30 +19,41 @@
 //! - [`snapshot`]: versioned, checksummed, atomically replaced small files (credential cache,
 //!   accounts), mode 0600.
 //! - [`error`]: [`StoreError`], the crate's one error type.
+//! - [`faults`]: [`FaultPlan`], injectable filesystem faults for tests (ENOSPC, short writes,
+//!   EIO at chosen points); production runs without one.
 //! - `format`: segment and record framing, checksums, and the damage-tolerant scanner.
 //! - `recover`: opening a directory: scanning segments, cutting torn tails, applying acks.
-//! - `committer`: the committer thread: batching, writing, syncing, rolling and deleting
-//!   segments, dropping the oldest under `drop-oldest`.
+//! - `committer`: the committer thread: batching, writing, syncing, rolling segments,
+//!   refusing batches the disk has no room for; `committer::reclaim`: deleting acknowledged
+//!   segments, cutting back an acknowledged head, ack checkpoints, dropping the oldest.
+//! - `reserve`: the preallocated acknowledgement reserve, written in place when the disk is full.
+//! - `dirlock`: the directory lock (`LOCK`, flock, holder's pid).
+//! - `space`: the free-space clamp of `max_bytes`.
 //! - `index`: the in-memory index: per-device queues, round-robin, in-flight, parked.
 //! - `shared`: state shared between producers, the committer and the reader.
 
 pub mod commands;
 pub mod config;
 pub mod error;
+pub mod faults;
 pub mod outbox;
 pub mod reader;
 pub mod snapshot;
 pub mod stats;
 
 mod committer;
+mod dirlock;
 mod format;
 mod index;
 mod recover;
+mod reserve;
 mod shared;
+mod space;
 
 pub use commands::{CommandQueue, QueueLimits, QueueStats, QueuedCommand, Taken};
 pub use config::{ByteSize, StoreConfig, SyncPolicy, WhenFull};
 pub use error::StoreError;
+pub use faults::{Fault, FaultPlan, FaultPoint};
 pub use outbox::{Outbox, Seq};
 pub use reader::{Acker, OutboxReader};
 pub use stats::{DeviceStats, OutboxStats};

@@ -2,6 +2,7 @@
 
 use std::{
     fmt,
+    fs::File,
     path::Path,
     sync::{Arc, Condvar, Mutex},
     thread::JoinHandle,
@@ -13,9 +14,13 @@ use tokio::sync::{Notify, watch};
 use crate::{
     OutboxReader, OutboxStats, StoreConfig, StoreError, WhenFull,
     committer::{Committer, initial_progress},
+    dirlock,
+    faults::{FaultPlan, Faults},
     format::{self, MAX_BODY_LEN, RECORD_HEADER_LEN},
     recover,
+    reserve::RESERVE_LEN,
     shared::{Batch, Counters, Meta, Pending, Run, Shared, lock},
+    space,
     stats::DeviceStats,
 };
 
@@ -39,14 +44,17 @@ impl fmt::Display for Seq {
     }
 }
 
-/// Owns the committer thread; the last handle to go (outbox clone or reader) stops it.
+/// Owns the committer thread and the directory's lock; the last handle to go (outbox clone
+/// or reader) stops it.
 pub(crate) struct Handle {
     pub shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    lock: Mutex<Option<File>>,
 }
 
 impl Handle {
-    /// Commits what is pending, stops the committer and waits for it. Idempotent.
+    /// Commits what is pending, stops the committer, waits for it and releases the
+    /// directory's lock. Idempotent.
     fn shutdown(&self) -> Result<(), StoreError> {
         {
             let mut p = lock(&self.shared.pending);
@@ -60,6 +68,7 @@ impl Handle {
             // a panic in the committer is reported like an I/O failure below
             let _ = thread.join();
         }
+        drop(lock(&self.lock).take());
         match lock(&self.shared.pending).run {
             Run::Failed => Err(self.shared.stopped_error(Run::Failed)),
             _ => Ok(()),
@@ -86,45 +95,85 @@ impl fmt::Debug for Outbox {
 }
 
 impl Outbox {
-    /// Opens (or creates) the outbox in `dir` (the daemon passes `<data_dir>/outbox`):
-    /// recovers every valid record, cuts off a torn tail, and starts the committer thread.
-    /// Blocking: call it before serving, or from `spawn_blocking`.
+    /// Opens (or creates) the outbox in `dir` (the daemon passes `<data_dir>/outbox`): locks
+    /// the directory against other processes, recovers every valid record, cuts off a torn
+    /// tail, frees what is fully acknowledged, and starts the committer thread. `max_bytes`
+    /// is clamped to what the filesystem can hold (with a warning). Blocking: call it before
+    /// serving, or from `spawn_blocking`.
+    ///
+    /// Fails with [`StoreError::Locked`] if another process has the directory open.
     pub fn open(dir: &Path, config: &StoreConfig) -> Result<Outbox, StoreError> {
+        Self::open_inner(dir, config, None)
+    }
+
+    /// [`open`](Self::open), with every write, fdatasync, truncation, segment creation and
+    /// recovery read first put to `plan` (tests: disk full, short writes, I/O errors).
+    pub fn open_with_faults(
+        dir: &Path,
+        config: &StoreConfig,
+        plan: FaultPlan,
+    ) -> Result<Outbox, StoreError> {
+        Self::open_inner(dir, config, Some(plan))
+    }
+
+    fn open_inner(dir: &Path, config: &StoreConfig, faults: Faults) -> Result<Outbox, StoreError> {
         config.validate()?;
-        let max_bytes = config.max_bytes.bytes();
-        let recovered = recover::recover(dir)?;
-        let last_seq = recovered.next_seq - 1;
+        recover::create_dir(dir)?;
+        let dir_lock = dirlock::lock(dir)?;
+        let recover::Recovered {
+            index,
+            head,
+            next_seq,
+            devices,
+            disk_bytes,
+            corrupt,
+            segments_skipped,
+            reserve,
+        } = recover::recover(dir, &faults)?;
+        let reserve_missing = RESERVE_LEN.saturating_sub(reserve.capacity());
+        let max_bytes = space::clamp(dir, config.max_bytes.bytes(), disk_bytes, reserve_missing);
+        let last_seq = next_seq - 1;
         let (progress, _) = watch::channel(initial_progress(last_seq));
-        let device_count = u32::try_from(recovered.index.device_count()).unwrap_or(u32::MAX);
+        let device_count = u32::try_from(index.device_count()).unwrap_or(u32::MAX);
         let shared = Arc::new(Shared {
             dir: dir.to_owned(),
             config: config.clone(),
+            max_bytes,
+            faults,
             segment_target: (max_bytes / 8).clamp(8 * 1024, 32 * 1024 * 1024),
             max_record: usize::try_from(max_bytes / 4).unwrap_or(usize::MAX).min(MAX_BODY_LEN),
             pending: Mutex::new(Pending {
                 batch: Batch::default(),
-                next_seq: recovered.next_seq,
-                devices: recovered.devices,
+                next_seq,
+                devices,
                 device_count,
                 run: Run::Open,
                 committer_idle: false,
             }),
             wake: Condvar::new(),
             progress,
-            index: Mutex::new(recovered.index),
+            index: Mutex::new(index),
             deliverable: Notify::new(),
             counters: Counters::default(),
             failure: Mutex::new(None),
             rejected: Mutex::default(),
         });
-        Counters::add(&shared.counters.disk_bytes, recovered.disk_bytes);
-        Counters::add(&shared.counters.corrupt_skipped, recovered.corrupt);
-        let committer = Committer::new(Arc::clone(&shared), recovered.head, last_seq);
+        Counters::add(&shared.counters.disk_bytes, disk_bytes);
+        Counters::add(&shared.counters.corrupt_skipped, corrupt);
+        Counters::add(&shared.counters.segments_skipped, segments_skipped);
+        let mut committer = Committer::new(Arc::clone(&shared), head, last_seq, reserve);
+        committer.start()?;
         let thread = std::thread::Builder::new()
             .name("gw-outbox-commit".to_owned())
             .spawn(move || committer.run())
             .map_err(StoreError::Spawn)?;
-        Ok(Outbox { handle: Arc::new(Handle { shared, thread: Mutex::new(Some(thread)) }) })
+        Ok(Outbox {
+            handle: Arc::new(Handle {
+                shared,
+                thread: Mutex::new(Some(thread)),
+                lock: Mutex::new(Some(dir_lock)),
+            }),
+        })
     }
 
     /// Appends `t` and resolves once it is committed per the sync policy (`always`: after
@@ -172,7 +221,7 @@ impl Outbox {
         }
         if shared.config.when_full == WhenFull::Reject {
             let used = Counters::get(&shared.counters.disk_bytes) + p.batch.buf.len() as u64;
-            let max = shared.config.max_bytes.bytes();
+            let max = shared.max_bytes;
             if used > max {
                 p.batch.buf.truncate(start);
                 return Err(StoreError::QuotaExceeded { used: used - len as u64, max });
@@ -217,7 +266,7 @@ impl Outbox {
             bytes_queued: idx.live_bytes(),
             in_flight: idx.in_flight() as u64,
             disk_bytes: Counters::get(&c.disk_bytes),
-            max_bytes: shared.config.max_bytes.bytes(),
+            max_bytes: shared.max_bytes,
             segments: idx.segment_count() as u64,
             bytes_written: Counters::get(&c.bytes_written),
             commits: Counters::get(&c.commits),
@@ -225,6 +274,7 @@ impl Outbox {
             syncs: Counters::get(&c.syncs),
             dropped: Counters::get(&c.dropped),
             corrupt_skipped: Counters::get(&c.corrupt_skipped),
+            segments_skipped: Counters::get(&c.segments_skipped),
             rejected_disk_full: Counters::get(&c.rejected_disk_full),
             devices,
         }

@@ -16,6 +16,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::{
     StoreConfig,
+    faults::Faults,
     index::{DevIdx, Index},
 };
 
@@ -112,6 +113,8 @@ pub(crate) struct Counters {
     pub syncs: AtomicU64,
     pub dropped: AtomicU64,
     pub corrupt_skipped: AtomicU64,
+    /// Segment files recovery skipped whole (unreadable or stray).
+    pub segments_skipped: AtomicU64,
     /// Records refused because the disk was full.
     pub rejected_disk_full: AtomicU64,
 }
@@ -135,6 +138,10 @@ impl Counters {
 pub(crate) struct Shared {
     pub dir: PathBuf,
     pub config: StoreConfig,
+    /// The quota in force: `config.max_bytes`, or less if the filesystem cannot hold that.
+    pub max_bytes: u64,
+    /// Injected I/O faults (tests only; `None` in production).
+    pub faults: Faults,
     /// A segment is rolled once it would grow past this.
     pub segment_target: u64,
     /// Largest record (header included) accepted by `append`.

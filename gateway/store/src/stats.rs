@@ -48,6 +48,7 @@ pub struct OutboxStats {
     pub(crate) syncs: u64,
     pub(crate) dropped: u64,
     pub(crate) corrupt_skipped: u64,
+    pub(crate) segments_skipped: u64,
     pub(crate) rejected_disk_full: u64,
     pub(crate) devices: Vec<DeviceStats>,
 }
@@ -69,6 +70,7 @@ impl OutboxStats {
     pub fn disk_bytes(&self) -> u64 {
         self.disk_bytes
     }
+    /// The quota in force: the configured `max_bytes`, or less if the filesystem cannot hold it.
     pub fn max_bytes(&self) -> u64 {
         self.max_bytes
     }
@@ -101,6 +103,11 @@ impl OutboxStats {
     /// Damaged records or regions skipped at open or on read.
     pub fn corrupt_skipped(&self) -> u64 {
         self.corrupt_skipped
+    }
+    /// Segment files skipped whole at open: unreadable, or stray (no record, and named inside
+    /// an older segment or without a header). They are left in place.
+    pub fn segments_skipped(&self) -> u64 {
+        self.segments_skipped
     }
     /// Records refused because the disk was full (their senders were told so).
     pub fn rejected_disk_full(&self) -> u64 {
