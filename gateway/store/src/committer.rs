@@ -106,25 +106,35 @@ impl Committer {
                 // the last chance to record acks that only the index knows
                 self.persist_checkpoint()?;
             }
+            if closing && self.cut_owed.is_some() {
+                // a refused batch must not come back at the next open
+                if let Err(e) = self.ensure_cut() {
+                    warn!(segment = %self.head.path.display(), cause = %error_chain(&e), "closing with a refused batch not cut off the head: it may be delivered after all");
+                }
+            }
             if self.dirty
                 && (closing || self.last_sync.elapsed() >= self.shared.config.sync_interval)
             {
-                match self.sync() {
-                    Ok(()) => {}
-                    // what was written stays in the page cache; the next sync tries again
-                    Err(e) if is_out_of_space(&e) && !closing => {
-                        warn!(cause = %error_chain(&e), "interval fdatasync failed for lack of space; retrying later");
-                        self.last_sync = Instant::now();
-                    }
-                    Err(e) => return Err(e),
-                }
+                self.sync_quietly()?;
             }
             if closing {
-                if let Some(len) = self.cut_owed {
-                    warn!(segment = %self.head.path.display(), len, "closing with a refused batch not cut off the head");
-                }
                 return Ok(());
             }
+        }
+    }
+
+    /// The periodic (and closing) sync. A lack of space is not fatal: `sync = "interval"`
+    /// acknowledged the data after write(), it is in the page cache as that policy promises,
+    /// and the next sync tries again.
+    fn sync_quietly(&mut self) -> Result<(), StoreError> {
+        match self.sync() {
+            Ok(()) => Ok(()),
+            Err(e) if is_out_of_space(&e) => {
+                warn!(cause = %error_chain(&e), "fdatasync failed for lack of space; retrying later");
+                self.last_sync = Instant::now();
+                Ok(())
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -327,14 +337,21 @@ impl Committer {
         }
     }
 
-    /// Performs an owed cut (truncation, synced).
+    /// Performs an owed cut (truncation, synced; if only the sync fails, the next sync of
+    /// the head makes it durable).
     fn ensure_cut(&mut self) -> Result<(), StoreError> {
         let Some(len) = self.cut_owed else { return Ok(()) };
         let faults = &self.shared.faults;
-        faults::set_len(faults, &self.head.file, len)
-            .and_then(|()| faults::sync_data(faults, FaultPoint::Sync, &self.head.file))
-            .map_err(|source| StoreError::Truncate { path: self.head.path.clone(), len, source })?;
+        faults::set_len(faults, &self.head.file, len).map_err(|source| StoreError::Truncate {
+            path: self.head.path.clone(),
+            len,
+            source,
+        })?;
         self.cut_owed = None;
+        if let Err(e) = faults::sync_data(faults, FaultPoint::Sync, &self.head.file) {
+            debug!(segment = %self.head.path.display(), cause = %e, "cut not synced yet");
+            self.dirty = true;
+        }
         Ok(())
     }
 
