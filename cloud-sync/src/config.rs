@@ -2,7 +2,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use gw_model::Secret;
+use gw_model::{ByteSize, Secret, UplinkLimits};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
@@ -27,6 +27,15 @@ impl CloudKind {
             CloudKind::DrogueHttp => "drogue-http",
             CloudKind::DrogueMqtt => "drogue-mqtt",
             CloudKind::Mqtt => "mqtt",
+        }
+    }
+
+    /// The largest message the kind's cloud takes when `max_message` is not set.
+    pub fn default_max_message(self) -> u64 {
+        match self {
+            CloudKind::DrogueHttp => 64 * 1024,
+            CloudKind::DrogueMqtt => 16 * 1024,
+            CloudKind::Mqtt => 256 * 1024 * 1024,
         }
     }
 
@@ -82,6 +91,12 @@ pub struct CloudConfig {
     /// How long one request may take before it counts as failed and is retried.
     #[serde(default = "default_timeout", with = "gw_model::serde_util::duration")]
     pub timeout: Duration,
+    /// drogue-http: how long a publish, once sent, waits for the cloud's answer. Drogue answers
+    /// only once Kafka confirmed the message, which may take up to its 300 s delivery timeout;
+    /// giving up sooner sends again a message Drogue still delivers (a duplicate, counted as a
+    /// possible one). `timeout` bounds connecting.
+    #[serde(default = "default_publish_timeout", with = "gw_model::serde_util::duration")]
+    pub publish_timeout: Duration,
     /// First retry delay after a transient failure; doubles per failure (with jitter).
     #[serde(default = "default_retry_min", with = "gw_model::serde_util::duration")]
     pub retry_min: Duration,
@@ -95,6 +110,13 @@ pub struct CloudConfig {
     /// of a sensor that waits itself.
     #[serde(default = "default_command_wait_max", with = "gw_model::serde_util::duration")]
     pub command_wait_max: Duration,
+    /// The largest message the cloud takes; larger ones are refused before they are
+    /// acknowledged (HTTP 413, CoAP 4.13, MQTT PUBACK 0x95). drogue-http: the payload (Drogue's
+    /// HTTP endpoint answers 413 above 64 KiB); drogue-mqtt: the whole PUBLISH, topic included
+    /// (Drogue's MQTT endpoint closes the connection above 16 KiB); mqtt: the whole PUBLISH.
+    /// Default per kind: 64KiB, 16KiB, 256MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_message: Option<ByteSize>,
 }
 
 fn default_concurrency() -> usize {
@@ -102,6 +124,9 @@ fn default_concurrency() -> usize {
 }
 fn default_timeout() -> Duration {
     Duration::from_secs(10)
+}
+fn default_publish_timeout() -> Duration {
+    Duration::from_secs(330)
 }
 fn default_retry_min() -> Duration {
     Duration::from_millis(500)
@@ -132,10 +157,30 @@ impl CloudConfig {
             client_key_file: None,
             concurrency: default_concurrency(),
             timeout: default_timeout(),
+            publish_timeout: default_publish_timeout(),
             retry_min: default_retry_min(),
             retry_max: default_retry_max(),
             parked_retry: default_parked_retry(),
             command_wait_max: default_command_wait_max(),
+            max_message: None,
+        }
+    }
+
+    /// The largest message the cloud takes: `max_message`, or the kind's default.
+    pub fn max_message(&self) -> u64 {
+        self.max_message.map_or_else(|| self.kind.default_max_message(), ByteSize::bytes)
+    }
+
+    /// What one record may be to travel on this uplink; checked before it is acknowledged.
+    pub fn limits(&self) -> UplinkLimits {
+        let max = usize::try_from(self.max_message()).unwrap_or(usize::MAX);
+        match self.kind {
+            CloudKind::DrogueHttp => UplinkLimits::payload(max),
+            // the topic is `<channel>/<device>`: the packet's size is known at ingest
+            CloudKind::DrogueMqtt => UplinkLimits { max_payload: max, max_packet: Some(max) },
+            // the topic comes from a template; the payload alone is checked at ingest and the
+            // whole packet when it is sent
+            CloudKind::Mqtt => UplinkLimits::payload(max),
         }
     }
 
@@ -181,6 +226,12 @@ impl CloudConfig {
         }
         if self.timeout.is_zero() {
             return Err(CloudError::Config { key: "timeout", reason: "must not be 0".into() });
+        }
+        if self.publish_timeout.is_zero() {
+            return Err(CloudError::Config {
+                key: "publish_timeout",
+                reason: "must not be 0".into(),
+            });
         }
         match (&self.password, &self.password_file) {
             (Some(_), Some(_)) => Err(CloudError::Config {

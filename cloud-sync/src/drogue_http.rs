@@ -9,6 +9,10 @@
 //! for the device the publish was `as=`: it goes to the command intake, its body the payload.
 //! Drogue buffers nothing for a wait that has not begun, so a command sent while no publish of
 //! the device waits is not seen here (it reaches the gateway only through push or MQTT).
+//! No wait is relayed once the sensor had its answer (a command pushed to it, or its own wait
+//! ran out), and none at all when the gateway takes commands by push: Drogue then hands a
+//! device's commands to the push endpoint, never to a waiting publish, and a relayed wait
+//! would only hold the device's later records back.
 
 use std::time::{Duration, SystemTime};
 
@@ -45,7 +49,26 @@ pub struct DrogueHttp {
     wait_max: Duration,
     /// Where commands that come back on waiting publishes go; without it no publish waits.
     commands: Option<CommandIntake>,
+    /// Whether a sensor's wait is relayed upstream at all (not when commands come by push).
+    relay_waits: bool,
+    /// The last check of the gateway's own login after a 403: when, and what it found.
+    login_check: tokio::sync::Mutex<Option<(std::time::Instant, Login)>>,
 }
+
+/// What a check of the gateway's own login found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Login {
+    Accepted,
+    Refused,
+    /// The check itself failed (no answer, an unexpected status).
+    Unknown,
+}
+
+/// The channel the login check posts to. Its body is not JSON although it says so: Drogue
+/// checks the credentials first and then refuses the body (406), so nothing is published.
+const LOGIN_CHECK_CHANNEL: &str = "gatewayd-login-check";
+/// How long a login check's answer stands for further 403s.
+const LOGIN_CHECK_TTL: Duration = Duration::from_secs(5);
 
 impl DrogueHttp {
     pub fn new(
@@ -54,6 +77,7 @@ impl DrogueHttp {
         password: Secret,
     ) -> Result<Self, CloudError> {
         let client = client_builder(config.timeout, config.ca_file.as_deref())?
+            .timeout(config.publish_timeout)
             .pool_max_idle_per_host(config.concurrency)
             .build()
             .map_err(CloudError::Client)?;
@@ -62,10 +86,43 @@ impl DrogueHttp {
             client,
             base: config.url.trim_end_matches('/').to_owned(),
             authorization,
-            timeout: config.timeout,
+            timeout: config.publish_timeout,
             wait_max: config.command_wait_max,
             commands: None,
+            relay_waits: true,
+            login_check: tokio::sync::Mutex::new(None),
         })
+    }
+
+    /// Whether the cloud accepts the gateway's own credentials. Drogue's 403 is the same for
+    /// a wrong gateway password and for a device the gateway may not act for, so after a 403
+    /// the gateway asks as itself, without `as=`.
+    async fn check_login(&self) -> Login {
+        let mut last = self.login_check.lock().await;
+        if let Some((at, login)) = *last
+            && at.elapsed() < LOGIN_CHECK_TTL
+        {
+            return login;
+        }
+        let answer = self
+            .client
+            .post(format!("{}/v1/{LOGIN_CHECK_CHANNEL}", self.base))
+            .header(header::AUTHORIZATION, &self.authorization)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body("{")
+            .send()
+            .await;
+        let login = match answer.map(|r| r.status().as_u16()) {
+            Ok(401 | 403) => Login::Refused,
+            Ok(406 | 200..=299) => Login::Accepted,
+            Ok(_) | Err(_) => Login::Unknown,
+        };
+        *last = Some((std::time::Instant::now(), login));
+        login
+    }
+
+    pub(crate) fn set_relay_waits(&mut self, relay: bool) {
+        self.relay_waits = relay;
     }
 
     pub(crate) fn set_commands(&mut self, intake: CommandIntake) {
@@ -75,8 +132,12 @@ impl DrogueHttp {
     /// Whole seconds the cloud is asked to wait for a command with `t` at `now`: what is left
     /// of the sensor's wait, capped; `None` when there is no wait or less than a second left.
     fn wait_secs(&self, t: &Telemetry, now: Timestamp) -> Option<u64> {
-        self.commands.as_ref()?;
+        let intake = self.commands.as_ref().filter(|_| self.relay_waits)?;
         let wait = t.command_wait?.min(self.wait_max);
+        if intake.wait_ended_since(&Identity::new(t.app.clone(), t.device.clone()), t.received_at) {
+            // the sensor had its answer (a pushed command, or its own wait ran out)
+            return None;
+        }
         let until = t.received_at.saturating_add(wait);
         let left_ms = until.as_millis().checked_sub(now.as_millis())?;
         let secs = (left_ms + 500) / 1000;
@@ -182,7 +243,21 @@ impl Sender for DrogueHttp {
             req = req.header(header::CONTENT_TYPE, ct);
         }
         match req.send().await {
+            // A request that cannot even be built (a header value a record from an older
+            // version let through) never will be: dead-lettered, not retried forever.
+            Err(e) if e.is_builder() => Verdict::Rejected(describe(&e)),
+            // Sent, no answer in time: the cloud may still deliver it.
+            Err(e) if e.is_timeout() && !e.is_connect() => Verdict::Unknown(describe(&e)),
             Err(e) => Verdict::Transient(describe(&e)),
+            Ok(resp) if resp.status() == StatusCode::FORBIDDEN => match self.check_login().await {
+                Login::Accepted => classify(resp.status()),
+                Login::Refused => Verdict::GatewayRefused(
+                    "403 Forbidden: the cloud refused the gateway's own credentials".into(),
+                ),
+                Login::Unknown => Verdict::Transient(
+                    "403 Forbidden, and the gateway's own login could not be checked".into(),
+                ),
+            },
             Ok(resp) => {
                 let verdict = classify(resp.status());
                 if resp.status() == StatusCode::OK {

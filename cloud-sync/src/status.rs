@@ -1,7 +1,7 @@
 //! What an uplink tells the status page: its state, its last error, its counters.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, VecDeque},
     sync::{
         Mutex,
         atomic::{AtomicU64, Ordering},
@@ -20,6 +20,30 @@ pub enum UplinkState {
     Connected,
     /// The last request failed transiently; retrying with backoff.
     Retrying,
+    /// The cloud refused the gateway's own credentials: nothing can be sent until the
+    /// gateway's password (`[cloud] password_file`) is fixed; every device's records wait.
+    GatewayRefused,
+}
+
+/// How many dead letters the status keeps with their reasons.
+const RECENT_DEAD_LETTERS: usize = 20;
+
+/// A device whose records wait because the cloud refused it, and why.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Parked {
+    /// `device@app`.
+    pub device: String,
+    pub reason: String,
+    pub since_ms: u64,
+}
+
+/// A record the cloud rejected for good, and why.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// `device@app`.
+    pub device: String,
+    pub reason: String,
+    pub at_ms: u64,
 }
 
 /// Shared between the uplink and the web side; every field is updated as it happens.
@@ -32,6 +56,7 @@ pub struct UplinkStatus {
     failures: AtomicU64,
     dead_letters: AtomicU64,
     parked: AtomicU64,
+    possible_duplicates: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -39,7 +64,9 @@ struct Inner {
     state: UplinkState,
     last_error: Option<(SystemTime, String)>,
     last_success: Option<SystemTime>,
-    parked_devices: BTreeSet<String>,
+    /// `device@app` → (reason, since).
+    parked_devices: BTreeMap<String, (String, SystemTime)>,
+    recent_dead_letters: VecDeque<DeadLetter>,
 }
 
 /// A point-in-time copy for `/api/v1/status`.
@@ -61,6 +88,14 @@ pub struct UplinkSnapshot {
     pub parked_events: u64,
     /// Devices currently parked, `device@app`.
     pub parked_devices: Vec<String>,
+    /// The parked devices with the cloud's reason.
+    pub parked: Vec<Parked>,
+    /// The last dead letters, newest last, with the cloud's reason.
+    pub recent_dead_letters: Vec<DeadLetter>,
+    /// Records sent again after an attempt whose outcome is unknown (a timeout after the
+    /// request went out, a connection lost with the record in flight): the cloud may hold
+    /// them twice.
+    pub possible_duplicates: u64,
 }
 
 fn ms(t: SystemTime) -> u64 {
@@ -76,12 +111,14 @@ impl UplinkStatus {
                 state: UplinkState::Starting,
                 last_error: None,
                 last_success: None,
-                parked_devices: BTreeSet::new(),
+                parked_devices: BTreeMap::new(),
+                recent_dead_letters: VecDeque::new(),
             }),
             sent: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             dead_letters: AtomicU64::new(0),
             parked: AtomicU64::new(0),
+            possible_duplicates: AtomicU64::new(0),
         }
     }
 
@@ -108,16 +145,45 @@ impl UplinkStatus {
         inner.last_error = Some((SystemTime::now(), error));
     }
 
-    pub fn record_dead_letter(&self, error: String) {
+    pub fn record_dead_letter(&self, device: String, error: String) {
         self.dead_letters.fetch_add(1, Ordering::Relaxed);
-        self.lock().last_error = Some((SystemTime::now(), error));
+        let now = SystemTime::now();
+        let mut inner = self.lock();
+        if inner.recent_dead_letters.len() == RECENT_DEAD_LETTERS {
+            inner.recent_dead_letters.pop_front();
+        }
+        inner.recent_dead_letters.push_back(DeadLetter {
+            device,
+            reason: error.clone(),
+            at_ms: ms(now),
+        });
+        inner.last_error = Some((now, error));
     }
 
     pub fn record_parked(&self, device: String, error: String) {
         self.parked.fetch_add(1, Ordering::Relaxed);
+        let now = SystemTime::now();
         let mut inner = self.lock();
-        inner.parked_devices.insert(device);
+        inner.parked_devices.entry(device).or_insert_with(|| (error.clone(), now));
+        inner.last_error = Some((now, error));
+    }
+
+    /// A record goes out again after an attempt whose outcome is unknown.
+    pub fn record_possible_duplicate(&self) {
+        self.possible_duplicates.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The cloud refused the gateway's own credentials.
+    pub fn record_gateway_refused(&self, error: String) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        let mut inner = self.lock();
+        inner.state = UplinkState::GatewayRefused;
         inner.last_error = Some((SystemTime::now(), error));
+    }
+
+    /// Whether the last word from the cloud was a refusal of the gateway's own credentials.
+    pub fn gateway_refused(&self) -> bool {
+        self.lock().state == UplinkState::GatewayRefused
     }
 
     pub fn clear_parked(&self) {
@@ -137,7 +203,18 @@ impl UplinkStatus {
             failures: self.failures.load(Ordering::Relaxed),
             dead_letters: self.dead_letters.load(Ordering::Relaxed),
             parked_events: self.parked.load(Ordering::Relaxed),
-            parked_devices: inner.parked_devices.iter().cloned().collect(),
+            parked_devices: inner.parked_devices.keys().cloned().collect(),
+            parked: inner
+                .parked_devices
+                .iter()
+                .map(|(device, (reason, since))| Parked {
+                    device: device.clone(),
+                    reason: reason.clone(),
+                    since_ms: ms(*since),
+                })
+                .collect(),
+            recent_dead_letters: inner.recent_dead_letters.iter().cloned().collect(),
+            possible_duplicates: self.possible_duplicates.load(Ordering::Relaxed),
         }
     }
 }

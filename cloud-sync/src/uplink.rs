@@ -9,7 +9,9 @@
 //! | accepted (2xx, PUBACK)                 | ack       | sent            |
 //! | refused the device (403)               | park      | parked          |
 //! | rejected the message for good (406, other 4xx) | ack | dead letter  |
-//! | transient (connect, timeout, 5xx, 429) | nack      | failure, backoff |
+//! | transient (connect, 5xx, 429)          | nack      | failure, backoff |
+//! | unknown (timeout after sending, connection lost in flight) | nack | failure, possible duplicate, backoff |
+//! | refused the gateway itself (403 that a probe of the gateway's own login confirms) | nack | gateway refused, backoff |
 //!
 //! After a refusal or a transient failure the device's later records of that batch are
 //! nacked unsent, so nothing overtakes. Parked devices are released every `parked_retry`.
@@ -52,6 +54,13 @@ pub enum Verdict {
     Refused(String),
     /// Try again later.
     Transient(String),
+    /// The record went out but its fate is unknown (a timeout after the request was sent, a
+    /// connection lost before the acknowledgement): tried again like a transient failure and
+    /// counted as a possible duplicate, since the cloud may have taken it.
+    Unknown(String),
+    /// The cloud refused the gateway's own credentials, not this device: nothing is parked,
+    /// every record waits (with backoff) until the gateway may log in again.
+    GatewayRefused(String),
 }
 
 /// Sends one record to the cloud as its sensor.
@@ -72,7 +81,7 @@ pub trait Sender: Send + Sync + 'static {
 
 /// The verdict of a pipelined record; a sender dropped unanswered means its fate is unknown.
 pub(crate) fn verdict_of(r: Result<Verdict, oneshot::error::RecvError>) -> Verdict {
-    r.unwrap_or_else(|_| Verdict::Transient("the connection dropped the record".into()))
+    r.unwrap_or_else(|_| Verdict::Unknown("the connection dropped the record".into()))
 }
 
 /// An uplink of the configured kind.
@@ -131,6 +140,16 @@ impl Uplink {
                 connection.set_inbox(Inbox { intake, gateway: self.gateway.clone() });
             }
             (Kind::Mqtt(..), _) => {}
+        }
+        self
+    }
+
+    /// The cloud hands this gateway's commands to its push endpoint: `drogue-http` publishes
+    /// never wait upstream (`ct=`), since Drogue then answers no wait with a command and the
+    /// device's later records would wait behind it.
+    pub fn without_command_waits(mut self) -> Self {
+        if let Kind::DrogueHttp(sender) = &mut self.kind {
+            sender.set_relay_waits(false);
         }
         self
     }
@@ -322,7 +341,7 @@ fn settle(
         }
         Verdict::Rejected(why) => {
             tracing::warn!(device = %t.device, app = %t.app, channel = %t.channel, cause = %why, "cloud rejected a message; dead-lettered");
-            status.record_dead_letter(why);
+            status.record_dead_letter(format!("{}@{}", t.device, t.app), why);
             acker.ack(seq);
             true
         }
@@ -335,6 +354,23 @@ fn settle(
         Verdict::Transient(why) => {
             tracing::debug!(device = %t.device, cause = %why, "send failed; will retry");
             status.record_failure(why);
+            lock(pause).failed();
+            acker.nack(seq);
+            false
+        }
+        Verdict::Unknown(why) => {
+            tracing::debug!(device = %t.device, cause = %why, "send outcome unknown; will retry (possible duplicate)");
+            status.record_possible_duplicate();
+            status.record_failure(why);
+            lock(pause).failed();
+            acker.nack(seq);
+            false
+        }
+        Verdict::GatewayRefused(why) => {
+            if !status.gateway_refused() {
+                tracing::error!(cause = %why, "the cloud refused the gateway's own credentials; every message waits until they are fixed");
+            }
+            status.record_gateway_refused(why);
             lock(pause).failed();
             acker.nack(seq);
             false

@@ -21,7 +21,7 @@ use std::{
     },
 };
 
-use gw_model::{Command, CommandOutcome, CommandSink};
+use gw_model::{Command, CommandOutcome, CommandSink, Identity, Timestamp};
 use serde::Serialize;
 
 /// Where a command came from.
@@ -56,11 +56,16 @@ type Submitting<'a> = Pin<Box<dyn Future<Output = CommandOutcome> + Send + 'a>>;
 /// [`CommandSink`] made object safe, so the intakes need no type parameter.
 trait DynSink: Send + Sync + 'static {
     fn submit_boxed(&self, command: Command) -> Submitting<'_>;
+    fn wait_ended_since(&self, device: &Identity, since: Timestamp) -> bool;
 }
 
 impl<S: CommandSink> DynSink for S {
     fn submit_boxed(&self, command: Command) -> Submitting<'_> {
         Box::pin(self.submit(command))
+    }
+
+    fn wait_ended_since(&self, device: &Identity, since: Timestamp) -> bool {
+        CommandSink::wait_ended_since(self, device, since)
     }
 }
 
@@ -94,6 +99,12 @@ impl CommandIntake {
         // The router logs every command's fate; this line only adds where it came from.
         tracing::debug!(%via, %app, %device, command = %name, size, ?outcome, "command from the cloud");
         outcome
+    }
+
+    /// Whether the sensor's request of `since` that waits for a command has had its answer
+    /// (see [`CommandSink::wait_ended_since`]).
+    pub fn wait_ended_since(&self, device: &Identity, since: Timestamp) -> bool {
+        self.sink.wait_ended_since(device, since)
     }
 
     /// Counts a request the push endpoint refused before it became a command (bad caller,

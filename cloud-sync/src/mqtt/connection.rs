@@ -54,7 +54,81 @@ const MAX_INCOMING: usize = 64 * 1024;
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-type Reply = oneshot::Sender<Verdict>;
+/// How many connections in a row may end with the same record first in flight before its
+/// device is parked: a broker that cannot refuse a publish on MQTT 3.1.1 closes the
+/// connection instead (Drogue does, for a device the gateway may not act for), and resending
+/// the record would drop every connection after it.
+pub const POISON_STRIKES: u32 = 3;
+
+/// A record's way back for its verdict, with what tells it apart from other records.
+struct Reply {
+    tx: oneshot::Sender<Verdict>,
+    /// A hash of the PUBLISH's topic and payload.
+    key: u64,
+}
+
+impl Reply {
+    fn new(publish: &Publish, tx: oneshot::Sender<Verdict>) -> Self {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        publish.topic.hash(&mut h);
+        publish.payload.hash(&mut h);
+        Self { tx, key: h.finish() }
+    }
+
+    fn send(self, verdict: Verdict) {
+        let _ = self.tx.send(verdict);
+    }
+}
+
+/// Wraps a chain's senders for the session.
+fn replies(chain: Chain) -> Vec<(Publish, Reply)> {
+    chain
+        .into_iter()
+        .map(|(p, tx)| {
+            let reply = Reply::new(&p, tx);
+            (p, reply)
+        })
+        .collect()
+}
+
+/// The record first in flight when connections dropped, and how many drops in a row.
+#[derive(Default)]
+struct Suspect {
+    key: Option<u64>,
+    strikes: u32,
+}
+
+impl Suspect {
+    /// Settles the records in flight on a lost connection: the first one is refused once it
+    /// was first in flight at `POISON_STRIKES` drops in a row; the others' fate is unknown.
+    fn settle(&mut self, dropped: Vec<Reply>, why: &str) -> Option<String> {
+        let first = dropped.first().map(|r| r.key);
+        if first.is_some() && first == self.key {
+            self.strikes += 1;
+        } else {
+            *self = Suspect { key: first, strikes: u32::from(first.is_some()) };
+        }
+        let poisoned = self.strikes >= POISON_STRIKES;
+        let mut refused = None;
+        for (i, reply) in dropped.into_iter().enumerate() {
+            if i == 0 && poisoned {
+                let reason = format!(
+                    "the broker closed the connection {} times in a row with this record first in flight",
+                    self.strikes
+                );
+                refused = Some(reason.clone());
+                reply.send(Verdict::Refused(reason));
+            } else {
+                reply.send(Verdict::Unknown(why.to_owned()));
+            }
+        }
+        if poisoned {
+            *self = Suspect::default();
+        }
+        refused
+    }
+}
 
 /// The connection task of one MQTT uplink.
 pub struct Connection {
@@ -62,6 +136,7 @@ pub struct Connection {
     backoff: Backoff,
     link: Link,
     status: Arc<UplinkStatus>,
+    suspect: Suspect,
 }
 
 impl Connection {
@@ -119,6 +194,7 @@ impl Connection {
                 status: Arc::clone(&status),
             },
             status,
+            suspect: Suspect::default(),
         })
     }
 
@@ -139,7 +215,11 @@ impl Connection {
                     let why = self.link.serve(io, rest, &token).await;
                     let dropped = self.link.session.disconnected();
                     let lost = dropped.len();
-                    fail(dropped, "the connection to the broker dropped");
+                    if let Some(reason) =
+                        self.suspect.settle(dropped, "the connection to the broker dropped")
+                    {
+                        tracing::warn!(broker = %broker, cause = %reason, "MQTT uplink: a record keeps the broker closing the connection; its device is parked");
+                    }
                     match why {
                         None => break,
                         Some(why) => {
@@ -163,9 +243,10 @@ impl Connection {
     }
 }
 
+/// Records that never went out on a connection: tried again later.
 fn fail(replies: Vec<Reply>, why: &str) {
     for reply in replies {
-        let _ = reply.send(Verdict::Transient(why.to_owned()));
+        reply.send(Verdict::Transient(why.to_owned()));
     }
 }
 
@@ -236,7 +317,7 @@ impl Link {
                 _ = token.cancelled() => return None,
                 out = &mut fut => return Some(out),
                 chain = self.chains.recv() => {
-                    self.session.submit(chain?, std::time::Instant::now(), &mut Vec::new());
+                    self.session.submit(replies(chain?), std::time::Instant::now(), &mut Vec::new());
                 }
                 _ = sleep_until(wake), if wake.is_some() => {
                     fail(self.session.expire(std::time::Instant::now()), "not connected to the broker in time");
@@ -276,9 +357,7 @@ impl Link {
             loop {
                 match Packet::read(&mut rbuf, MAX_INCOMING) {
                     Ok(Packet::PubAck(ack)) => match self.session.puback(ack.pkid) {
-                        Some(reply) => {
-                            let _ = reply.send(Verdict::Accepted);
-                        }
+                        Some(reply) => reply.send(Verdict::Accepted),
                         None => tracing::debug!(pkid = ack.pkid, "PUBACK for no record in flight"),
                     },
                     Ok(Packet::PingResp) => self.session.pingresp(),
@@ -328,7 +407,7 @@ impl Link {
                     Err(e) => return Some(format!("reading from the broker: {e}")),
                 },
                 chain = self.chains.recv() => match chain {
-                    Some(chain) => self.session.submit(chain, std::time::Instant::now(), &mut out),
+                    Some(chain) => self.session.submit(replies(chain), std::time::Instant::now(), &mut out),
                     None => return None,
                 },
                 Some(pkid) = recv_ack(&mut acks) => {
@@ -425,5 +504,46 @@ async fn sleep_until(at: Option<std::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flight(payload: &'static str) -> (Reply, oneshot::Receiver<Verdict>) {
+        let (tx, rx) = oneshot::channel();
+        let publish = Publish::new("temp/s1", QoS::AtLeastOnce, payload);
+        (Reply::new(&publish, tx), rx)
+    }
+
+    #[test]
+    fn parks_the_record_first_in_flight_on_three_drops_in_a_row() {
+        let mut suspect = Suspect::default();
+        for round in 1..=POISON_STRIKES {
+            let (bad, mut bad_rx) = flight("bad");
+            let (other, mut other_rx) = flight("other");
+            let refused = suspect.settle(vec![bad, other], "dropped");
+            assert!(matches!(other_rx.try_recv(), Ok(Verdict::Unknown(_))));
+            if round < POISON_STRIKES {
+                assert_eq!(refused, None);
+                assert!(matches!(bad_rx.try_recv(), Ok(Verdict::Unknown(_))));
+            } else {
+                assert!(refused.is_some_and(|r| r.contains("closed the connection 3 times")));
+                assert!(matches!(bad_rx.try_recv(), Ok(Verdict::Refused(_))));
+            }
+        }
+    }
+
+    #[test]
+    fn a_different_record_first_in_flight_starts_the_count_again() {
+        let mut suspect = Suspect::default();
+        for payload in ["a", "a", "b", "a", "a"] {
+            let (reply, mut rx) = flight(payload);
+            assert_eq!(suspect.settle(vec![reply], "dropped"), None);
+            assert!(matches!(rx.try_recv(), Ok(Verdict::Unknown(_))));
+        }
+        assert_eq!(suspect.settle(Vec::new(), "dropped"), None, "nothing in flight");
+        assert_eq!(suspect.strikes, 0);
     }
 }

@@ -48,6 +48,9 @@ enum Topics {
 
 pub struct Publisher {
     topics: Topics,
+    /// `[cloud] max_message`: a larger PUBLISH is dead-lettered, never sent (Drogue closes the
+    /// connection on one, so it would be retried forever).
+    max_packet: usize,
     gateway: Identity,
     chains: mpsc::Sender<Chain>,
 }
@@ -88,7 +91,9 @@ impl Publisher {
             rx,
             status,
         )?;
-        Ok((Self { topics, gateway: gateway.clone(), chains }, connection))
+        let max_packet =
+            usize::try_from(config.max_message()).unwrap_or(MAX_PACKET).min(MAX_PACKET);
+        Ok((Self { topics, max_packet, gateway: gateway.clone(), chains }, connection))
     }
 
     fn topic(&self, t: &Telemetry) -> String {
@@ -106,10 +111,11 @@ impl Publisher {
             let (tx, rx) = oneshot::channel();
             receivers.push(rx);
             let publish = Publish::from_bytes(self.topic(t), QoS::AtLeastOnce, t.payload.clone());
-            if publish.size() > MAX_PACKET {
+            if publish.size() > self.max_packet {
                 let _ = tx.send(Verdict::Rejected(format!(
-                    "{} bytes is larger than the uplink's MQTT packet limit",
-                    t.payload.len()
+                    "a {}-byte PUBLISH is larger than the cloud takes ({} bytes, [cloud] max_message)",
+                    publish.size(),
+                    self.max_packet
                 )));
                 // The chain stops here; the uplink sends the rest one by one after this verdict.
                 break;

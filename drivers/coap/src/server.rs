@@ -305,6 +305,7 @@ async fn process<A: Authenticate, I: Ingest, C: CommandSource>(
             IngestError::TooLarge(_) => {
                 Refusal::new(ResponseType::RequestEntityTooLarge, e.to_string())
             }
+            IngestError::Invalid(_) => Refusal::new(ResponseType::BadRequest, e.to_string()),
             IngestError::Unavailable(_) => {
                 tracing::error!(device = %identity, cause = %e, "CoAP publish failed: outbox");
                 Refusal::new(ResponseType::ServiceUnavailable, "storage unavailable").retry_after(5)

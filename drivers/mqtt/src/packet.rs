@@ -236,6 +236,10 @@ pub enum PubAckReason {
     PacketIdentifierInUse,
     QuotaExceeded,
     PayloadFormatInvalid,
+    /// 0x95: the message is larger than the gateway (or its uplink) takes. MQTT 5 lists it for
+    /// DISCONNECT only; mosquitto answers an oversized PUBLISH's PUBACK with it, and clients
+    /// read it as a refusal.
+    PacketTooLarge,
 }
 
 /// PUBACK.

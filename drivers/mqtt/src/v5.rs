@@ -36,6 +36,14 @@ pub(crate) fn read(buf: &mut BytesMut) -> Result<Packet, CodecError> {
 
 /// Appends one packet to `buf` if it is at most `max` bytes long.
 pub(crate) fn write(packet: &Packet, buf: &mut BytesMut, max: usize) -> Result<(), CodecError> {
+    if let Packet::PubAck(PubAck { pkid, reason: PubAckReason::PacketTooLarge }) = packet {
+        // rumqttc's v5 codec has no 0x95 PUBACK reason (mosquitto sends it for a message
+        // above its size limit): PUBACK, remaining length 3, packet id, reason code.
+        buf.extend_from_slice(&[0x40, 3]);
+        buf.extend_from_slice(&pkid.to_be_bytes());
+        buf.extend_from_slice(&[0x95]);
+        return Ok(());
+    }
     let packet = to_wire(packet);
     let size = packet.size();
     if size > max {
@@ -332,6 +340,8 @@ fn puback_reason_out(r: PubAckReason) -> w::PubAckReason {
         PubAckReason::PacketIdentifierInUse => R::PacketIdentifierInUse,
         PubAckReason::QuotaExceeded => R::QuotaExceeded,
         PubAckReason::PayloadFormatInvalid => R::PayloadFormatInvalid,
+        // written by hand in `write`
+        PubAckReason::PacketTooLarge => R::ImplementationSpecificError,
     }
 }
 

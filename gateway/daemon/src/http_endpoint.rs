@@ -174,6 +174,10 @@ async fn handle<A: Authenticate, I: Ingest, C: CommandSource>(
         Err(e @ IngestError::TooLarge(_)) => {
             (StatusCode::PAYLOAD_TOO_LARGE, e.to_string()).into_response()
         }
+        Err(e @ IngestError::Invalid(_)) => {
+            let body = json!({"code":400,"error":"InvalidMessage","message": e.to_string()});
+            (StatusCode::BAD_REQUEST, Json(body)).into_response()
+        }
         Err(e @ IngestError::Unavailable(_)) => {
             tracing::error!(%device, cause = %e, "HTTP publish failed: outbox");
             let body = json!({"code":503,"error":"ServiceUnavailable","message": e.to_string()});

@@ -8,7 +8,7 @@ use gw_auth::{AuthError, CredentialChain, StaticDevice};
 use gw_cloud_sync::{RegistrySync, Uplink};
 use gw_driver_coap::CoapEndpoint;
 use gw_driver_mqtt::{Bridge, BridgeCommands, MqttEndpoint};
-use gw_model::Identity;
+use gw_model::{Identity, UplinkLimits};
 use gw_store::Outbox;
 use tokio_util::sync::CancellationToken;
 
@@ -161,8 +161,14 @@ impl Gateway {
         let ingest = Arc::new(outbox.clone());
         // Each driver's view of the outbox records what its sensors do (status page, metrics).
         let activity = Arc::new(Activity::default());
-        let tracked =
-            |protocol| Arc::new(Tracked::new(Arc::clone(&ingest), protocol, Arc::clone(&activity)));
+        // A message the uplink could never carry is refused before it is acknowledged.
+        let limits = config
+            .cloud
+            .as_ref()
+            .map_or(UplinkLimits::payload(usize::MAX), gw_cloud_sync::CloudConfig::limits);
+        let tracked = |protocol| {
+            Arc::new(Tracked::new(Arc::clone(&ingest), protocol, Arc::clone(&activity), limits))
+        };
         let endpoint = EndpointState {
             auth: Arc::clone(&auth),
             ingest: tracked("http"),
@@ -299,7 +305,13 @@ impl Gateway {
             });
         }
         if let Some((uplink, rebuild)) = uplink {
-            let mut uplink = uplink.with_commands(intake.clone());
+            // With a push endpoint, Drogue hands commands there and never to a waiting publish.
+            let by_push = loaded.push_token.is_some();
+            let commands = move |u: Uplink, intake: gw_cloud_sync::CommandIntake| {
+                let u = u.with_commands(intake);
+                if by_push { u.without_command_waits() } else { u }
+            };
+            let mut uplink = commands(uplink, intake.clone());
             controls.parked = Some((outbox.reader().acker(), uplink.status()));
             let restart = Arc::new(tokio::sync::Notify::new());
             controls.restart_uplink = Some(Arc::clone(&restart));
@@ -316,7 +328,7 @@ impl Gateway {
                             // Records in flight go back to the outbox; the new uplink sends them.
                             child.cancel();
                             run.await.context("uplink failed")?;
-                            uplink = rebuild().context("cannot set up the uplink")?.with_commands(intake.clone());
+                            uplink = commands(rebuild().context("cannot set up the uplink")?, intake.clone());
                             tracing::info!("uplink restarted on request");
                         }
                     }

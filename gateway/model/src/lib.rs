@@ -11,9 +11,12 @@
 //! - [`southbound`]: the traits drivers use: [`Authenticate`] sensors, [`Ingest`] their messages,
 //!   take waiting commands from a [`CommandSource`]; intakes hand cloud commands to a
 //!   [`CommandSink`].
+//! - [`admission`]: what the configured uplink can carry ([`UplinkLimits`]), checked before
+//!   a message is acknowledged.
 //! - [`serde_util`]: serde helpers config sections share (durations such as `"30s"`).
 //! - [`error`]: the crate's one error type.
 
+pub mod admission;
 pub mod error;
 pub mod identity;
 pub mod ids;
@@ -22,6 +25,7 @@ pub mod registry;
 pub mod serde_util;
 pub mod southbound;
 
+pub use admission::UplinkLimits;
 pub use error::ModelError;
 pub use identity::{
     AuthRequest, BasicCredentials, Identity, PresentedCredential, PublishQuery, Secret,

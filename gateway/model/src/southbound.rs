@@ -4,7 +4,7 @@
 
 use std::{future::Future, net::IpAddr, time::Duration};
 
-use crate::{AppId, AuthRequest, Command, Identity, Telemetry};
+use crate::{AppId, AuthRequest, Command, Identity, Telemetry, Timestamp};
 
 /// Why a message could not be taken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -12,9 +12,14 @@ pub enum IngestError {
     /// The outbox is full (`when_full = "reject"`): MQTT v5 0x97, CoAP 5.03, HTTP 503.
     #[error("quota exceeded: {0}")]
     QuotaExceeded(String),
-    /// The message is larger than a record may be: MQTT v5 0x95, CoAP 4.13, HTTP 413.
+    /// The message is larger than a record (or the uplink) may be: MQTT v5 0x95, CoAP 4.13,
+    /// HTTP 413.
     #[error("message too large: {0}")]
     TooLarge(String),
+    /// Metadata the uplink could never carry (a content type with control characters, an
+    /// overlong data schema): MQTT v5 0x99, CoAP 4.00, HTTP 400.
+    #[error("invalid message: {0}")]
+    Invalid(String),
     /// The store cannot take messages now (closed, failed): retry later.
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -93,6 +98,13 @@ impl CommandOutcome {
 /// router implements it; the cloud-sync intakes depend only on this.
 pub trait CommandSink: Send + Sync + 'static {
     fn submit(&self, command: Command) -> impl Future<Output = CommandOutcome> + Send;
+
+    /// Whether `device`'s request that arrived at `since` and waits for a command (`ct=`) has
+    /// had its answer already (a command, or its wait ran out): an uplink then stops waiting
+    /// upstream on its behalf. `false` when not known.
+    fn wait_ended_since(&self, _device: &Identity, _since: Timestamp) -> bool {
+        false
+    }
 }
 
 /// The devices the gateway knows and may act for (synced registry, static devices, local

@@ -18,6 +18,7 @@
 //! - `http`: the axum router: device endpoint, registry and command API, discovery.
 //! - `mqtt`: the device MQTT endpoint: sessions, `drogue/v1` topics, command delivery.
 //! - `util`: ids, timestamps, percent-encoding.
+//! - [`faults`]: switches that make the endpoints fail or stall as the real services can.
 //! - [`error`]: the crate's one error type.
 
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -26,6 +27,7 @@ mod auth;
 pub mod commands;
 pub mod error;
 pub mod events;
+mod faults;
 mod http;
 mod labels;
 mod mqtt;
@@ -43,6 +45,7 @@ use tokio_util::sync::CancellationToken;
 pub use commands::{CommandFilter, CommandOutcome, RoutedCommand};
 pub use error::DevCloudError;
 pub use events::{CloudEvent, EventPage};
+pub use faults::Faults;
 pub use seed::{Seed, User};
 
 use crate::{
@@ -104,6 +107,7 @@ impl DevCloud {
             base_url: format!("http://{addr}"),
             mqtt_addr,
             shutdown: shutdown.clone(),
+            faults: Faults::default(),
         });
         let mqtt = mqtt::serve(mqtt_listener, shared.clone());
         let app = http::router(shared.clone());
@@ -195,6 +199,11 @@ impl DevCloud {
     /// subscribers); lets tests send a command only once a waiter is ready.
     pub fn command_subscribers(&self) -> usize {
         self.shared.bus.subscribers()
+    }
+
+    /// The fault switches: make publishes fail or stall while the dev cloud runs.
+    pub fn faults(&self) -> &Faults {
+        &self.shared.faults
     }
 
     /// The router, to mount elsewhere; it shares this dev cloud's state.

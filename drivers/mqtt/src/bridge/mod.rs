@@ -379,9 +379,9 @@ impl<K: KnownDevices, I: Ingest> Shared<K, I> {
                     self.mappings[index].saw(&telemetry.device);
                     return true;
                 }
-                Err(IngestError::TooLarge(reason)) => {
+                Err(IngestError::TooLarge(reason) | IngestError::Invalid(reason)) => {
                     tracing::warn!(bridge = %self.name, device = %telemetry.device, %reason,
-                        "bridged message dropped: too large for the outbox");
+                        "bridged message dropped: the uplink cannot carry it");
                     state.dropped_too_large.fetch_add(1, Ordering::Relaxed);
                     return true;
                 }

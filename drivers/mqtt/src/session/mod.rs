@@ -394,7 +394,8 @@ impl Session {
             tracing::info!(device = %live.identity, cause = %e, "MQTT publish not stored");
             match e {
                 IngestError::QuotaExceeded(_) => PubAckReason::QuotaExceeded,
-                IngestError::TooLarge(_) => PubAckReason::ImplementationSpecificError,
+                IngestError::TooLarge(_) => PubAckReason::PacketTooLarge,
+                IngestError::Invalid(_) => PubAckReason::PayloadFormatInvalid,
                 IngestError::Unavailable(_) => PubAckReason::UnspecifiedError,
             }
         }));

@@ -464,6 +464,10 @@ impl CommandSink for CommandRouter {
             Fate::Rejected(reason) => CommandOutcome::Rejected(reason),
         }
     }
+
+    fn wait_ended_since(&self, device: &Identity, since: Timestamp) -> bool {
+        self.inner.waiters.ended_since(device, since)
+    }
 }
 
 /// A request waiting for a command; gives back a command handed to it if it goes away
@@ -477,7 +481,7 @@ struct Waiting<'a> {
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.router.inner.waiters.remove(self.device, self.id);
+        self.router.inner.waiters.remove(self.device, self.id, now());
         self.rx.close();
         if let Ok(command) = self.rx.try_recv() {
             self.router.give_back(command);

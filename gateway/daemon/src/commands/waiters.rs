@@ -10,16 +10,21 @@ use std::{
     },
 };
 
-use gw_model::{Command, Identity};
+use gw_model::{Command, Identity, Timestamp};
 use tokio::sync::oneshot;
 
 /// The waiting requests of one device, oldest first, by id.
 type Queue = VecDeque<(u64, oneshot::Sender<Command>)>;
 
+/// How long the end of a device's last wait is remembered: longer than any wait lasts.
+const ENDED_KEPT_MS: u64 = 2 * 3600 * 1000;
+
 #[derive(Default)]
 pub struct Waiters {
     next: AtomicU64,
     map: Mutex<HashMap<Identity, Queue>>,
+    /// When each device's last wait ended (answered, timed out, or gone).
+    ended: Mutex<HashMap<Identity, Timestamp>>,
 }
 
 impl Waiters {
@@ -35,7 +40,8 @@ impl Waiters {
         (id, rx)
     }
 
-    pub fn remove(&self, device: &Identity, id: u64) {
+    /// The wait `id` of `device` ended at `now`.
+    pub fn remove(&self, device: &Identity, id: u64, now: Timestamp) {
         let mut map = self.lock();
         if let Some(queue) = map.get_mut(device) {
             queue.retain(|(i, _)| *i != id);
@@ -43,6 +49,23 @@ impl Waiters {
                 map.remove(device);
             }
         }
+        drop(map);
+        let mut ended = self.ended.lock().unwrap_or_else(PoisonError::into_inner);
+        let cutoff = now.as_millis().saturating_sub(ENDED_KEPT_MS);
+        if ended.len() > 1024 {
+            ended.retain(|_, at| at.as_millis() >= cutoff);
+        }
+        ended.insert(device.clone(), now);
+    }
+
+    /// Whether `device` has no wait now and its last one ended at or after `since`: a
+    /// message it sent at `since` to wait for a command has had its answer.
+    pub fn ended_since(&self, device: &Identity, since: Timestamp) -> bool {
+        if self.has(device) {
+            return false;
+        }
+        let ended = self.ended.lock().unwrap_or_else(PoisonError::into_inner);
+        ended.get(device).is_some_and(|at| *at >= since)
     }
 
     /// Hands `command` to the oldest live waiter of `device`: `None` when one took it, else
@@ -77,7 +100,7 @@ impl Waiters {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gw_model::{AppId, CommandName, DeviceId, Timestamp};
+    use gw_model::{AppId, CommandName, DeviceId};
 
     fn command(name: &str) -> Command {
         Command {
@@ -109,7 +132,20 @@ mod tests {
         assert!(!w.has(&dev));
         assert_eq!(w.count(), 0);
         let (id, _rx) = w.register(&dev);
-        w.remove(&dev, id);
+        w.remove(&dev, id, Timestamp::from_millis(5_000));
         assert_eq!(w.count(), 0);
+    }
+
+    #[test]
+    fn knows_when_a_devices_wait_ended() {
+        let w = Waiters::default();
+        let dev = Identity::new(AppId::new("app").unwrap(), DeviceId::new("s1").unwrap());
+        let at = Timestamp::from_millis;
+        assert!(!w.ended_since(&dev, at(0)), "never waited: the wait may be about to begin");
+        let (id, _rx) = w.register(&dev);
+        assert!(!w.ended_since(&dev, at(0)), "waiting now");
+        w.remove(&dev, id, at(2_000));
+        assert!(w.ended_since(&dev, at(1_000)), "the message of 1 s had its answer at 2 s");
+        assert!(!w.ended_since(&dev, at(3_000)), "a later message's wait has not ended");
     }
 }

@@ -8,7 +8,7 @@ use std::{
     time::{Instant, SystemTime},
 };
 
-use gw_model::{Identity, Ingest, IngestError, Telemetry, Timestamp};
+use gw_model::{Identity, Ingest, IngestError, Telemetry, Timestamp, UplinkLimits};
 
 use super::metrics::Histogram;
 
@@ -37,7 +37,7 @@ pub struct Activity {
     /// Payload sizes in bytes.
     pub sizes: Histogram,
     /// Messages refused per reason: quota, too large, unavailable.
-    refused: Mutex<[u64; 3]>,
+    refused: Mutex<[u64; 4]>,
 }
 
 const LATENCY_BOUNDS: &[f64] =
@@ -124,12 +124,13 @@ impl Activity {
             IngestError::QuotaExceeded(_) => 0,
             IngestError::TooLarge(_) => 1,
             IngestError::Unavailable(_) => 2,
+            IngestError::Invalid(_) => 3,
         };
         self.refused.lock().unwrap_or_else(|p| p.into_inner())[i] += 1;
     }
 
-    /// Refused messages: (quota exceeded, too large, unavailable).
-    pub fn refusals(&self) -> [u64; 3] {
+    /// Refused messages: (quota exceeded, too large, unavailable, invalid metadata).
+    pub fn refusals(&self) -> [u64; 4] {
         *self.refused.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -140,11 +141,18 @@ pub struct Tracked<I> {
     inner: Arc<I>,
     protocol: &'static str,
     activity: Arc<Activity>,
+    /// What the uplink can carry: a message it never could is refused before the outbox.
+    limits: UplinkLimits,
 }
 
 impl<I> Tracked<I> {
-    pub fn new(inner: Arc<I>, protocol: &'static str, activity: Arc<Activity>) -> Self {
-        Self { inner, protocol, activity }
+    pub fn new(
+        inner: Arc<I>,
+        protocol: &'static str,
+        activity: Arc<Activity>,
+        limits: UplinkLimits,
+    ) -> Self {
+        Self { inner, protocol, activity, limits }
     }
 }
 
@@ -153,7 +161,10 @@ impl<I: Ingest> Ingest for Tracked<I> {
         let started = Instant::now();
         let device = Identity::new(telemetry.app.clone(), telemetry.device.clone());
         let size = telemetry.payload.len();
-        let result = self.inner.publish(telemetry).await;
+        let result = match self.limits.admit(&telemetry) {
+            Ok(()) => self.inner.publish(telemetry).await,
+            Err(refused) => Err(refused),
+        };
         match &result {
             Ok(()) => {
                 self.activity.latency.observe(started.elapsed().as_secs_f64());
@@ -185,6 +196,22 @@ mod tests {
         }
     }
 
+    const NO_LIMITS: UplinkLimits = UplinkLimits::payload(usize::MAX);
+
+    #[tokio::test]
+    async fn refuses_what_the_uplink_cannot_carry_before_the_outbox() {
+        let activity = Arc::new(Activity::default());
+        let store = Arc::new(Store(Mutex::default(), false));
+        let http = Tracked::new(store.clone(), "http", activity.clone(), UplinkLimits::payload(4));
+        assert!(matches!(http.publish(telemetry("s1")).await, Err(IngestError::TooLarge(_))));
+        let mut bad = telemetry("s1");
+        bad.payload = Bytes::from_static(b"1");
+        bad.content_type = Some("text/plain\r\nx: y".into());
+        assert!(matches!(http.publish(bad).await, Err(IngestError::Invalid(_))));
+        assert!(store.0.lock().unwrap().is_empty(), "nothing reached the outbox");
+        assert_eq!(activity.refusals(), [0, 1, 0, 1]);
+    }
+
     fn telemetry(device: &str) -> Telemetry {
         Telemetry::new(
             "app".parse().unwrap(),
@@ -199,8 +226,8 @@ mod tests {
     async fn accepted_messages_are_counted_per_device_and_protocol() {
         let activity = Arc::new(Activity::default());
         let store = Arc::new(Store(Mutex::default(), false));
-        let mqtt = Tracked::new(store.clone(), "mqtt", activity.clone());
-        let coap = Tracked::new(store.clone(), "coap", activity.clone());
+        let mqtt = Tracked::new(store.clone(), "mqtt", activity.clone(), NO_LIMITS);
+        let coap = Tracked::new(store.clone(), "coap", activity.clone(), NO_LIMITS);
         mqtt.publish(telemetry("s1")).await.unwrap();
         mqtt.publish(telemetry("s1")).await.unwrap();
         coap.publish(telemetry("s2")).await.unwrap();
@@ -220,9 +247,14 @@ mod tests {
     #[tokio::test]
     async fn refused_messages_are_counted_not_recorded_as_activity() {
         let activity = Arc::new(Activity::default());
-        let full = Tracked::new(Arc::new(Store(Mutex::default(), true)), "http", activity.clone());
+        let full = Tracked::new(
+            Arc::new(Store(Mutex::default(), true)),
+            "http",
+            activity.clone(),
+            NO_LIMITS,
+        );
         assert!(full.publish(telemetry("s1")).await.is_err());
-        assert_eq!(activity.refusals(), [1, 0, 0]);
+        assert_eq!(activity.refusals(), [1, 0, 0, 0]);
         assert!(activity.all(SystemTime::now()).is_empty());
     }
 }

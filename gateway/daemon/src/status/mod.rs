@@ -683,7 +683,7 @@ pub fn exposition(page: &StatusPage) -> String {
         "Sensor messages committed to the outbox, by southbound protocol.",
         &refs,
     );
-    let [quota, large, unavailable] = page.activity.refusals();
+    let [quota, large, unavailable, invalid] = page.activity.refusals();
     e.counter(
         "gatewayd_messages_refused_total",
         "Sensor messages the outbox refused, by reason.",
@@ -691,6 +691,7 @@ pub fn exposition(page: &StatusPage) -> String {
             (&[("reason", "quota_exceeded")], quota as f64),
             (&[("reason", "too_large")], large as f64),
             (&[("reason", "unavailable")], unavailable as f64),
+            (&[("reason", "invalid")], invalid as f64),
         ],
     );
     e.histogram(

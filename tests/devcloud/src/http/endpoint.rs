@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{Path, Query, State},
+    extract::{DefaultBodyLimit, Path, Query, State, rejection::BytesRejection},
     http::{HeaderMap, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -25,6 +25,10 @@ use crate::{
 /// The longest `ct` honoured, so a typo cannot pin a request for days.
 const MAX_COMMAND_WAIT: Duration = Duration::from_secs(3600);
 
+/// Drogue's `HTTP__MAX_PAYLOAD_SIZE` default: a larger body gets 413 before any credential
+/// is looked at.
+pub(crate) const MAX_PAYLOAD: usize = 64 * 1024;
+
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/", get(|| async { StatusCode::OK }))
@@ -33,6 +37,12 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/v1/{channel}/", post(publish))
         // the suffix is accepted and dropped, as Drogue does
         .route("/v1/{channel}/{*suffix}", post(publish_with_suffix))
+        .layer(DefaultBodyLimit::max(MAX_PAYLOAD))
+}
+
+/// Drogue's answer to a body above the limit (actix-web's own: plain text, not JSON).
+fn too_large() -> Response {
+    (StatusCode::PAYLOAD_TOO_LARGE, "Payload reached size limit.").into_response()
 }
 
 async fn publish_with_suffix(
@@ -40,7 +50,7 @@ async fn publish_with_suffix(
     Path((channel, _suffix)): Path<(String, String)>,
     query: Query<PublishQuery>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
     publish(state, Path(channel), query, headers, body).await
 }
@@ -58,8 +68,9 @@ async fn publish(
     Path(channel): Path<String>,
     Query(q): Query<PublishQuery>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    let Ok(body) = body else { return too_large() };
     let Some(basic) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -75,6 +86,14 @@ async fn publish(
     let Some(who) = auth::authenticate(&state.registry, req, q.as_device.as_deref()).await else {
         return auth_failed();
     };
+
+    state.faults.saw_publish();
+    if let Some(status) = state.faults.publish_status() {
+        let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        // Drogue's answer when Kafka fails the send
+        let body = json!({"error": "InternalError", "message": "Sink error"});
+        return (code, Json(body)).into_response();
+    }
 
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok());
     let json = match content_type {
@@ -105,7 +124,18 @@ async fn publish(
     // Subscribe before the event becomes visible, so a test that reacts to the event with a
     // command cannot race the waiter.
     let mut rx = q.ct.filter(|n| *n > 0).map(|_| state.bus.subscribe());
-    state.events.append(event);
+    if let Some(delay) = state.faults.publish_delay() {
+        // Drogue answers only once Kafka confirmed, and the send completes even when the
+        // client has given up waiting: the event is logged by a task of its own.
+        let events = state.events.clone();
+        let logged = tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            events.append(event);
+        });
+        let _ = logged.await;
+    } else {
+        state.events.append(event);
+    }
     tracing::debug!(app = %who.app.metadata.name, device = %who.as_device.metadata.name,
         sender = %who.device.metadata.name, channel = %channel, "event accepted");
 

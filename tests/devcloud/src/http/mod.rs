@@ -36,6 +36,8 @@ pub(crate) struct Shared {
     /// The bound address of the device MQTT endpoint.
     pub mqtt_addr: std::net::SocketAddr,
     pub shutdown: CancellationToken,
+    /// The switches tests use to make the endpoints misbehave.
+    pub faults: crate::faults::Faults,
 }
 
 pub(crate) type AppState = Arc<Shared>;

@@ -22,8 +22,10 @@ use tokio::{net::TcpListener, task::JoinHandle};
 
 use crate::http::AppState;
 
-/// The largest packet accepted or sent (fixed header included).
-const MAX_PACKET_SIZE: usize = gw_driver_mqtt::DEFAULT_MAX_PACKET_SIZE;
+/// The largest packet accepted or sent (fixed header included): Drogue's `MQTT__MAX_SIZE`
+/// default of 16,384 bytes of remaining length, plus the fixed header (at most 4 bytes at
+/// this size). Above it Drogue closes the connection (v5: DISCONNECT 0x95 first).
+const MAX_PACKET_SIZE: usize = 16 * 1024 + 4;
 /// Packets queued towards one client before commands for it are dropped.
 const OUTGOING_QUEUE: usize = 64;
 /// How long a new connection may take to send its CONNECT.

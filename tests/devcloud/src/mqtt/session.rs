@@ -76,10 +76,8 @@ async fn serve(
     };
     let (out, out_rx) = mpsc::channel(OUTGOING_QUEUE);
     let writer = tokio::spawn(write_loop(wr, codec, out_rx));
-    let mut ack = ConnAck::new(ConnectCode::Success);
-    if codec.version() == Version::V5 {
-        ack.max_packet_size = u32::try_from(MAX_PACKET_SIZE).ok();
-    }
+    // Drogue announces no maximum packet size in its CONNACK, although it enforces one.
+    let ack = ConnAck::new(ConnectCode::Success);
     let _ = out.send(Packet::ConnAck(ack)).await;
     tracing::info!(app = %who.app.metadata.name, device = %who.device.metadata.name,
         version = %codec.version(), "MQTT session started");
