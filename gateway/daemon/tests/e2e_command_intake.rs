@@ -33,10 +33,13 @@ fn seed() -> Seed {
         .sensor(APP, "sensor1", None, &["gw1"])
 }
 
-fn config(dir: &Path, cloud: &str) -> String {
+/// The gateway's config; with `push`, `[web] push_token` lets the cloud push commands (and
+/// then no `ct=` is relayed upstream: Drogue answers no wait with a pushed device's command).
+fn config(dir: &Path, cloud: &str, push: bool) -> String {
+    let push = if push { format!("push_token = \"{PUSH_TOKEN}\"\n") } else { String::new() };
     let text = format!(
         "[gateway]\nname = \"gw1\"\napplication = \"{APP}\"\ndata_dir = {:?}\n\n{cloud}\n\
-         [mqtt]\nlisten = \"127.0.0.1:0\"\n\n[web]\nlisten = \"127.0.0.1:0\"\npush_token = \"{PUSH_TOKEN}\"\n\n\
+         [mqtt]\nlisten = \"127.0.0.1:0\"\n\n[web]\nlisten = \"127.0.0.1:0\"\n{push}\n\
          [log]\nformat = \"json\"\n\n\
          [[devices]]\nname = \"sensor1\"\npassword = \"pw1\"\n",
         dir.join("data").display().to_string()
@@ -130,7 +133,7 @@ async fn push_from_the_dev_cloud_reaches_mosquitto_sub() {
     let stop = CancellationToken::new();
     let cloud =
         DevCloud::start("127.0.0.1:0".parse().unwrap(), seed(), stop.clone()).await.unwrap();
-    let gw = Running::start(&config(dir.path(), &drogue_http(&cloud)), None);
+    let gw = Running::start(&config(dir.path(), &drogue_http(&cloud), true), None);
     let web = gw.web_addr();
     let port = gw.listener_addr("mqtt").rsplit_once(':').unwrap().1.to_owned();
     // Drogue pushes to a gateway whose registry entry names an external endpoint
@@ -181,7 +184,7 @@ async fn drogue_mqtt_subscription_reaches_mosquitto_sub() {
         "[cloud]\nkind = \"drogue-mqtt\"\nurl = {:?}\npassword = \"gw-secret\"\nretry_min = \"50ms\"\n",
         cloud.mqtt_url()
     );
-    let gw = Running::start(&config(dir.path(), &uplink), None);
+    let gw = Running::start(&config(dir.path(), &uplink, true), None);
     let port = gw.listener_addr("mqtt").rsplit_once(':').unwrap().1.to_owned();
     until("the uplink's command subscription", || cloud.command_subscribers() > 0).await;
 
@@ -199,7 +202,7 @@ async fn http_wait_relays_the_sensors_ct_and_answers_it_with_the_command() {
     let stop = CancellationToken::new();
     let cloud =
         DevCloud::start("127.0.0.1:0".parse().unwrap(), seed(), stop.clone()).await.unwrap();
-    let gw = Running::start(&config(dir.path(), &drogue_http(&cloud)), None);
+    let gw = Running::start(&config(dir.path(), &drogue_http(&cloud), false), None);
     let web = gw.web_addr();
 
     // the sensor waits up to 10 s for a command in the answer to its reading
@@ -233,7 +236,7 @@ async fn pushed_ttl_expires_a_queued_command() {
     let stop = CancellationToken::new();
     let cloud =
         DevCloud::start("127.0.0.1:0".parse().unwrap(), seed(), stop.clone()).await.unwrap();
-    let gw = Running::start(&config(dir.path(), &drogue_http(&cloud)), None);
+    let gw = Running::start(&config(dir.path(), &drogue_http(&cloud), true), None);
     let web = gw.web_addr();
     let port = gw.listener_addr("mqtt").rsplit_once(':').unwrap().1.to_owned();
     let bearer = format!("Bearer {PUSH_TOKEN}");
@@ -279,7 +282,7 @@ async fn coap_sensor_wait_is_relayed_and_answered_with_option_4210() {
     let cloud =
         DevCloud::start("127.0.0.1:0".parse().unwrap(), seed(), stop.clone()).await.unwrap();
     let uplink = format!("{}\n[coap]\nlisten = \"127.0.0.1:0\"\n", drogue_http(&cloud));
-    let gw = Running::start(&config(dir.path(), &uplink), None);
+    let gw = Running::start(&config(dir.path(), &uplink, false), None);
     let coap = gw.listener_addr("coap");
 
     use base64::Engine;

@@ -57,9 +57,11 @@ struct Site {
 struct Extra {
     registry_interval: &'static str,
     commands: &'static str,
+    /// `[web] push_token`: the cloud may push commands (and then no `ct=` is relayed).
+    push: bool,
 }
 
-const DEFAULT: Extra = Extra { registry_interval: "200ms", commands: "" };
+const DEFAULT: Extra = Extra { registry_interval: "200ms", commands: "", push: true };
 
 impl Site {
     async fn start(uplink: Uplink) -> Site {
@@ -250,11 +252,12 @@ async fn start_gateway(
          [cloud]\nkind = \"{kind}\"\nurl = {url:?}\npassword = \"gw-secret\"\n\n\
          [registry]\nurl = {:?}\ntoken = \"api-token\"\ninterval = \"{}\"\ntimeout = \"2s\"\n\n\
          [mqtt]\nlisten = \"127.0.0.1:0\"\n\n[coap]\nlisten = \"127.0.0.1:0\"\n\n\
-         [web]\nlisten = \"127.0.0.1:0\"\npush_token = \"{PUSH_TOKEN}\"\n\n\
+         [web]\nlisten = \"127.0.0.1:0\"\n{}\n\
          [commands]\nttl = \"1h\"\n{}\n[log]\nformat = \"json\"\n",
         dir.join("data").display().to_string(),
         cloud.url(),
         extra.registry_interval,
+        if extra.push { format!("push_token = \"{PUSH_TOKEN}\"\n") } else { String::new() },
         extra.commands,
     );
     let cfg = write(dir, "gatewayd.toml", &text);
@@ -353,7 +356,8 @@ async fn http_sensor_waiting_with_ct_gets_commands_via_the_mqtt_uplink_and_via_p
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_and_coap_sensors_waiting_with_ct_get_commands_via_the_http_uplinks_wait() {
-    let site = Site::start(Uplink::Http).await;
+    // commands come back on waiting publishes only where the cloud does not push them
+    let site = Site::start_with(Uplink::Http, Extra { push: false, ..DEFAULT }).await;
     let before = site.cloud.command_subscribers();
     let curl = site.curl(Some(5));
     site.until_waiting(1).await;
@@ -518,7 +522,7 @@ async fn push_endpoint_refuses_bad_callers_and_unknown_devices() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_commands_resync_set_the_log_level_and_reject_unknown_ones() {
     // a slow registry poll, so that a listing can only come from the resync command
-    let extra = Extra { registry_interval: "1h", commands: "" };
+    let extra = Extra { registry_interval: "1h", ..DEFAULT };
     let mut site = Site::start_with(Uplink::Mqtt, extra).await;
     let syncs = |s: &serde_json::Value| s["registry"]["syncs"].as_u64().unwrap();
     let before = syncs(&site.status().await);
@@ -569,6 +573,7 @@ async fn outcomes_are_reported_upstream_on_the_report_channel() {
         let extra = Extra {
             registry_interval: "200ms",
             commands: "report_channel = \"command-outcomes\"\n",
+            ..DEFAULT
         };
         let site = Site::start_with(uplink, extra).await;
         site.enable_push(&[]);

@@ -266,7 +266,12 @@ async fn a_record_drogue_closes_the_mqtt_connection_on_parks_its_device_alone() 
     }
     let cloud = cloud(1).await;
     let dir = tempfile::tempdir().unwrap();
-    let gw = Running::start(&config(dir.path(), 1, &drogue_mqtt(&cloud.mqtt_url()), ""), None);
+    let admin = write(dir.path(), "admin.secret", "admin-pw\n");
+    let web_extra = format!("admin_password_file = {admin:?}\n");
+    let gw = Running::start(
+        &config(dir.path(), 1, &drogue_mqtt(&cloud.mqtt_url()), &web_extra),
+        None,
+    );
     let web = gw.web_addr();
     let port = gw.listener_addr("mqtt").rsplit_once(':').unwrap().1.to_owned();
 
@@ -305,6 +310,19 @@ async fn a_record_drogue_closes_the_mqtt_connection_on_parks_its_device_alone() 
         .collect();
     assert_eq!(got, (0..50).collect());
     assert!(telemetry_of(&cloud, "rogue").is_empty());
+
+    // the technician sees the parked device and the cloud's reason on the overview
+    let jar = dir.path().join("jar");
+    assert_eq!(common::status_page_login(&web, &jar, "admin", "admin-pw"), 303);
+    let page = Command::new("curl")
+        .args(["-s", "--max-time", "10", "-b"])
+        .arg(&jar)
+        .arg(format!("http://{web}/"))
+        .output()
+        .unwrap();
+    let page = String::from_utf8_lossy(&page.stdout);
+    let held = page.split("id=\"parked\"").nth(1).expect("a parked devices table");
+    assert!(held.contains("rogue@app") && held.contains("closed the connection"), "{page}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -240,8 +240,60 @@ pub fn overview(status: &Value, now_ms: u64, graph: &str, csrf: &str) -> Markup 
                 }
                 div data-live="graph" data-html="1" { (PreEscaped(graph)) }
             }
+            (held_back(status, now_ms))
         },
     )
+}
+
+/// Messages the cloud refused: parked devices and the last dead letters, each with the
+/// cloud's reason.
+fn held_back(status: &Value, now_ms: u64) -> Markup {
+    let empty = Vec::new();
+    let parked = get(status, "uplink.parked").as_array().unwrap_or(&empty);
+    let dead = get(status, "uplink.recent_dead_letters").as_array().unwrap_or(&empty);
+    html! {
+        section #held-back {
+            h2 { "Held back by the cloud" }
+            h3 { "Parked devices (" (parked.len()) ")" }
+            @if parked.is_empty() {
+                p { "None: the cloud takes every device's messages." }
+            } @else {
+                p { "Their messages wait in the outbox and are tried again every "
+                    code { "parked_retry" } " or with " em { "Retry parked devices" } "." }
+                table #parked {
+                    thead { tr { th { "Device" } th { "Reason" } th { "Since" } } }
+                    tbody {
+                        @for p in parked {
+                            tr {
+                                td { (text(&p["device"])) }
+                                td { (text(&p["reason"])) }
+                                td { (age(&p["since_ms"], now_ms)) }
+                            }
+                        }
+                    }
+                }
+            }
+            h3 { "Dead letters (" (text(get(status, "uplink.dead_letters"))) " in all)" }
+            @if dead.is_empty() {
+                p { "None since start." }
+            } @else {
+                p { "Messages the cloud rejected for good; they are not sent again. The last "
+                    (dead.len()) ", newest last:" }
+                table #dead-letters {
+                    thead { tr { th { "Device" } th { "Reason" } th { "When" } } }
+                    tbody {
+                        @for d in dead {
+                            tr {
+                                td { (text(&d["device"])) }
+                                td { (text(&d["reason"])) }
+                                td { (age(&d["at_ms"], now_ms)) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// One row of the sensor list.
