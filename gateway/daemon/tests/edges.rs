@@ -268,10 +268,8 @@ async fn a_record_drogue_closes_the_mqtt_connection_on_parks_its_device_alone() 
     let dir = tempfile::tempdir().unwrap();
     let admin = write(dir.path(), "admin.secret", "admin-pw\n");
     let web_extra = format!("admin_password_file = {admin:?}\n");
-    let gw = Running::start(
-        &config(dir.path(), 1, &drogue_mqtt(&cloud.mqtt_url()), &web_extra),
-        None,
-    );
+    let gw =
+        Running::start(&config(dir.path(), 1, &drogue_mqtt(&cloud.mqtt_url()), &web_extra), None);
     let web = gw.web_addr();
     let port = gw.listener_addr("mqtt").rsplit_once(':').unwrap().1.to_owned();
 
