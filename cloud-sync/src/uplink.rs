@@ -27,7 +27,7 @@ use std::{
     time::Duration,
 };
 
-use gw_model::{Identity, Secret, Telemetry};
+use gw_model::{AppId, Identity, Secret, Telemetry};
 use gw_store::{Acker, OutboxReader, Seq};
 use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore, oneshot},
@@ -165,15 +165,16 @@ impl Uplink {
         reader: OutboxReader,
         token: CancellationToken,
     ) -> Result<(), CloudError> {
-        let Self { kind, status, config, .. } = self;
+        let Self { kind, status, config, gateway } = self;
+        let app = gateway.app();
         match kind {
             Kind::DrogueHttp(sender) => {
-                drive(Arc::new(*sender), reader, status, &config, token).await
+                drive(Arc::new(*sender), reader, status, &config, app, token).await
             }
             Kind::Mqtt(publisher, connection) => {
                 let stop = token.child_token();
                 let task = tokio::spawn(connection.run(stop.clone()));
-                let result = drive(publisher, reader, status, &config, token).await;
+                let result = drive(publisher, reader, status, &config, app, token).await;
                 stop.cancel();
                 let _ = task.await;
                 result
@@ -211,6 +212,7 @@ async fn drive<S: Sender>(
     mut reader: OutboxReader,
     status: Arc<UplinkStatus>,
     config: &CloudConfig,
+    app: &AppId,
     token: CancellationToken,
 ) -> Result<(), CloudError> {
     let acker = reader.acker();
@@ -248,6 +250,20 @@ async fn drive<S: Sender>(
             _ = token.cancelled() => break,
             b = reader.next(max) => b?,
         };
+        // The gateway acts for its own application only: a record of another one (written
+        // before that was enforced at login) is never sent under the gateway's name.
+        let batch: Vec<_> = batch
+            .into_iter()
+            .filter_map(|(seq, t)| {
+                if t.app == *app {
+                    return Some((seq, t));
+                }
+                let why =
+                    format!("a record of application {}; this gateway acts for {app} only", t.app);
+                settle(&acker, &status, &pause, seq, &t, Verdict::Rejected(why));
+                None
+            })
+            .collect();
         let mut first = Some(first);
         for chain in by_device(batch) {
             // A pipelined chain holds a permit per record; the batch fits the free permits.

@@ -263,6 +263,10 @@ async fn process<A: Authenticate, I: Ingest, C: CommandSource>(
 ) -> Answer {
     let identity = match services.auth.authenticate(&publish.auth, Some(peer.ip())).await {
         AuthOutcome::Pass(identity) => identity,
+        AuthOutcome::Forbidden => {
+            tracing::info!(device = %publish.auth.device, app = %publish.auth.app, %peer, "CoAP publish refused: not an identity of the gateway's application");
+            return Answer::Refused(Refusal::new(ResponseType::Forbidden, "not allowed here"));
+        }
         AuthOutcome::Fail => {
             tracing::info!(device = %publish.auth.device, app = %publish.auth.app, %peer, "CoAP publish refused: authentication failed");
             return Answer::Refused(Refusal::new(ResponseType::Forbidden, "authentication failed"));

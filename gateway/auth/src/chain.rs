@@ -69,6 +69,11 @@ struct Inner {
     params: HashParams,
     cache_path: Option<PathBuf>,
     hashing: Semaphore,
+    /// The only application whose identities log in as sensors (the gateway's own); `None`
+    /// only for chains built without roles (unit tests of single sources).
+    sensor_app: Option<AppId>,
+    /// The only application whose identities log in as technicians (status page).
+    technician_app: Option<AppId>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -119,6 +124,8 @@ impl CredentialChain {
                 params: config.hash_params()?,
                 cache_path,
                 hashing: Semaphore::new(cores),
+                sensor_app: None,
+                technician_app: None,
             }),
         })
     }
@@ -153,6 +160,36 @@ impl CredentialChain {
             reason: "static devices must be added before the chain is shared".into(),
         })?;
         Ok(Self { inner: Arc::new(Inner { statics: Arc::new(statics), ..inner }) })
+    }
+
+    /// Gives identities their roles: only `sensor_app`'s publish and are known as devices,
+    /// only `technician_app`'s log in to the status page (call at start-up, before the chain
+    /// is shared). The two must differ, so no account is both.
+    pub fn with_roles(self, sensor_app: AppId, technician_app: AppId) -> Result<Self, AuthError> {
+        if sensor_app == technician_app {
+            return Err(AuthError::InvalidConfig {
+                key: "web.technician_app",
+                reason: format!(
+                    "{technician_app:?} is the gateway's application too; technicians and sensors are kept apart"
+                ),
+            });
+        }
+        let inner = Arc::try_unwrap(self.inner).map_err(|_| AuthError::InvalidConfig {
+            key: "gateway.application",
+            reason: "roles must be given before the chain is shared".into(),
+        })?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                sensor_app: Some(sensor_app),
+                technician_app: Some(technician_app),
+                ..inner
+            }),
+        })
+    }
+
+    /// Whether `app`'s identities may log in as sensors.
+    fn sensor_app_ok(&self, app: &AppId) -> bool {
+        self.inner.sensor_app.as_ref().is_none_or(|a| a == app)
     }
 
     /// Replaces the registry devices after a sync: hashes new or changed plain passwords on the
@@ -325,6 +362,10 @@ impl CredentialChain {
         request: &AuthRequest,
         peer: Option<IpAddr>,
     ) -> AuthOutcome {
+        if self.inner.technician_app.as_ref().is_some_and(|a| *a != request.app) {
+            tracing::info!(device = %request.device, app = %request.app, "status page login refused: not a technician's identity");
+            return AuthOutcome::Forbidden;
+        }
         self.limited(request, peer, self.check_local(request)).await
     }
 
@@ -374,6 +415,9 @@ impl CredentialChain {
 /// or unique username; the canonical name is returned), or a local account has its name.
 impl KnownDevices for CredentialChain {
     fn resolve(&self, app: &AppId, device: &str) -> Option<Identity> {
+        if !self.sensor_app_ok(app) {
+            return None;
+        }
         let registry = self.registry();
         let statics = self.inner.statics.clone();
         let cached = [&registry, &statics]
@@ -391,6 +435,12 @@ impl KnownDevices for CredentialChain {
 
 impl Authenticate for CredentialChain {
     async fn authenticate(&self, request: &AuthRequest, peer: Option<IpAddr>) -> AuthOutcome {
+        if !self.sensor_app_ok(&request.app) {
+            // another application's identity, or a technician's: never a sensor of this
+            // gateway, and never sent to the legacy login service
+            tracing::info!(device = %request.device, app = %request.app, "sensor login refused: not of the gateway's application");
+            return AuthOutcome::Forbidden;
+        }
         self.limited(request, peer, self.check(request)).await
     }
 }

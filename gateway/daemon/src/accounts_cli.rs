@@ -71,14 +71,29 @@ fn execute(config_path: &Path, command: AccountsCommand) -> anyhow::Result<()> {
     match command {
         AccountsCommand::Add { id, password_file } => {
             let id = identity(&id)?;
+            let technicians = &config.web.technician_app;
+            if id.app() != app && id.app() != technicians {
+                anyhow::bail!(
+                    "{id}: an account is a sensor of the gateway's application ({app}) or a technician of web.technician_app ({technicians}); {} is neither",
+                    id.app()
+                );
+            }
             accounts.add(&id, &password(password_file)?)?;
-            println!("added {id}");
+            let role = if id.app() == app { "sensor" } else { "technician" };
+            println!("added {id} ({role})");
         }
         AccountsCommand::List => {
             for a in accounts.list() {
+                let role = if a.app == app.as_str() {
+                    "sensor"
+                } else if a.app == config.web.technician_app.as_str() {
+                    "technician"
+                } else {
+                    "unused: of no application this gateway serves"
+                };
                 let note =
                     if a.migrated { "  (migrated; password locked until reset)" } else { "" };
-                println!("{}@{}{note}", a.name, a.app);
+                println!("{}@{}  {role}{note}", a.name, a.app);
             }
         }
         AccountsCommand::Reset { id, password_file } => {

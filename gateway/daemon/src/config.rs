@@ -451,6 +451,17 @@ impl Config {
                 }
             };
             let app = d.application.clone().unwrap_or_else(|| self.gateway.application.clone());
+            if app != self.gateway.application {
+                // the gateway acts for the devices of its own application only
+                return Err(invalid(
+                    origin,
+                    &format!("{key}.application"),
+                    &format!(
+                        "{app:?} is not the gateway's application {:?}; a static device belongs to it",
+                        self.gateway.application.as_str()
+                    ),
+                ));
+            }
             if out.iter().any(|o: &ResolvedDevice| o.app == app && o.name == d.name) {
                 return Err(invalid(
                     origin,

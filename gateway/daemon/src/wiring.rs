@@ -521,6 +521,8 @@ async fn open_credentials(
         })
         .collect();
     let (auth, dir) = (config.auth.clone(), config.gateway.data_dir.clone());
+    let (app, technicians) =
+        (config.gateway.application.clone(), config.web.technician_app.clone());
     tokio::task::spawn_blocking(move || {
         let chain = match CredentialChain::open(&auth, &dir) {
             Ok(chain) => chain,
@@ -534,7 +536,11 @@ async fn open_credentials(
             }
             Err(e) => return Err(anyhow::Error::new(e).context("cannot open the credential chain")),
         };
-        chain.with_static_devices(&statics).context("cannot hash the static devices' passwords")
+        chain
+            .with_static_devices(&statics)
+            .context("cannot hash the static devices' passwords")?
+            .with_roles(app, technicians)
+            .context("cannot give the credential chain its roles")
     })
     .await
     .context("opening the credential chain panicked")?

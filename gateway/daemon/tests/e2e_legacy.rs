@@ -114,8 +114,12 @@ fn accounts_add_list_remove() {
     assert!(accounts(&config, &["add", "tech1", "--password-file", &pw]).status.success());
     let out = accounts(&config, &["add", "tech1", "--password-file", &pw]);
     assert!(!out.status.success(), "adding twice is an error");
+    // an account is a sensor of the gateway's application or a technician, nothing else
+    let out = accounts(&config, &["add", "tech1@evil-app", "--password-file", &pw]);
+    assert!(!out.status.success(), "an account of another application");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is neither"), "{out:?}");
     let listed = String::from_utf8_lossy(&accounts(&config, &["list"]).stdout).into_owned();
-    assert_eq!(listed.trim(), "tech1@my-app");
+    assert_eq!(listed.trim(), "tech1@my-app  sensor");
     assert!(accounts(&config, &["remove", "tech1@my-app"]).status.success());
     assert!(String::from_utf8_lossy(&accounts(&config, &["list"]).stdout).trim().is_empty());
     assert!(!accounts(&config, &["remove", "tech1@my-app"]).status.success());

@@ -85,6 +85,11 @@ pub fn check_metadata(t: &Telemetry) -> Result<(), IngestError> {
     }
     if let Some(suffix) = &t.suffix {
         check_text("suffix", suffix, MAX_SUFFIX)?;
+        if let Some(dot) = suffix.split('/').find(|s| crate::ids::is_dot_segment(s)) {
+            return Err(IngestError::Invalid(format!(
+                "suffix {suffix:?} holds the dot segment {dot:?}, which would leave the path"
+            )));
+        }
     }
     Ok(())
 }
@@ -162,5 +167,11 @@ mod tests {
         t.data_schema = None;
         t.suffix = Some("a/b\tc".into());
         assert!(matches!(limits.admit(&t), Err(IngestError::Invalid(_))));
+        for escape in ["..", "a/../../admin", ".", "x/%2e%2e", "%2E./y", "a/.%2e"] {
+            t.suffix = Some(escape.into());
+            assert!(matches!(limits.admit(&t), Err(IngestError::Invalid(_))), "{escape:?}");
+        }
+        t.suffix = Some("a/b.c/..d".into());
+        assert_eq!(limits.admit(&t), Ok(()), "dots inside a segment are fine");
     }
 }

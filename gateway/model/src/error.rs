@@ -11,6 +11,10 @@ pub enum ModelError {
     BadChar { kind: &'static str, value: String, ch: char, allowed: &'static str },
     #[error("{kind} {value:?} must start and end with a letter or digit")]
     BadEdge { kind: &'static str, value: String },
+    /// `.` and `..` mean "here" and "up" in a URL path: a name that becomes a path segment
+    /// upstream may not be one.
+    #[error("{kind} {value:?} is a dot segment, which a URL path would resolve away")]
+    DotSegment { kind: &'static str, value: String },
     #[error("identity {value:?} is not of the form device@app")]
     NoApp { value: String },
     #[error("authorization header is not HTTP Basic")]

@@ -5,7 +5,7 @@
 //! |---------------|------------|-------------------------------------------------------------------|
 //! | [`AppId`]     | 1..=63     | ASCII letters, digits, `-`, `_`, `.`; first and last a letter or digit |
 //! | [`DeviceId`]  | 1..=256    | any Unicode except control characters and `/ + # @`; no leading or trailing space |
-//! | [`Channel`]   | 1..=128    | ASCII letters, digits, `-`, `_`, `.`, `~`, `:`                     |
+//! | [`Channel`]   | 1..=128    | ASCII letters, digits, `-`, `_`, `.`, `~`, `:`; not `.` or `..`    |
 //! | [`CommandName`] | 1..=128  | as [`Channel`]                                                    |
 //!
 //! Why these sets: a device name becomes an MQTT topic level (`<channel>/<device>`,
@@ -31,6 +31,15 @@ struct Rule {
     alnum_edges: bool,
     /// First and last character must not be whitespace.
     no_space_edges: bool,
+    /// The name becomes a URL path segment upstream: `.` and `..` are refused.
+    no_dot_segment: bool,
+}
+
+/// Whether `segment` is a URL dot segment, `.` or `..`, in the forms a URL parser resolves
+/// (RFC 3986 §5.2.4 and the WHATWG URL standard, which also reads `%2e` as a dot).
+pub fn is_dot_segment(segment: &str) -> bool {
+    let lower = segment.to_ascii_lowercase();
+    matches!(lower.as_str(), "." | ".." | "%2e" | "%2e%2e" | ".%2e" | "%2e.")
 }
 
 fn check(rule: &Rule, value: &str) -> Result<(), ModelError> {
@@ -60,6 +69,9 @@ fn check(rule: &Rule, value: &str) -> Result<(), ModelError> {
     if edge_bad(first) || edge_bad(last) {
         return Err(ModelError::BadEdge { kind: rule.kind, value: value.to_owned() });
     }
+    if rule.no_dot_segment && is_dot_segment(value) {
+        return Err(ModelError::DotSegment { kind: rule.kind, value: value.to_owned() });
+    }
     Ok(())
 }
 
@@ -82,6 +94,7 @@ const APP: Rule = Rule {
     char_ok: app_char,
     alnum_edges: true,
     no_space_edges: false,
+    no_dot_segment: false,
 };
 const DEVICE: Rule = Rule {
     kind: "device name",
@@ -90,6 +103,7 @@ const DEVICE: Rule = Rule {
     char_ok: device_char,
     alnum_edges: false,
     no_space_edges: true,
+    no_dot_segment: false,
 };
 const CHANNEL: Rule = Rule {
     kind: "channel",
@@ -98,6 +112,7 @@ const CHANNEL: Rule = Rule {
     char_ok: name_char,
     alnum_edges: false,
     no_space_edges: false,
+    no_dot_segment: true,
 };
 const COMMAND: Rule = Rule { kind: "command name", ..CHANNEL };
 
@@ -245,6 +260,19 @@ mod tests {
     }
 
     #[test]
+    fn rejects_dot_segments_as_channels_and_commands() {
+        for dot in [".", ".."] {
+            assert!(matches!(Channel::new(dot), Err(ModelError::DotSegment { .. })), "{dot:?}");
+            assert!(CommandName::new(dot).is_err(), "{dot:?}");
+        }
+        assert!(Channel::new("...").is_ok() && Channel::new(".temp").is_ok());
+        for dot in [".", "..", "%2e", "%2E%2e", ".%2E", "%2e."] {
+            assert!(is_dot_segment(dot), "{dot:?}");
+        }
+        assert!(!is_dot_segment("...") && !is_dot_segment("a.") && !is_dot_segment("%2e%2e%2e"));
+    }
+
+    #[test]
     fn rejects_bad_app_edges() {
         assert!(matches!(AppId::new("-app"), Err(ModelError::BadEdge { .. })));
         assert!(matches!(AppId::new("app."), Err(ModelError::BadEdge { .. })));
@@ -276,7 +304,7 @@ mod tests {
         }
 
         #[test]
-        fn channel_round_trips(s in "[A-Za-z0-9._~:-]{1,128}") {
+        fn channel_round_trips(s in "[A-Za-z0-9._~:-]{1,128}".prop_filter("dot segment", |s| s != "." && s != "..")) {
             let ch = Channel::new(s.clone()).unwrap();
             prop_assert_eq!(ch.as_str(), s.as_str());
         }

@@ -42,6 +42,10 @@ pub enum AuthOutcome {
     Fail,
     /// Too many failed attempts from this identifier or address: refused without checking.
     RateLimited,
+    /// Not an identity that may act here at all, whatever its secret: another application's,
+    /// or a technician's at a sensor endpoint (and a sensor's at the status page). Refused
+    /// before any secret is checked (MQTT not authorized, CoAP 4.03, HTTP 403).
+    Forbidden,
 }
 
 /// Checks what a sensor presents. `peer` is the source address, for rate limiting.

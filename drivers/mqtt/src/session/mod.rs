@@ -370,7 +370,9 @@ impl Session {
         match outcome {
             AuthOutcome::Pass(identity) => self.accept(*connect, identity, now),
             AuthOutcome::Fail => self.refuse(ConnectCode::BadUserNamePassword),
-            AuthOutcome::RateLimited => self.refuse(ConnectCode::NotAuthorized),
+            AuthOutcome::RateLimited | AuthOutcome::Forbidden => {
+                self.refuse(ConnectCode::NotAuthorized)
+            }
         }
     }
 

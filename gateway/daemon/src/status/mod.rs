@@ -283,7 +283,7 @@ async fn login(
             }
             r
         }
-        AuthOutcome::Fail => {
+        AuthOutcome::Fail | AuthOutcome::Forbidden => {
             tracing::warn!(user = %form.username, peer = %peer.ip(), "technician login failed");
             login_page(&page, StatusCode::UNAUTHORIZED, Some("Wrong user or password."), &next)
         }
