@@ -224,7 +224,7 @@ fn start_gatewayd(dir: &Path, sensors: usize) -> anyhow::Result<Gatewayd> {
         "[gateway]\nname = \"gw1\"\napplication = \"{APP}\"\ndata_dir = {:?}\n\n\
          [store]\nmax_bytes = \"4GiB\"\nsync = \"always\"\n\n\
          [coap]\nlisten = \"127.0.0.1:0\"\nrate_limit = 1000000\nrate_burst = 1000000\n\n\
-         [auth]\nargon2_memory_kib = 64\n\n[web]\nlisten = \"127.0.0.1:0\"\n{}",
+         [auth]\nargon2_memory_kib = 64\n\n[web]\nlisten = \"127.0.0.1:0\"\napi_token = \"bench-api-token-0123\"\n{}",
         dir.join("coap-data").display().to_string(),
         (0..sensors)
             .map(|s| format!("\n[[devices]]\nname = \"s{s}\"\npassword = \"pw\"\n"))

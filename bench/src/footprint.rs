@@ -102,7 +102,7 @@ fn gatewayd_config(dir: &Path, cloud: &DevCloud, token: &str) -> String {
          [cloud]\nkind = \"drogue-http\"\nurl = {url:?}\npassword = \"gwpw\"\n\n\
          [registry]\nurl = {url:?}\ntoken = {token:?}\ninterval = \"1h\"\n\n\
          [mqtt]\nlisten = \"127.0.0.1:0\"\nmax_connections = 20000\n\n\
-         [web]\nlisten = \"127.0.0.1:0\"\n",
+         [web]\nlisten = \"127.0.0.1:0\"\napi_token = \"bench-api-token-0123\"\n",
         dir.join("footprint-data").display().to_string()
     )
 }

@@ -567,7 +567,7 @@ pub fn gatewayd(
          concurrency = 1024\nretry_min = \"100ms\"\nretry_max = \"1s\"\n\n\
          [mqtt]\nlisten = \"127.0.0.1:0\"\nmax_inflight = 32\nmax_connections = 20000\n\n\
          [auth]\nargon2_memory_kib = 64\n\n\
-         [web]\nlisten = \"127.0.0.1:0\"\n{extra}\n{}",
+         [web]\nlisten = \"127.0.0.1:0\"\napi_token = \"bench-api-token-0123\"\n{extra}\n{}",
         dir.join(name).display().to_string(),
         devices(n)
     );

@@ -142,9 +142,12 @@ impl Gatewayd {
         format!("http://{}", self.listeners.get("web").map_or("", String::as_str))
     }
 
-    /// `/api/v1/status` as JSON.
+    /// `/api/v1/status` as JSON (with the API token the benchmark configs set).
     pub async fn status(&self) -> anyhow::Result<serde_json::Value> {
-        Ok(reqwest::get(format!("{}/api/v1/status", self.web())).await?.json().await?)
+        let request = reqwest::Client::new()
+            .get(format!("{}/api/v1/status", self.web()))
+            .bearer_auth(BENCH_API_TOKEN);
+        Ok(request.send().await?.error_for_status()?.json().await?)
     }
 
     /// Waits (at most `timeout`) until `/readyz` answers 200; returns how long since the start.
@@ -160,6 +163,9 @@ impl Gatewayd {
         bail!("gatewayd was not ready within {timeout:?}")
     }
 }
+
+/// The read-only API token every benchmark config sets (`[web] api_token`).
+pub const BENCH_API_TOKEN: &str = "bench-api-token-0123";
 
 pub const MOSQUITTO: &str = "/usr/sbin/mosquitto";
 

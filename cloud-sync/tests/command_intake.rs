@@ -86,7 +86,12 @@ fn gateway() -> Identity {
 async fn push_server(max_body: usize) -> (SocketAddr, Arc<TestSink>, CommandIntake) {
     let sink = Arc::new(TestSink::default());
     let intake = CommandIntake::new(Arc::clone(&sink));
-    let config = PushConfig { token: Secret::new(TOKEN), require_client_cert: false, max_body };
+    let config = PushConfig {
+        token: Secret::new(TOKEN),
+        require_client_cert: false,
+        max_body,
+        replay_window: std::time::Duration::from_secs(60),
+    };
     let app = push::router(intake.clone(), config);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -157,8 +162,9 @@ async fn push_refuses_a_missing_or_wrong_secret() {
     let missing = curl(&url, &body, &[]).await;
     assert_eq!(missing.status, 401, "{}", missing.body);
     assert!(missing.headers.contains("www-authenticate: bearer"), "{}", missing.headers);
-    let basic = curl(&url, &body, &["-u", "gw1:push-s3cret"]).await;
-    assert_eq!(basic.status, 401, "a Basic header is no Bearer token");
+    assert!(missing.headers.contains("www-authenticate: basic"), "{}", missing.headers);
+    let basic = curl(&url, &body, &["-u", "gw1:push-s3creT"]).await;
+    assert_eq!(basic.status, 403, "Basic with a wrong token as password");
     let wrong = curl(&url, &body, &["-H", "Authorization: Bearer push-s3creT"]).await;
     assert_eq!(wrong.status, 403, "{}", wrong.body);
     let empty = curl(&url, &body, &["-H", "Authorization: Bearer"]).await;
@@ -168,6 +174,57 @@ async fn push_refuses_a_missing_or_wrong_secret() {
 
     let right = curl(&url, &body, &["-H", "Authorization: bearer push-s3cret"]).await;
     assert_eq!(right.status, 200, "the scheme is case-insensitive: {}", right.body);
+    // Drogue's `headers` may hold Basic credentials: the token is the password
+    let basic = push_body("sensor1", "set", b"2");
+    let right = curl(&url, &basic, &["-u", "drogue:push-s3cret"]).await;
+    assert_eq!(right.status, 200, "Basic with the token as password: {}", right.body);
+    assert_eq!(sink.got().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_push_is_not_queued_again() {
+    if !have_curl() {
+        return;
+    }
+    let (addr, sink, _) = push_server(64 * 1024).await;
+    let url = format!("http://{addr}{}", push::PATH);
+    // Drogue's default body: the same body within the replay window is a replay
+    let reboot = push_body("sleeper", "reboot", b"");
+    assert_eq!(curl(&url, &reboot, &["-H", BEARER]).await.status, 202);
+    for _ in 0..2 {
+        let again = curl(&url, &reboot, &["-H", BEARER]).await;
+        assert_eq!(again.status, 200, "{}", again.body);
+        assert!(again.body.contains("duplicate"), "{}", again.body);
+    }
+    // named pushes: once per id, whatever the body
+    let named = |id: &str, payload: &str| {
+        json!({"application": APP, "device": "sleeper", "command": "set", "payload": payload, "id": id})
+            .to_string()
+    };
+    assert_eq!(curl(&url, &named("c-1", "MQ=="), &["-H", BEARER]).await.status, 202);
+    let again = curl(&url, &named("c-1", "Mg=="), &["-H", BEARER]).await;
+    assert!(again.body.contains("duplicate"), "{}", again.body);
+    let by_header = push_body("sleeper", "set", b"3");
+    assert_eq!(
+        curl(&url, &by_header, &["-H", BEARER, "-H", "X-Command-Id: c-1"]).await.status,
+        200
+    );
+    assert_eq!(
+        curl(&url, &by_header, &["-H", BEARER, "-H", "X-Command-Id: c-2"]).await.status,
+        202
+    );
+    // dated pushes: refused when far off the clock
+    let dated = |at: u64| {
+        json!({"application": APP, "device": "sleeper", "command": "dated", "timestamp": at})
+            .to_string()
+    };
+    let stale = curl(&url, &dated(1_000_000_000), &["-H", BEARER]).await;
+    assert_eq!(stale.status, 403, "{}", stale.body);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert_eq!(curl(&url, &dated(now), &["-H", BEARER]).await.status, 202);
+    assert!(curl(&url, &dated(now), &["-H", BEARER]).await.body.contains("duplicate"));
+    let got: Vec<String> = sink.got().iter().map(|c| c.name.as_str().to_owned()).collect();
+    assert_eq!(got, ["reboot", "set", "set", "dated"], "each command once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -39,6 +39,13 @@ impl Codec {
     pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Packet>, CodecError> {
         let Some(len) = frame_len(buf, self.max_packet_size)? else { return Ok(None) };
         let mut frame = buf.split_to(len);
+        if connect_flags(&frame).is_some_and(|flags| flags & 0x01 != 0) {
+            // MQTT-3.1.2-3 (3.1.1) and 3.1.2.3 (5): the server must treat it as malformed
+            return Err(CodecError::Malformed {
+                version: self.version,
+                reason: "reserved CONNECT flag set".into(),
+            });
+        }
         let packet = match self.version {
             Version::V311 => v4::read(&mut frame)?,
             Version::V5 => v5::read(&mut frame)?,
@@ -92,6 +99,17 @@ fn frame_len(buf: &[u8], max: usize) -> Result<Option<usize>, CodecError> {
         return Err(CodecError::TooLarge { size, max });
     }
     Ok((buf.len() >= size).then_some(size))
+}
+
+/// The connect flags of the CONNECT at the front of `frame` (a whole frame), if it is one:
+/// after the fixed header, the protocol name and the protocol level.
+fn connect_flags(frame: &[u8]) -> Option<u8> {
+    if *frame.first()? != CONNECT_BYTE {
+        return None;
+    }
+    let header = 1 + frame.iter().skip(1).take(4).position(|b| b & 0x80 == 0)? + 1;
+    let name_len = usize::from(u16::from_be_bytes([*frame.get(header)?, *frame.get(header + 1)?]));
+    frame.get(header + 2 + name_len + 1).copied()
 }
 
 /// Reads the protocol version from the start of a connection, which must be a CONNECT:
@@ -160,6 +178,38 @@ mod tests {
             content_type: None,
         });
         c
+    }
+
+    #[test]
+    fn a_reserved_connect_flag_is_malformed_in_both_versions() {
+        for v in [Version::V311, Version::V5] {
+            let codec = Codec::new(v, 1024);
+            let good = encoded(codec, &Packet::Connect(Connect::new(v, "a")));
+            assert!(matches!(codec.decode(&mut good.clone()), Ok(Some(Packet::Connect(_)))));
+            let mut bad = good.clone();
+            bad[9] |= 0x01; // the connect flags follow "MQTT" and the level
+            assert!(
+                matches!(codec.decode(&mut bad), Err(CodecError::Malformed { ref reason, .. }) if reason.contains("reserved")),
+                "{v:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_v5_receive_maximum_of_0_is_malformed() {
+        let codec = Codec::new(Version::V5, 1024);
+        // CONNECT "MQTT" 5, clean start, keep alive 60, properties: Receive Maximum (0x21) 0
+        let mut buf = BytesMut::from(
+            &[0x10, 17, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 60, 3, 0x21, 0, 0, 0, 1, b'a'][..],
+        );
+        assert!(matches!(
+            codec.decode(&mut buf),
+            Err(CodecError::Malformed { ref reason, .. }) if reason.contains("Receive Maximum")
+        ));
+        let mut ok = BytesMut::from(
+            &[0x10, 17, 0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 60, 3, 0x21, 0, 5, 0, 1, b'a'][..],
+        );
+        assert!(matches!(codec.decode(&mut ok), Ok(Some(Packet::Connect(_)))));
     }
 
     #[test]

@@ -160,6 +160,8 @@ pub enum ConnectCode {
     ServerUnavailable,
     BadUserNamePassword,
     NotAuthorized,
+    /// v5 only (0x97, too many failed logins); v3.1.1 sends "not authorized".
+    QuotaExceeded,
     /// v5 only (0x80); v3.1.1 sends "server unavailable".
     UnspecifiedError,
     /// v5 only (0x82); v3.1.1 sends "server unavailable".

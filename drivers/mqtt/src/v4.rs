@@ -179,7 +179,9 @@ fn to_wire(p: &Packet) -> Result<w::Packet, CodecError> {
                 | ConnectCode::UnspecifiedError
                 | ConnectCode::ProtocolError => w::ConnectReturnCode::ServiceUnavailable,
                 ConnectCode::BadUserNamePassword => w::ConnectReturnCode::BadUserNamePassword,
-                ConnectCode::NotAuthorized => w::ConnectReturnCode::NotAuthorized,
+                ConnectCode::NotAuthorized | ConnectCode::QuotaExceeded => {
+                    w::ConnectReturnCode::NotAuthorized
+                }
             };
             w::Packet::ConnAck(w::ConnAck::new(code, a.session_present))
         }

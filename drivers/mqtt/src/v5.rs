@@ -82,6 +82,13 @@ fn from_wire(p: w::Packet) -> Result<Packet, CodecError> {
     Ok(match p {
         w::Packet::Connect(c, will, login) => {
             let props = c.properties.as_ref();
+            if props.and_then(|p| p.receive_maximum) == Some(0) {
+                // MQTT 5 §3.1.2.11.3: a Receive Maximum of 0 is a protocol error
+                return Err(CodecError::Malformed {
+                    version: V,
+                    reason: "Receive Maximum 0 in CONNECT".into(),
+                });
+            }
             let will = match will {
                 None => None,
                 Some(will) => Some(Will {
@@ -294,6 +301,7 @@ fn connect_code_in(c: w::ConnectReturnCode) -> ConnectCode {
         C::ServiceUnavailable | C::ServerUnavailable => ConnectCode::ServerUnavailable,
         C::BadUserNamePassword => ConnectCode::BadUserNamePassword,
         C::NotAuthorized => ConnectCode::NotAuthorized,
+        C::QuotaExceeded => ConnectCode::QuotaExceeded,
         C::ProtocolError => ConnectCode::ProtocolError,
         _ => ConnectCode::UnspecifiedError,
     }
@@ -308,6 +316,7 @@ fn connect_code_out(c: ConnectCode) -> w::ConnectReturnCode {
         ConnectCode::ServerUnavailable => C::ServerUnavailable,
         ConnectCode::BadUserNamePassword => C::BadUserNamePassword,
         ConnectCode::NotAuthorized => C::NotAuthorized,
+        ConnectCode::QuotaExceeded => C::QuotaExceeded,
         ConnectCode::UnspecifiedError => C::UnspecifiedError,
         ConnectCode::ProtocolError => C::ProtocolError,
     }

@@ -263,7 +263,7 @@ async fn mosquitto_pub_wrong_password_gets_the_refusal_text() {
         ("mqttv311", "wrong", "Connection Refused: bad user name or password"),
         ("mqttv5", "wrong", "Bad User Name or Password"),
         ("mqttv311", "limited", "Connection Refused: not authorised"),
-        ("mqttv5", "limited", "Not authorized"),
+        ("mqttv5", "limited", "Quota exceeded"),
     ] {
         let out = output(mosquitto(
             "mosquitto_pub",

@@ -131,7 +131,7 @@ impl Accounts {
             .collect()
     }
 
-    /// An administrator's reset: clears the migrated lock and, if given, sets a new password.
+    /// An administrator's reset: the account becomes native and, if given, gets a new password.
     pub fn reset(&self, id: &Identity, new_password: Option<&Secret>) -> Result<(), AuthError> {
         let hash = new_password.map(|p| self.params.hash(p.expose())).transpose()?;
         self.update(id, |r| {
@@ -143,16 +143,12 @@ impl Accounts {
         })
     }
 
-    /// Changes the password; refused for a migrated account until [`Accounts::reset`].
+    /// Changes the password. A migrated account becomes a native one (seeds/003: the owner's
+    /// password change is what turns it into a real account of the gateway).
     pub fn set_password(&self, id: &Identity, password: &Secret) -> Result<(), AuthError> {
-        if self.lock().get(&key(id)).is_some_and(|r| r.migrated) {
-            return Err(AuthError::MigratedLocked(id.to_string()));
-        }
         let hash = self.params.hash(password.expose())?;
         self.update(id, |r| {
-            if r.migrated {
-                return Err(AuthError::MigratedLocked(id.to_string()));
-            }
+            r.migrated = false;
             r.hash = hash;
             Ok(())
         })
@@ -252,21 +248,22 @@ mod tests {
     }
 
     #[test]
-    fn migrated_account_refuses_password_change_until_reset() {
+    fn a_password_change_or_a_reset_makes_a_migrated_account_native() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("accounts.snap");
         let a = Accounts::open(&path, params()).unwrap();
         a.insert(&id("old@app"), params().hash("legacy-pw").unwrap(), true).unwrap();
-        let err = a.set_password(&id("old@app"), &Secret::new("mine")).unwrap_err();
-        assert!(matches!(err, AuthError::MigratedLocked(_)), "{err}");
-        assert_eq!(a.verify(&id("old@app"), &Secret::new("legacy-pw")), Some(true));
-        // the lock survives a restart
+        a.insert(&id("test@example.com@app"), params().hash("123").unwrap(), true).unwrap();
+        // the mark survives a restart
         let a = Accounts::open(&path, params()).unwrap();
-        assert!(a.list()[0].migrated);
-        a.reset(&id("old@app"), None).unwrap();
+        assert!(a.list().iter().all(|acc| acc.migrated));
         a.set_password(&id("old@app"), &Secret::new("mine")).unwrap();
         assert_eq!(a.verify(&id("old@app"), &Secret::new("mine")), Some(true));
-        assert!(!Accounts::open(&path, params()).unwrap().list()[0].migrated);
+        assert_eq!(a.verify(&id("old@app"), &Secret::new("legacy-pw")), Some(false));
+        a.reset(&id("test@example.com@app"), None).unwrap();
+        let listed = Accounts::open(&path, params()).unwrap().list();
+        assert!(listed.iter().all(|acc| !acc.migrated), "{listed:?}");
+        assert_eq!(listed[1].name, "test@example.com");
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! ..}}` and plain `user` passwords) with argon2id; bcrypt and sha512-crypt hashes are kept as
 //! they are. Devices being deleted, and `psk`/`cert` credentials, are left out. Lookups go by
 //! the canonical name, each alias, and the username of each `unique: true` user credential.
+//! A disabled device (`spec.core.disabled`) is kept without credentials: it is known, so no
+//! later source answers for its name, and it matches no password and no device lookup.
 //!
 //! The snapshot file (`credentials.snap` in the data dir) is a [`gw_store::snapshot`] of kind
 //! `cred`, version 1, whose payload is JSON `{"devices": [{"app", "name", "aliases",
@@ -59,6 +61,9 @@ struct CachedDevice {
     #[serde(default)]
     aliases: Vec<String>,
     credentials: Vec<CachedCredential>,
+    /// `spec.core.disabled`: refused on every protocol and for commands.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    disabled: bool,
     #[serde(skip)]
     generation: u64,
     /// HMAC (per-process key) of the registry's credentials, to tell an unchanged device at
@@ -130,8 +135,14 @@ impl CredentialCache {
             }
             let Some(app) = device.metadata.application.clone() else { continue };
             let name = device.metadata.name.clone();
-            let fingerprint =
-                verified::fingerprint(&(&app, &name, &device.spec.alias, device.credentials()))?;
+            let disabled = device.is_disabled();
+            let fingerprint = verified::fingerprint(&(
+                &app,
+                &name,
+                &device.spec.alias,
+                device.credentials(),
+                disabled,
+            ))?;
             let revision = Revision::of(device);
             let reused =
                 previous.and_then(|p| p.devices.get(&(app.clone(), name.clone()))).filter(|old| {
@@ -146,7 +157,7 @@ impl CredentialCache {
                 continue;
             }
             let mut credentials = Vec::new();
-            for c in device.credentials() {
+            for c in device.credentials().iter().filter(|_| !disabled) {
                 match c {
                     Credential::Pass(p) => {
                         credentials.push(CachedCredential::Pass(stored(p, params)?))
@@ -164,6 +175,7 @@ impl CredentialCache {
                 name,
                 aliases: device.spec.alias.clone().unwrap_or_default(),
                 credentials,
+                disabled,
                 generation: next_generation(),
                 fingerprint: Some(fingerprint),
                 revision,
@@ -214,9 +226,25 @@ impl CredentialCache {
         self.devices.keys().map(|(a, n)| (a.as_str(), n.as_str()))
     }
 
-    /// The canonical name of the device `id` (name, alias or unique username) in `app`.
+    /// The canonical name of the device `id` (name, alias or unique username) in `app`;
+    /// `None` for a disabled device too.
     pub fn resolve(&self, app: &str, id: &str) -> Option<&str> {
+        let name = self.lookup(app, id)?;
+        let disabled =
+            self.devices.get(&(app.to_owned(), name.to_owned())).is_some_and(|d| d.disabled);
+        (!disabled).then_some(name)
+    }
+
+    /// Like [`Self::resolve`], disabled devices included.
+    fn lookup(&self, app: &str, id: &str) -> Option<&str> {
         self.index.get(&(app.to_owned(), id.to_owned())).map(String::as_str)
+    }
+
+    /// Whether the device `id` (name, alias or unique username) of `app` is cached disabled.
+    pub fn is_disabled(&self, app: &str, id: &str) -> bool {
+        self.lookup(app, id)
+            .and_then(|name| self.devices.get(&(app.to_owned(), name.to_owned())))
+            .is_some_and(|d| d.disabled)
     }
 
     /// The generation of a cached device, if it is (still) cached.
@@ -228,7 +256,7 @@ impl CredentialCache {
     pub(crate) fn candidates(&self, req: &AuthRequest) -> Option<Candidates> {
         let app = req.app.as_str();
         let presented_id = req.device.as_str();
-        let name = self.resolve(app, presented_id)?;
+        let name = self.lookup(app, presented_id)?;
         let device = self.devices.get(&(app.to_owned(), name.to_owned()))?;
         let hashes = device
             .credentials

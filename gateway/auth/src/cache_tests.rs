@@ -297,3 +297,35 @@ fn a_snapshot_without_registry_versions_still_loads() {
     let loaded = CredentialCache::load(&path).unwrap().unwrap();
     assert_eq!(loaded.verify(&pw("old", "pw")), Some(true));
 }
+
+#[test]
+fn a_disabled_device_is_known_but_matches_nothing_and_resolves_to_nobody() {
+    let disabled = dev(
+        "off",
+        json!({"core":{"disabled":true},"alias":["off-alias"],
+               "authentication":{"credentials":[{"pass":"pw"}]}}),
+    );
+    let enabled = dev(
+        "on",
+        json!({"core":{"disabled":false},"authentication":{"credentials":[{"pass":"pw"}]}}),
+    );
+    let c = cache(&[disabled.clone(), enabled]);
+    assert_eq!(c.verify(&pw("off", "pw")), Some(false), "known, so no later source answers");
+    assert_eq!(c.verify(&pw("off-alias", "pw")), Some(false));
+    assert_eq!(c.resolve("app", "off"), None, "no commands, no sessions");
+    assert!(c.is_disabled("app", "off-alias"));
+    assert_eq!(c.verify(&pw("on", "pw")), Some(true));
+    assert_eq!(c.resolve("app", "on"), Some("on"));
+    // enabling it again is a change: the next build hashes its password
+    let mut again = disabled;
+    again.spec.other.remove("core");
+    let c2 = CredentialCache::rebuild(&[again], &params(), Some(&c)).unwrap();
+    assert_eq!(c2.verify(&pw("off", "pw")), Some(true));
+    // the snapshot keeps the flag
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.snap");
+    c.save(&path).unwrap();
+    let loaded = CredentialCache::load(&path).unwrap().unwrap();
+    assert!(loaded.is_disabled("app", "off"));
+    assert_eq!(loaded.verify(&pw("off", "pw")), Some(false));
+}

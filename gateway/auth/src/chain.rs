@@ -6,8 +6,10 @@
 //! 2. static `[[devices]]` from the daemon config ([`StaticDevice`], hashed in memory at
 //!    start-up, never written; matched like registry devices with a plain `pass`);
 //! 3. local accounts ([`Accounts`]), app-scoped;
-//! 4. the legacy login service, if configured: on success the account is migrated into the
-//!    local accounts (so step 3 answers for it next time and the service is not asked again).
+//! 4. the legacy login service of the identity's application, if that application is
+//!    migratory (`[[auth.legacy]]`): on success the account is migrated into the local
+//!    accounts of that application (so step 3 answers for it next time and the service is not
+//!    asked again). Identities of other applications are never sent to any service.
 //!
 //! A verified TLS client certificate (the MQTT endpoint checked it against its client CA)
 //! carries no secret: it passes when its subject DN string, or else its common name, is a
@@ -22,7 +24,7 @@
 use std::{
     net::IpAddr,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, RwLock},
+    sync::{Arc, Mutex, OnceLock, RwLock},
     time::Instant,
 };
 
@@ -35,6 +37,7 @@ use tokio::sync::Semaphore;
 
 use crate::{
     Accounts, AuthConfig, AuthError, CredentialCache, HashParams, LegacyLogin, Limiter, LimiterKey,
+    StoredHash,
     cache::{Candidates, presented_password},
     legacy::LegacyVerdict,
     verified::{self, VerifiedCache},
@@ -52,6 +55,21 @@ pub struct StaticDevice {
     pub password: Secret,
 }
 
+/// Which application a legacy service answers for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum LegacyScope {
+    /// `legacy_login_url`: the gateway's own application (any, before roles are given).
+    Gateway,
+    App(AppId),
+}
+
+#[derive(Clone, Debug)]
+struct Migratory {
+    scope: LegacyScope,
+    login: LegacyLogin,
+    technicians: bool,
+}
+
 /// The credential chain; cheap to clone (shared state).
 #[derive(Clone, Debug)]
 pub struct CredentialChain {
@@ -63,12 +81,17 @@ struct Inner {
     registry: RwLock<Arc<CredentialCache>>,
     statics: Arc<CredentialCache>,
     accounts: Arc<Accounts>,
-    legacy: Option<LegacyLogin>,
+    /// The migratory applications' services.
+    legacy: Vec<Migratory>,
     limiter: Mutex<Limiter>,
     verified: Mutex<VerifiedCache>,
     params: HashParams,
     cache_path: Option<PathBuf>,
     hashing: Semaphore,
+    /// A hash of nothing anybody knows, made with the configured parameters on first use:
+    /// an unknown identity is checked against it, so answering takes as long as for a known
+    /// one with a wrong password.
+    dummy: Arc<OnceLock<Option<StoredHash>>>,
     /// The only application whose identities log in as sensors (the gateway's own); `None`
     /// only for chains built without roles (unit tests of single sources).
     sensor_app: Option<AppId>,
@@ -102,11 +125,23 @@ impl CredentialChain {
         cache_path: Option<PathBuf>,
     ) -> Result<Self, AuthError> {
         config.validate()?;
-        let legacy = config
-            .legacy_login_url
-            .as_deref()
-            .map(|url| LegacyLogin::new(url, config.legacy_timeout))
-            .transpose()?;
+        let mut legacy = Vec::new();
+        if let Some(url) = &config.legacy_login_url {
+            let login = LegacyLogin::new(url, config.legacy_timeout)?;
+            legacy.push(Migratory { scope: LegacyScope::Gateway, login, technicians: false });
+        }
+        for l in &config.legacy {
+            let app = AppId::new(l.application.as_str()).map_err(|e| AuthError::InvalidConfig {
+                key: "legacy.application",
+                reason: e.to_string(),
+            })?;
+            let login = LegacyLogin::new(&l.url, config.legacy_timeout)?;
+            legacy.push(Migratory {
+                scope: LegacyScope::App(app),
+                login,
+                technicians: l.technicians,
+            });
+        }
         let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         Ok(Self {
             inner: Arc::new(Inner {
@@ -124,6 +159,7 @@ impl CredentialChain {
                 params: config.hash_params()?,
                 cache_path,
                 hashing: Semaphore::new(cores),
+                dummy: Arc::new(OnceLock::new()),
                 sensor_app: None,
                 technician_app: None,
             }),
@@ -174,6 +210,11 @@ impl CredentialChain {
                 ),
             });
         }
+        let entries = self.inner.legacy.iter().map(|m| match &m.scope {
+            LegacyScope::App(app) => (Some(app), m.technicians),
+            LegacyScope::Gateway => (None, false),
+        });
+        crate::config::check_legacy_roles(entries, &sensor_app, &technician_app)?;
         let inner = Arc::try_unwrap(self.inner).map_err(|_| AuthError::InvalidConfig {
             key: "gateway.application",
             reason: "roles must be given before the chain is shared".into(),
@@ -237,6 +278,12 @@ impl CredentialChain {
             let names = std::iter::once(subject.as_str()).chain(common_name.as_deref());
             return Ok(names.into_iter().find_map(|name| self.resolve(&req.app, name)));
         }
+        if presented_password(req).is_empty() {
+            // no credential of any source is an empty password (an empty registry password
+            // is a mistake, not an open door)
+            self.dummy_verify(req).await?;
+            return Ok(None);
+        }
         let attempt = verified::attempt_key(req).map_err(|e| e.to_string())?;
         let registry = self.registry();
         let statics = self.inner.statics.clone();
@@ -261,13 +308,23 @@ impl CredentialChain {
 
     /// Local accounts, then the legacy login service (with migration).
     async fn check_local(&self, req: &AuthRequest) -> Result<Option<Identity>, String> {
-        let Some(local_id) = local_identity(req) else { return Ok(None) };
+        if presented_password(req).is_empty() {
+            self.dummy_verify(req).await?;
+            return Ok(None);
+        }
+        let Some(local_id) = local_identity(req) else {
+            self.dummy_verify(req).await?;
+            return Ok(None);
+        };
         if let Some(hash) = self.inner.accounts.hash_of(&local_id) {
             let pw = presented_password(req).to_owned();
             let ok = self.blocking(move || hash.verify(&pw)).await?;
             return Ok(ok.then_some(local_id));
         }
-        let Some(legacy) = &self.inner.legacy else { return Ok(None) };
+        let Some(legacy) = self.legacy_for(&req.app) else {
+            self.dummy_verify(req).await?;
+            return Ok(None);
+        };
         match legacy.check(local_id.device().as_str(), presented_password(req)).await {
             LegacyVerdict::Authenticated => {
                 self.migrate(&local_id, presented_password(req)).await;
@@ -293,6 +350,8 @@ impl CredentialChain {
             return Ok(None);
         };
         if c.hashes.is_empty() {
+            // known, but nothing to match (disabled, or no password credential)
+            self.dummy_verify(req).await?;
             return Ok(None);
         }
         let pw = presented_password(req).to_owned();
@@ -323,6 +382,48 @@ impl CredentialChain {
                 tracing::warn!(identity = %id, cause = %e, "cannot store the migrated legacy account")
             }
         }
+    }
+
+    /// Checks the presented password against the dummy hash: the cost of a real check, for an
+    /// identity that has nothing to check against.
+    async fn dummy_verify(&self, req: &AuthRequest) -> Result<(), String> {
+        let (dummy, params) = (self.inner.dummy.clone(), self.inner.params.clone());
+        let pw = presented_password(req).to_owned();
+        self.blocking(move || {
+            let hash = dummy.get_or_init(|| params.hash("no account has this password").ok());
+            if let Some(h) = hash {
+                let _ = h.verify(&pw);
+            }
+        })
+        .await
+    }
+
+    /// The legacy service of `app`, if it is migratory.
+    fn legacy_for(&self, app: &AppId) -> Option<&LegacyLogin> {
+        self.inner
+            .legacy
+            .iter()
+            .find(|m| match &m.scope {
+                LegacyScope::App(a) => a == app,
+                LegacyScope::Gateway => self.inner.sensor_app.as_ref().is_none_or(|s| s == app),
+            })
+            .map(|m| &m.login)
+    }
+
+    /// The migratory applications, for the status page and logs.
+    pub fn migratory_apps(&self) -> Vec<String> {
+        self.inner
+            .legacy
+            .iter()
+            .map(|m| match &m.scope {
+                LegacyScope::App(a) => a.as_str().to_owned(),
+                LegacyScope::Gateway => self
+                    .inner
+                    .sensor_app
+                    .as_ref()
+                    .map_or_else(|| "*".to_owned(), |a| a.as_str().to_owned()),
+            })
+            .collect()
     }
 
     /// Runs CPU-heavy work on the blocking pool, at most one per core at a time.
@@ -369,22 +470,27 @@ impl CredentialChain {
         self.limited(request, peer, self.check_local(request)).await
     }
 
-    /// Runs `check` unless the identifier or the address is rate-limited, and records the result.
+    /// Runs `check` unless the attempt is rate-limited, and records the result. An attempt is
+    /// limited when its identifier from this address, its identifier from anywhere, or the
+    /// address is locked, unless the very credential passed before (then the check decides:
+    /// a lockout an attacker causes does not keep the owner out).
     async fn limited(
         &self,
         request: &AuthRequest,
         peer: Option<IpAddr>,
         check: impl std::future::Future<Output = Result<Option<Identity>, String>>,
     ) -> AuthOutcome {
-        let id_key = LimiterKey::Identifier(format!("{}@{}", request.device, request.app));
-        let addr_key = peer.map(LimiterKey::Address);
+        let ident = format!("{}@{}", request.device, request.app);
+        let narrow = peer.map(|p| LimiterKey::IdentifierFrom(ident.clone(), p));
+        let wide = [Some(LimiterKey::Identifier(ident)), peer.map(LimiterKey::Address)];
+        let keys: Vec<LimiterKey> =
+            narrow.iter().cloned().chain(wide.into_iter().flatten()).collect();
+        let attempt = verified::attempt_key(request).ok();
         {
             let now = Instant::now();
             let limiter = lock(&self.inner.limiter);
-            let limited = std::iter::once(&id_key)
-                .chain(addr_key.as_ref())
-                .any(|k| limiter.blocked_for(k, now).is_some());
-            if limited {
+            let trusted = attempt.as_ref().is_some_and(|a| limiter.is_trusted(a));
+            if !trusted && keys.iter().any(|k| limiter.blocked_for(k, now).is_some()) {
                 return AuthOutcome::RateLimited;
             }
         }
@@ -399,10 +505,19 @@ impl CredentialChain {
         let now = Instant::now();
         let mut limiter = lock(&self.inner.limiter);
         match &outcome {
-            AuthOutcome::Pass(_) => limiter.succeeded(&id_key),
+            AuthOutcome::Pass(_) => {
+                if let Some(k) = &narrow {
+                    limiter.succeeded(k);
+                }
+                if let Some(a) = attempt {
+                    limiter.trust(a, now);
+                }
+            }
             _ => {
-                limiter.failed(id_key, now);
-                if let Some(k) = addr_key {
+                if let Some(a) = &attempt {
+                    limiter.distrust(a);
+                }
+                for k in keys {
                     limiter.failed(k, now);
                 }
             }
@@ -419,6 +534,9 @@ impl KnownDevices for CredentialChain {
             return None;
         }
         let registry = self.registry();
+        if registry.is_disabled(app.as_str(), device) {
+            return None;
+        }
         let statics = self.inner.statics.clone();
         let cached = [&registry, &statics]
             .iter()

@@ -133,29 +133,87 @@ async fn registry_comes_before_local_accounts() {
 }
 
 #[tokio::test]
-async fn failures_are_rate_limited_per_identifier_and_per_address() {
+async fn failures_are_rate_limited_per_identifier_and_source_and_per_address() {
     let dir = tempfile::tempdir().unwrap();
     let c = chain(dir.path());
     c.replace_devices(vec![pass("s1", "pw"), pass("s2", "pw")]).await.unwrap();
-    let peer: IpAddr = "192.0.2.7".parse().unwrap();
+    let attacker: IpAddr = "192.0.2.7".parse().unwrap();
+    let owner: IpAddr = "192.0.2.8".parse().unwrap();
     for _ in 0..5 {
-        assert_eq!(c.authenticate(&req("s1", "bad"), None).await, AuthOutcome::Fail);
+        assert_eq!(c.authenticate(&req("s1", "bad"), Some(attacker)).await, AuthOutcome::Fail);
     }
     assert_eq!(
-        c.authenticate(&req("s1", "pw"), None).await,
+        c.authenticate(&req("s1", "pw"), Some(attacker)).await,
         AuthOutcome::RateLimited,
-        "even the right password"
+        "from that address even a right password that never passed is refused"
     );
-    assert!(matches!(c.authenticate(&req("s2", "pw"), None).await, AuthOutcome::Pass(_)));
-    for i in 0..5 {
-        let _ = c.authenticate(&req(&format!("nobody{i}"), "x"), Some(peer)).await;
+    assert_eq!(
+        c.authenticate(&req("s1", "pw"), Some(owner)).await,
+        AuthOutcome::Pass(id("s1@app")),
+        "another address is not locked out by 5 failures"
+    );
+    assert_eq!(
+        c.authenticate(&req("s1", "pw"), Some(attacker)).await,
+        AuthOutcome::Pass(id("s1@app")),
+        "a credential that passed is let through to the check"
+    );
+    assert_eq!(
+        c.authenticate(&req("s1", "bad"), Some(attacker)).await,
+        AuthOutcome::Fail,
+        "the success cleared the identifier's count from that address"
+    );
+    let scanner: IpAddr = "192.0.2.9".parse().unwrap();
+    for i in 0..20 {
+        let _ = c.authenticate(&req(&format!("nobody{i}"), "x"), Some(scanner)).await;
     }
     assert_eq!(
-        c.authenticate(&req("s2", "pw"), Some(peer)).await,
+        c.authenticate(&req("s2", "pw"), Some(scanner)).await,
         AuthOutcome::RateLimited,
-        "address locked"
+        "20 failures lock the address"
     );
-    assert!(matches!(c.authenticate(&req("s2", "pw"), None).await, AuthOutcome::Pass(_)));
+    assert!(matches!(c.authenticate(&req("s2", "pw"), Some(owner)).await, AuthOutcome::Pass(_)));
+}
+
+#[tokio::test]
+async fn the_owner_of_a_verified_credential_passes_during_a_lockout_attack_from_ten_addresses() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = chain(dir.path());
+    c.replace_devices(vec![pass("s1", "pw")]).await.unwrap();
+    let home: IpAddr = "198.51.100.1".parse().unwrap();
+    assert!(matches!(c.authenticate(&req("s1", "pw"), Some(home)).await, AuthOutcome::Pass(_)));
+    for a in 0..10 {
+        let from: IpAddr = format!("203.0.113.{a}").parse().unwrap();
+        for _ in 0..6 {
+            let _ = c.authenticate(&req("s1", "guess"), Some(from)).await;
+        }
+    }
+    let elsewhere: IpAddr = "198.51.100.2".parse().unwrap();
+    assert_eq!(
+        c.authenticate(&req("s1", "guess"), Some(elsewhere)).await,
+        AuthOutcome::RateLimited,
+        "the identifier is locked for guesses from anywhere"
+    );
+    assert_eq!(c.authenticate(&req("s1", "pw"), Some(home)).await, AuthOutcome::Pass(id("s1@app")));
+    assert_eq!(
+        c.authenticate(&req("s1", "pw"), Some(elsewhere)).await,
+        AuthOutcome::Pass(id("s1@app")),
+        "the owner's credential passes from a new address too"
+    );
+}
+
+#[tokio::test]
+async fn a_disabled_device_neither_logs_in_nor_falls_through_nor_is_known() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = chain(dir.path());
+    let off = dev(
+        "off",
+        json!({"core":{"disabled":true},"authentication":{"credentials":[{"pass":"pw"}]}}),
+    );
+    c.replace_devices(vec![off]).await.unwrap();
+    c.accounts().add(&id("off@app"), &Secret::new("local")).unwrap();
+    assert_eq!(c.authenticate(&req("off", "pw"), None).await, AuthOutcome::Fail);
+    assert_eq!(c.authenticate(&req("off", "local"), None).await, AuthOutcome::Fail);
+    assert_eq!(c.resolve(&AppId::new("app").unwrap(), "off"), None, "no commands for it");
 }
 
 #[tokio::test]
@@ -236,4 +294,13 @@ async fn certificates_log_in_only_as_known_devices() {
     // and the device loses access when the registry drops it
     c.replace_devices(vec![pass("s1", "pw")]).await.unwrap();
     assert_eq!(c.authenticate(&cert("CN=s2, O=Other", Some("s2")), None).await, AuthOutcome::Fail);
+}
+
+#[tokio::test]
+async fn an_empty_password_never_logs_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = chain(dir.path());
+    c.replace_devices(vec![pass("empty", "")]).await.unwrap();
+    assert_eq!(c.authenticate(&req("empty", ""), None).await, AuthOutcome::Fail);
+    assert_eq!(c.authenticate(&req("nobody", ""), None).await, AuthOutcome::Fail);
 }

@@ -9,7 +9,17 @@
 //! argon2_memory_kib = 4096          # memory per hash, KiB (>= 8)
 //! argon2_iterations = 1             # passes over the memory (>= 1)
 //! argon2_parallelism = 1            # lanes (>= 1); hashes already run in parallel, one per core
-//! # The old installation's CheckLogin endpoint; absent = no legacy migration.
+//! # Migratory applications (seeds/003): each with the CheckLogin URL of its old installation.
+//! # Only identities of a listed application are ever sent to its service; a login the service
+//! # confirms becomes a local account of that application. None listed = no migration.
+//! # [[auth.legacy]]
+//! # application = "my-app"          # the gateway's application (sensors) ...
+//! # url = "https://legacy.example.com/api/login"
+//! # [[auth.legacy]]
+//! # application = "technicians"     # ... or web.technician_app, which also needs:
+//! # url = "https://old-portal.example.com/api/login"
+//! # technicians = true              # its accounts open the status page: off by default
+//! # The same as one [[auth.legacy]] for the gateway's application (older configs):
 //! # legacy_login_url = "https://legacy.example.com/api/login"
 //! legacy_timeout = "5s"             # per legacy request; a timeout fails the login (closed)
 //! max_failures = 5                  # failed attempts per identifier / source address before lockout
@@ -25,6 +35,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::{AuthError, HashParams};
 
+/// One `[[auth.legacy]]`: a migratory application and its old installation's CheckLogin URL.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LegacyApp {
+    pub application: String,
+    pub url: String,
+    /// Needed (and only allowed) for the technicians' application: its migrated accounts log
+    /// in to the status page.
+    #[serde(default)]
+    pub technicians: bool,
+}
+
 /// The `[auth]` section; see the module docs for every key and its default.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -32,8 +54,13 @@ pub struct AuthConfig {
     pub argon2_memory_kib: u32,
     pub argon2_iterations: u32,
     pub argon2_parallelism: u32,
+    /// The legacy service of the gateway's own application (the same as one `[[auth.legacy]]`
+    /// naming `gateway.application`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub legacy_login_url: Option<String>,
+    /// The migratory applications, each with its own service.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub legacy: Vec<LegacyApp>,
     #[serde(with = "gw_model::serde_util::duration")]
     pub legacy_timeout: Duration,
     pub max_failures: u32,
@@ -52,6 +79,7 @@ impl Default for AuthConfig {
             argon2_iterations: 1,
             argon2_parallelism: 1,
             legacy_login_url: None,
+            legacy: Vec::new(),
             legacy_timeout: Duration::from_secs(5),
             max_failures: 5,
             lockout_min: Duration::from_secs(1),
@@ -62,7 +90,77 @@ impl Default for AuthConfig {
     }
 }
 
+/// Checks the migratory applications against the gateway's roles: each is the gateway's
+/// application (sensors) or the technicians' (which needs `technicians = true`), listed once
+/// (`None` stands for `legacy_login_url`, the gateway's application).
+pub(crate) fn check_legacy_roles<'a>(
+    entries: impl Iterator<Item = (Option<&'a gw_model::AppId>, bool)>,
+    sensor_app: &gw_model::AppId,
+    technician_app: &gw_model::AppId,
+) -> Result<(), AuthError> {
+    let bad = |key, reason: String| Err(AuthError::InvalidConfig { key, reason });
+    let mut sensor_listed = 0;
+    for (app, technicians) in entries {
+        let Some(app) = app else {
+            sensor_listed += 1;
+            continue;
+        };
+        if app == technician_app && !technicians {
+            return bad(
+                "legacy",
+                format!(
+                    "{app:?} is the technicians' application: its migrated accounts would open the status page; set technicians = true to allow that"
+                ),
+            );
+        }
+        if app == sensor_app {
+            if technicians {
+                return bad(
+                    "legacy",
+                    format!("technicians = true is for the technicians' application, not {app:?}"),
+                );
+            }
+            sensor_listed += 1;
+        } else if app != technician_app {
+            return bad(
+                "legacy",
+                format!(
+                    "{app:?} is neither the gateway's application ({sensor_app:?}) nor the technicians' ({technician_app:?}); only their identities log in here"
+                ),
+            );
+        }
+    }
+    if sensor_listed > 1 {
+        return bad(
+            "legacy",
+            format!(
+                "{sensor_app:?} has more than one legacy service (legacy_login_url and [[auth.legacy]]); keep one"
+            ),
+        );
+    }
+    Ok(())
+}
+
 impl AuthConfig {
+    /// Checks the migratory applications against the gateway's application and the
+    /// technicians' (the daemon calls this at config load).
+    pub fn validate_roles(
+        &self,
+        sensor_app: &gw_model::AppId,
+        technician_app: &gw_model::AppId,
+    ) -> Result<(), AuthError> {
+        let apps: Vec<(gw_model::AppId, bool)> = self
+            .legacy
+            .iter()
+            .filter_map(|l| {
+                gw_model::AppId::new(l.application.as_str()).ok().map(|a| (a, l.technicians))
+            })
+            .collect();
+        let gateway = self.legacy_login_url.iter().map(|_| (None, false));
+        let listed = apps.iter().map(|(a, t)| (Some(a), *t));
+        check_legacy_roles(gateway.chain(listed), sensor_app, technician_app)
+    }
+
     /// The argon2id parameters, checked.
     pub fn hash_params(&self) -> Result<HashParams, AuthError> {
         HashParams::new(self.argon2_memory_kib, self.argon2_iterations, self.argon2_parallelism)
@@ -76,6 +174,19 @@ impl AuthConfig {
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
             return bad("legacy_login_url", "must be an http:// or https:// URL");
+        }
+        let mut seen = Vec::new();
+        for l in &self.legacy {
+            if !(l.url.starts_with("http://") || l.url.starts_with("https://")) {
+                return bad("legacy.url", "must be an http:// or https:// URL");
+            }
+            if gw_model::AppId::new(l.application.as_str()).is_err() {
+                return bad("legacy.application", "must be an application name");
+            }
+            if seen.contains(&l.application) {
+                return bad("legacy.application", "each application may be listed once");
+            }
+            seen.push(l.application.clone());
         }
         if self.legacy_timeout.is_zero() {
             return bad("legacy_timeout", "must be more than 0s");

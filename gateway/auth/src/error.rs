@@ -43,13 +43,6 @@ pub enum AuthError {
     #[error("no account {0}")]
     NoSuchAccount(String),
 
-    /// The account was migrated from the legacy login service: an administrator must reset it
-    /// (`gatewayd accounts reset`) before its password can be changed.
-    #[error(
-        "account {0} was migrated from the legacy login service; reset it before changing its password"
-    )]
-    MigratedLocked(String),
-
     /// The blocking pool task hashing a password did not finish (runtime shutting down).
     #[error("password hashing task failed")]
     Join(#[source] tokio::task::JoinError),

@@ -33,7 +33,7 @@
 //! - [`cache`]: [`CredentialCache`]: built from registry devices, matched with Drogue's rules,
 //!   saved to and loaded from its snapshot file.
 //! - [`accounts`]: [`Accounts`]: the local accounts file (add, list, reset, remove,
-//!   set_password, migrated lock).
+//!   set_password: a migrated account becomes native).
 //! - [`legacy`]: [`LegacyLogin`]: the client of the old `CheckLogin` service.
 //! - [`limiter`]: [`Limiter`]: pure exponential lockout per identifier and per address.
 //! - `verified`: the keyed (HMAC-SHA256) memory of successful verifications.
@@ -54,7 +54,7 @@ mod verified;
 pub use accounts::{Account, Accounts};
 pub use cache::CredentialCache;
 pub use chain::{CredentialChain, StaticDevice};
-pub use config::AuthConfig;
+pub use config::{AuthConfig, LegacyApp};
 pub use error::AuthError;
 pub use hash::{HashParams, StoredHash};
 pub use legacy::LegacyLogin;

@@ -27,15 +27,15 @@ pub enum AccountsCommand {
     },
     /// List the accounts, with those migrated from the legacy login service marked.
     List,
-    /// Clear an account's migrated lock (so its password may be changed), optionally setting a
-    /// new password at the same time.
+    /// An administrator's reset: a migrated account becomes a native one, optionally with a
+    /// new password set at the same time.
     Reset {
         id: String,
         /// Also set a new password, read from this file.
         #[arg(long)]
         password_file: Option<PathBuf>,
     },
-    /// Change an account's password; refused for a migrated account until `reset`.
+    /// Change an account's password (a migrated account becomes a native one).
     SetPassword {
         id: String,
         #[arg(long)]
@@ -92,7 +92,7 @@ fn execute(config_path: &Path, command: AccountsCommand) -> anyhow::Result<()> {
                     "unused: of no application this gateway serves"
                 };
                 let note =
-                    if a.migrated { "  (migrated; password locked until reset)" } else { "" };
+                    if a.migrated { "  (migrated from the legacy login service)" } else { "" };
                 println!("{}@{}  {role}{note}", a.name, a.app);
             }
         }

@@ -75,7 +75,10 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Accounts { config, command } => crate::accounts_cli::run(&config, command),
+        Command::Accounts { config, command } => {
+            private_files();
+            crate::accounts_cli::run(&config, command)
+        }
         Command::Update { config, command } => crate::update::cli(&config, command),
         Command::Provision(args) => crate::provision_cli::run(args),
         Command::Run { config } => {
@@ -87,6 +90,7 @@ pub fn main() -> ExitCode {
                 }
             };
             logging::init(loaded.config.log.format, &loaded.config.log.level);
+            private_files();
             runtime_then(|| async move {
                 let stop = StopSignal::install();
                 let gateway = Gateway::start(loaded, CancellationToken::new()).await?;
@@ -95,9 +99,17 @@ pub fn main() -> ExitCode {
         }
         Command::Demo(args) => {
             logging::init(LogFormat::Human, "info");
+            private_files();
             runtime_then(|| crate::demo::run(args))
         }
     }
+}
+
+/// Everything the gateway creates (outbox, command queue, credential cache, accounts, keys,
+/// bundles) holds secrets or sensor data: files 0600 and directories 0700 at most, whatever
+/// the code creating them asks for.
+fn private_files() {
+    rustix::process::umask(rustix::fs::Mode::from_bits_truncate(0o077));
 }
 
 fn runtime_then<F, Fut>(f: F) -> ExitCode

@@ -154,6 +154,9 @@ pub struct WebConfig {
     /// Largest push request body; larger ones get 413.
     #[serde(default = "default_push_max_bytes")]
     pub push_max_bytes: gw_store::ByteSize,
+    /// How long the same push body without an id or timestamp counts as a replay.
+    #[serde(default = "default_push_replay_window", with = "gw_model::serde_util::duration")]
+    pub push_replay_window: Duration,
     /// The application whose local accounts may log in to the status page.
     #[serde(default = "default_technician_app")]
     pub technician_app: AppId,
@@ -161,6 +164,13 @@ pub struct WebConfig {
     /// it, a random one is printed once at the first start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_password_file: Option<Spanned<PathBuf>>,
+    /// The read-only API token, inline (development only) ...: `Authorization: Bearer <token>`
+    /// reads `/api/v1/status` and `/metrics` without a technician session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_token: Option<Secret>,
+    /// ... or the file holding it. Without either, only a technician session reads them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_token_file: Option<Spanned<PathBuf>>,
 }
 
 impl Default for WebConfig {
@@ -174,8 +184,11 @@ impl Default for WebConfig {
             push_token_file: None,
             push_client_ca_file: None,
             push_max_bytes: default_push_max_bytes(),
+            push_replay_window: default_push_replay_window(),
             technician_app: default_technician_app(),
             admin_password_file: None,
+            api_token: None,
+            api_token_file: None,
         }
     }
 }
@@ -186,6 +199,10 @@ fn default_max_message_bytes() -> gw_store::ByteSize {
 
 fn default_push_max_bytes() -> gw_store::ByteSize {
     gw_store::ByteSize::new(256 * 1024)
+}
+
+fn default_push_replay_window() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_technician_app() -> AppId {
@@ -264,6 +281,8 @@ pub struct Loaded {
     pub bridge_passwords: Vec<Option<Secret>>,
     /// The first technician's password, when `[web] admin_password_file` sets one.
     pub admin_password: Option<Secret>,
+    /// The read-only API token, when `[web]` sets one.
+    pub api_token: Option<Secret>,
 }
 
 impl Config {
@@ -312,6 +331,10 @@ impl Config {
             }
         };
         config.auth.validate().map_err(|e| invalid(origin, "auth", &e.to_string()))?;
+        config
+            .auth
+            .validate_roles(&config.gateway.application, &config.web.technician_app)
+            .map_err(|e| invalid(origin, "auth", &e.to_string()))?;
         let registry_token = match &config.registry {
             None => None,
             Some(registry) => {
@@ -341,7 +364,23 @@ impl Config {
             None => None,
         };
         let push_token = crate::push::resolve(&config.web, text, origin)?;
+        let api_token = match (&config.web.api_token, &config.web.api_token_file) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    origin,
+                    "web.api_token",
+                    "set api_token or api_token_file, not both",
+                ));
+            }
+            (Some(t), None) => Some(t.clone()),
+            (None, Some(file)) => Some(read_secret(file, "web.api_token_file", text, origin)?),
+            (None, None) => None,
+        };
+        if api_token.as_ref().is_some_and(|t| t.expose().trim().len() < 16) {
+            return Err(invalid(origin, "web.api_token", "at least 16 characters"));
+        }
         Ok(Loaded {
+            api_token,
             config,
             devices,
             cloud_password,

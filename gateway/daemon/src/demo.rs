@@ -49,6 +49,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let token = random_hex(12);
     let gateway_password = random_hex(12);
     let push_token = random_hex(12);
+    let api_token = random_hex(16);
     let sensor_passwords: Vec<String> = SENSORS.iter().map(|_| random_hex(6)).collect();
 
     // 1. The dev cloud, seeded with the application, the gateway and its sensors.
@@ -77,7 +78,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
          retry_max = \"5s\"\n\n\
          [registry]\nurl = {cloud_url:?}\ntoken = {token:?}\ninterval = \"30s\"\n\
          events_url = \"{cloud_url}/api/devcloud/v1/events\"\n\n\
-         [mqtt]\nlisten = \"{}\"\n\n[web]\nlisten = \"{}\"\npush_token = {push_token:?}\n\n\
+         [mqtt]\nlisten = \"{}\"\n\n[web]\nlisten = \"{}\"\npush_token = {push_token:?}\napi_token = {api_token:?}\n\n\
          [board]\nprofile = \"sim\"\nroot = {:?}\n",
         data.path().join("state").display().to_string(),
         args.mqtt,
@@ -102,7 +103,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         }}]}))?);
     cloud.apply_device(device).context("cannot give the gateway its push endpoint")?;
 
-    registry_synced(web, &shutdown).await;
+    registry_synced(web, &api_token, &shutdown).await;
 
     // 3. Simulated sensors, posting through the gateway's southbound HTTP endpoint.
     let sensors: Vec<(String, String)> =
@@ -118,7 +119,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         Ok(())
     });
 
-    print_banner(web, mqtt, &cloud_url, &token, &sensor_passwords[0], &admin_password);
+    print_banner(web, mqtt, &cloud_url, &token, &sensor_passwords[0], &admin_password, &api_token);
     print_command_hints(mqtt, &cloud_url, &token, &sensor_passwords[0]);
 
     let duration = args.duration.map(Duration::from);
@@ -143,13 +144,14 @@ fn print_banner(
     token: &str,
     sensor1_password: &str,
     admin_password: &str,
+    api_token: &str,
 ) {
     say(format_args!(
         "\ngatewayd demo: a dev cloud, gateway {GATEWAY} of application {APP}, and sensors {sensors}\n\
          posting a temperature through the gateway every few seconds ({http} over HTTP, {last}\n\
          over MQTT). The gateway learns the sensors and their passwords from the cloud's registry.\n\n\
          \x20 status page        http://{web}/  (log in as admin, password {admin_password})\n\
-         \x20 gateway status     http://{web}/api/v1/status\n\
+         \x20 gateway status     curl -H 'Authorization: Bearer {api_token}' http://{web}/api/v1/status\n\
          \x20 gateway MQTT       mqtt://{mqtt}\n\
          \x20 dev cloud          {cloud}/\n\
          \x20 cloud event log    {cloud}/api/devcloud/v1/events\n\n\
@@ -196,11 +198,12 @@ fn say(text: std::fmt::Arguments<'_>) {
 
 /// Waits (up to 20 s) until the gateway holds its sensors' credentials from the registry, so
 /// the first readings (and the printed hints) are not refused.
-async fn registry_synced(web: SocketAddr, stop: &CancellationToken) {
+async fn registry_synced(web: SocketAddr, api_token: &str, stop: &CancellationToken) {
     let client = reqwest::Client::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while tokio::time::Instant::now() < deadline && !stop.is_cancelled() {
-        let status = client.get(format!("http://{web}/api/v1/status")).send().await;
+        let status =
+            client.get(format!("http://{web}/api/v1/status")).bearer_auth(api_token).send().await;
         if let Ok(r) = status
             && let Ok(v) = r.json::<serde_json::Value>().await
             && v["credentials"]["registry_devices"].as_u64() >= Some(SENSORS.len() as u64)

@@ -127,6 +127,10 @@ async fn handle<A: Authenticate, I: Ingest, C: CommandSource>(
     };
     let identity = match state.auth.authenticate(&request, Some(peer.ip())).await {
         AuthOutcome::Pass(identity) => identity,
+        AuthOutcome::RateLimited => {
+            tracing::info!(device = %request.device, app = %request.app, %peer, "HTTP publish refused: too many failed logins");
+            return too_many_failures();
+        }
         outcome => {
             tracing::info!(device = %request.device, app = %request.app, %peer, ?outcome, "HTTP publish refused");
             return forbidden();
@@ -203,6 +207,19 @@ fn command_response(command: Command) -> Response {
         }
     }
     response
+}
+
+/// How long a throttled sensor is told to wait (the shortest lockout is shorter; a sensor
+/// that comes back early is refused again without a check).
+const RETRY_AFTER_SECS: u32 = 60;
+
+fn too_many_failures() -> Response {
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::RETRY_AFTER, RETRY_AFTER_SECS.to_string())],
+        Json(json!({"code":429,"error":"TooManyRequests","message":"Too many failed logins; try later"})),
+    )
+        .into_response()
 }
 
 fn forbidden() -> Response {

@@ -70,7 +70,14 @@ pub fn router(
         token,
         require_client_cert: web.push_client_ca_file.is_some(),
         max_body: usize::try_from(web.push_max_bytes.bytes()).unwrap_or(usize::MAX),
+        replay_window: web.push_replay_window,
     };
+    if web.cert_file.is_none() {
+        tracing::warn!(
+            path = push::PATH,
+            "the command push secret travels in clear over plain HTTP: anyone on the network path can read it and push commands; set [web] cert_file and key_file"
+        );
+    }
     tracing::info!(
         path = push::PATH,
         client_certificate = config.require_client_cert,

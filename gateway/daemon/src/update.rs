@@ -97,9 +97,15 @@ impl Staging {
     /// Creates (or truncates) the bundle file, and its directory if needed.
     pub async fn create(&self) -> std::io::Result<tokio::fs::File> {
         if let Some(dir) = self.file.parent() {
-            tokio::fs::create_dir_all(dir).await?;
+            tokio::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).await?;
         }
-        tokio::fs::File::create(&self.file).await
+        tokio::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&self.file)
+            .await
     }
 }
 

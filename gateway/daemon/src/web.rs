@@ -131,6 +131,30 @@ impl WebState {
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// Adds the security headers to every answer of the web listener (status page, API, HTTP
+/// endpoint, push), unless a handler set its own: no sniffing, no framing, no referrer, the
+/// pages' Content-Security-Policy, and HSTS when served over HTTPS (`tls`).
+pub async fn security_headers(
+    axum::extract::State(tls): axum::extract::State<bool>,
+    mut response: Response,
+) -> Response {
+    use axum::http::{HeaderName, HeaderValue};
+    let h = response.headers_mut();
+    let mut set = |name: HeaderName, value: &'static str| {
+        if !h.contains_key(&name) {
+            h.insert(name, HeaderValue::from_static(value));
+        }
+    };
+    set(header::X_CONTENT_TYPE_OPTIONS, "nosniff");
+    set(header::X_FRAME_OPTIONS, "DENY");
+    set(header::REFERRER_POLICY, "no-referrer");
+    if tls {
+        set(header::STRICT_TRANSPORT_SECURITY, "max-age=31536000");
+    }
+    set(header::CONTENT_SECURITY_POLICY, crate::status::pages::content_security_policy());
+    response
+}
+
 /// The routes the daemon itself serves.
 pub fn router(state: WebState) -> Router {
     Router::new()

@@ -447,6 +447,7 @@ impl Gateway {
                 Ok(())
             }
         });
+        let api_sessions = page.sessions.clone();
         let app = web::router(state)
             .merge(crate::status::router(page))
             .merge(http_endpoint::router(endpoint, max_body));
@@ -454,6 +455,14 @@ impl Gateway {
             Some(push) => app.merge(push),
             None => app,
         };
+        let app = app.layer(axum::middleware::from_fn_with_state(
+            crate::status::ApiAccess::new(api_sessions, loaded.api_token.clone()),
+            crate::status::guard_api,
+        ));
+        let app = app.layer(axum::middleware::map_response_with_state(
+            config.web.cert_file.is_some(),
+            crate::web::security_headers,
+        ));
         let stop = supervisor.token().clone();
         supervisor.spawn("web", crate::web_tls::serve(listener, app, web_tls, stop));
 
@@ -578,8 +587,11 @@ async fn apply_registry(
             }
         }
         let removed = set.changes_since(previous.as_deref()).removed;
+        // a disabled device loses its session as a removed one does
+        let disabled =
+            set.devices.iter().filter(|d| d.is_disabled()).map(|d| d.metadata.name.clone());
         if let Some(sessions) = &sessions {
-            for name in removed {
+            for name in removed.into_iter().chain(disabled) {
                 let Ok(device) = gw_model::DeviceId::new(name.as_str()) else { continue };
                 let identity = Identity::new(app.clone(), device);
                 if sessions.disconnect(&identity) {
@@ -603,7 +615,38 @@ fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
     let meta = std::fs::metadata(dir)
         .with_context(|| format!("cannot read data directory {}", dir.display()))?;
     anyhow::ensure!(meta.is_dir(), "data directory {} is not a directory", dir.display());
+    tighten_modes(dir, 0);
     Ok(())
+}
+
+/// Takes group and other permissions away from `dir` and what lies under it (a data dir made
+/// by an older version, or by hand, may hold 0644 segments in 0755 directories). Symbolic
+/// links are not followed; what cannot be changed is logged and left.
+fn tighten_modes(dir: &Path, depth: usize) {
+    use std::os::unix::fs::PermissionsExt;
+    const MAX_DEPTH: usize = 4;
+    let tighten = |path: &Path, meta: &std::fs::Metadata| {
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            let tight = std::fs::Permissions::from_mode(mode & !0o077);
+            if let Err(e) = std::fs::set_permissions(path, tight) {
+                tracing::warn!(path = %path.display(), cause = %e, "cannot make a data file private");
+            }
+        }
+    };
+    if let Ok(meta) = std::fs::symlink_metadata(dir) {
+        tighten(dir, &meta);
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten().take(100_000) {
+        let path = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+        if meta.is_dir() && depth < MAX_DEPTH {
+            tighten_modes(&path, depth + 1);
+        } else if meta.is_file() {
+            tighten(&path, &meta);
+        }
+    }
 }
 
 /// The health probes the watchdog asks before each kick.

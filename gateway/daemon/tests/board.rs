@@ -54,7 +54,7 @@ async fn the_sim_board_names_kicks_blinks_identifies_and_reports() {
          [board]\nprofile = \"sim\"\nroot = {root:?}\nidentify_for = \"30s\"\n\n\
          [cloud]\nkind = \"drogue-http\"\nurl = {url:?}\npassword = \"gw-secret\"\n\
          retry_min = \"50ms\"\nretry_max = \"200ms\"\ntimeout = \"1s\"\n\n\
-         [web]\nlisten = \"127.0.0.1:0\"\n\n[log]\nformat = \"json\"\n\n\
+         [web]\nlisten = \"127.0.0.1:0\"\napi_token = \"test-api-token-0123\"\n\n[log]\nformat = \"json\"\n\n\
          [[devices]]\nname = \"sensor1\"\npassword = \"pw\"\n",
         data = data.display().to_string(),
         root = sim.root().display().to_string(),
@@ -70,8 +70,15 @@ async fn the_sim_board_names_kicks_blinks_identifies_and_reports() {
     assert_eq!(status["gateway"]["name"], NAME, "named after the board's serial");
     assert_eq!(status["board"]["profile"], "sim");
     assert_eq!(status["board"]["temperature_celsius"], 42.0);
-    let metrics =
-        client.get(format!("http://{web}/metrics")).send().await.unwrap().text().await.unwrap();
+    let metrics = client
+        .get(format!("http://{web}/metrics"))
+        .bearer_auth(common::API_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(metrics.contains("\ngatewayd_board_temperature_celsius 42\n"), "{metrics}");
 
     // The watchdog is kicked every second (sim timeout 3 s) while everything is healthy.

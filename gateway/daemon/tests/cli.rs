@@ -32,7 +32,13 @@ fn check_config_names_the_bad_key() {
     let dir = tempfile::tempdir().unwrap();
     let base = "[gateway]\nname = \"gw1\"\napplication = \"app\"\n";
     let cases = [
-        ("unknown.toml", format!("{base}[web]\nlisten = \"127.0.0.1:0\"\nport = 1\n"), "port"),
+        (
+            "unknown.toml",
+            format!(
+                "{base}[web]\nlisten = \"127.0.0.1:0\"\napi_token = \"test-api-token-0123\"\nport = 1\n"
+            ),
+            "port",
+        ),
         ("duration.toml", format!("{base}shutdown_grace = \"5 parsecs\"\n"), "shutdown_grace"),
         (
             "secret.toml",

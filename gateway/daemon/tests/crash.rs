@@ -33,7 +33,7 @@ fn config(dir: &Path, cloud: &str) -> String {
         "[gateway]\nname = \"gw1\"\napplication = \"{APP}\"\ndata_dir = {:?}\n\n\
          [cloud]\nkind = \"drogue-http\"\nurl = {cloud:?}\npassword = \"gw-secret\"\n\
          concurrency = {CONCURRENCY}\nretry_min = \"50ms\"\nretry_max = \"200ms\"\n\n\
-         [web]\nlisten = \"127.0.0.1:0\"\n\n[log]\nformat = \"json\"\nlevel = \"warn,gatewayd::wiring=info\"\n",
+         [web]\nlisten = \"127.0.0.1:0\"\napi_token = \"test-api-token-0123\"\n\n[log]\nformat = \"json\"\nlevel = \"warn,gatewayd::wiring=info\"\n",
         dir.join("data").display().to_string()
     );
     for s in 0..SENSORS {

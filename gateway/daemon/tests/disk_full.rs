@@ -50,7 +50,7 @@ fn free_addr() -> SocketAddr {
 fn config(dir: &Path, data: &Path, sensors: usize, extra: &str) -> String {
     let mut text = format!(
         "[gateway]\nname = \"gw1\"\napplication = \"{APP}\"\ndata_dir = {:?}\n\n\
-         [web]\nlisten = \"127.0.0.1:0\"\n\n[mqtt]\nlisten = \"127.0.0.1:0\"\n\n\
+         [web]\nlisten = \"127.0.0.1:0\"\napi_token = \"test-api-token-0123\"\n\n[mqtt]\nlisten = \"127.0.0.1:0\"\n\n\
          [log]\nformat = \"json\"\nlevel = \"info\"\n\n{extra}\n",
         data.display().to_string()
     );

@@ -32,7 +32,7 @@ fn config(dir: &Path, cloud: &str, site: &str) -> String {
         "[gateway]\nname = \"gw1\"\napplication = \"{APP}\"\ndata_dir = {data:?}\n\n\
          [cloud]\nkind = \"drogue-http\"\nurl = {cloud:?}\npassword = \"gw-secret\"\n\
          retry_min = \"50ms\"\nretry_max = \"200ms\"\n\n\
-         [web]\nlisten = \"127.0.0.1:0\"\npush_token = \"push-secret\"\n\n\
+         [web]\nlisten = \"127.0.0.1:0\"\napi_token = \"test-api-token-0123\"\npush_token = \"push-secret\"\n\n\
          [log]\nformat = \"json\"\n\n\
          [[devices]]\nname = \"s7\"\npassword = \"pw7\"\n\n\
          [[bridge]]\nname = \"site\"\nurl = {site:?}\nclient_id = \"gw1-bridge\"\n\

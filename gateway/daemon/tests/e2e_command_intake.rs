@@ -39,7 +39,7 @@ fn config(dir: &Path, cloud: &str, push: bool) -> String {
     let push = if push { format!("push_token = \"{PUSH_TOKEN}\"\n") } else { String::new() };
     let text = format!(
         "[gateway]\nname = \"gw1\"\napplication = \"{APP}\"\ndata_dir = {:?}\n\n{cloud}\n\
-         [mqtt]\nlisten = \"127.0.0.1:0\"\n\n[web]\nlisten = \"127.0.0.1:0\"\n{push}\n\
+         [mqtt]\nlisten = \"127.0.0.1:0\"\n\n[web]\nlisten = \"127.0.0.1:0\"\napi_token = \"test-api-token-0123\"\n{push}\n\
          [log]\nformat = \"json\"\n\n\
          [[devices]]\nname = \"sensor1\"\npassword = \"pw1\"\n",
         dir.join("data").display().to_string()

@@ -252,7 +252,7 @@ async fn start_gateway(
          [cloud]\nkind = \"{kind}\"\nurl = {url:?}\npassword = \"gw-secret\"\n\n\
          [registry]\nurl = {:?}\ntoken = \"api-token\"\ninterval = \"{}\"\ntimeout = \"2s\"\n\n\
          [mqtt]\nlisten = \"127.0.0.1:0\"\n\n[coap]\nlisten = \"127.0.0.1:0\"\n\n\
-         [web]\nlisten = \"127.0.0.1:0\"\n{}\n\
+         [web]\nlisten = \"127.0.0.1:0\"\napi_token = \"test-api-token-0123\"\n{}\n\
          [commands]\nttl = \"1h\"\n{}\n[log]\nformat = \"json\"\n",
         dir.join("data").display().to_string(),
         cloud.url(),

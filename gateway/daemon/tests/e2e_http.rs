@@ -34,7 +34,7 @@ fn gateway_config(dir: &Path, cloud_url: &str, extra_web: &str) -> String {
         "[gateway]\nname = \"gw1\"\napplication = \"{APP}\"\ndata_dir = {:?}\n\n\
          [cloud]\nkind = \"drogue-http\"\nurl = {cloud_url:?}\npassword = \"gw-secret\"\n\
          retry_min = \"50ms\"\nretry_max = \"200ms\"\n\n\
-         [web]\nlisten = \"127.0.0.1:0\"\n{extra_web}\n\n[log]\nformat = \"json\"\n\n\
+         [web]\nlisten = \"127.0.0.1:0\"\napi_token = \"test-api-token-0123\"\n{extra_web}\n\n[log]\nformat = \"json\"\n\n\
          [[devices]]\nname = \"sensor1\"\npassword = \"pw1\"\n\n\
          [[devices]]\nname = \"sensor2\"\npassword = \"secret2\"\n",
         dir.join("data").display().to_string()

@@ -96,7 +96,7 @@ fn config(dir: &Path, cloud: &str) -> String {
          retry_min = \"50ms\"\nretry_max = \"200ms\"\n\n\
          [mqtt]\nlisten = \"127.0.0.1:0\"\ntls_listen = \"127.0.0.1:0\"\n\
          cert_file = {cert:?}\nkey_file = {key:?}\nclient_ca_file = {ca:?}\n\n\
-         [web]\nlisten = \"127.0.0.1:0\"\n\n[log]\nformat = \"json\"\n\n\
+         [web]\nlisten = \"127.0.0.1:0\"\napi_token = \"test-api-token-0123\"\n\n[log]\nformat = \"json\"\n\n\
          [[devices]]\nname = \"sensor1\"\npassword = \"pw1\"\n",
         data = p("data"),
         cert = p("server.pem"),

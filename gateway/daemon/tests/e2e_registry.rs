@@ -23,7 +23,7 @@ fn config(dir: &Path, cloud: &str) -> String {
         "[gateway]\nname = \"gw1\"\napplication = \"{APP}\"\ndata_dir = {:?}\n\n\
          [registry]\nurl = {cloud:?}\ntoken = \"api-token\"\ninterval = \"200ms\"\ntimeout = \"2s\"\n\n\
          [mqtt]\nlisten = \"127.0.0.1:0\"\n\n\
-         [web]\nlisten = \"127.0.0.1:0\"\n\n[log]\nformat = \"json\"\n",
+         [web]\nlisten = \"127.0.0.1:0\"\napi_token = \"test-api-token-0123\"\n\n[log]\nformat = \"json\"\n",
         dir.join("data").display().to_string()
     );
     write(dir, "gatewayd.toml", &text)

@@ -37,7 +37,7 @@ async fn cloud(sensors: usize) -> DevCloud {
 fn config(dir: &Path, sensors: usize, cloud: &str, extra: &str) -> String {
     let mut text = format!(
         "[gateway]\nname = \"gw1\"\napplication = \"{APP}\"\ndata_dir = {:?}\n\n{cloud}\n\
-         [mqtt]\nlisten = \"127.0.0.1:0\"\n\n[web]\nlisten = \"127.0.0.1:0\"\n{extra}\n\
+         [mqtt]\nlisten = \"127.0.0.1:0\"\n\n[web]\nlisten = \"127.0.0.1:0\"\napi_token = \"test-api-token-0123\"\n{extra}\n\
          [log]\nformat = \"json\"\n\n\
          [[devices]]\nname = \"rogue\"\npassword = \"pw-rogue\"\n",
         dir.join("data").display().to_string()

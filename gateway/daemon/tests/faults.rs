@@ -54,7 +54,7 @@ fn free_addr() -> SocketAddr {
 fn config(dir: &Path, data: &Path, sensors: usize, extra: &str) -> String {
     let mut text = format!(
         "[gateway]\nname = \"gw1\"\napplication = \"{APP}\"\ndata_dir = {:?}\n\n\
-         [web]\nlisten = \"127.0.0.1:0\"\nadmin_password = \"unused\"\n\n\
+         [web]\nlisten = \"127.0.0.1:0\"\napi_token = \"test-api-token-0123\"\nadmin_password = \"unused\"\n\n\
          [log]\nformat = \"json\"\nlevel = \"info\"\n\n{extra}\n",
         data.display().to_string()
     );
@@ -321,8 +321,8 @@ async fn a_sensor_that_stops_reading_and_unfinished_requests_hold_up_no_one() {
     // [web] appears twice otherwise: fold the push token into the generated section
     let cfg = config(dir.path(), &dir.path().join("data"), 2, "[mqtt]\nlisten = \"127.0.0.1:0\"\n");
     let text = std::fs::read_to_string(&cfg).unwrap().replace(
-        "[web]\nlisten = \"127.0.0.1:0\"\n",
-        "[web]\nlisten = \"127.0.0.1:0\"\npush_token = \"push-secret\"\n",
+        "[web]\nlisten = \"127.0.0.1:0\"\napi_token = \"test-api-token-0123\"\n",
+        "[web]\nlisten = \"127.0.0.1:0\"\napi_token = \"test-api-token-0123\"\npush_token = \"push-secret\"\n",
     );
     let _ = extra;
     std::fs::write(&cfg, text).unwrap();
@@ -352,11 +352,12 @@ async fn a_sensor_that_stops_reading_and_unfinished_requests_hold_up_no_one() {
     // without bound.
     let payload = base64_of(&vec![b'c'; 1024]);
     let mut answers = std::collections::BTreeMap::new();
-    for _ in 0..(400 * scale()) {
+    for i in 0..(400 * scale()) {
+        // each push names itself: the same body again would be taken for a replay
         let r = client
             .post(format!("http://{web}/api/commands/v1/push"))
             .bearer_auth("push-secret")
-            .json(&serde_json::json!({"application": APP, "device": "s1", "command": "fill", "payload": payload}))
+            .json(&serde_json::json!({"application": APP, "device": "s1", "command": "fill", "payload": payload, "id": format!("fill-{i}")}))
             .timeout(Duration::from_secs(10))
             .send()
             .await

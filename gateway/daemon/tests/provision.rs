@@ -41,7 +41,7 @@ fn setup() -> tempfile::TempDir {
     std::fs::create_dir_all(dir.path().join("data")).unwrap();
     let base = format!(
         "[gateway]\napplication = \"unprovisioned\"\ndata_dir = {:?}\n\n\
-         [web]\nlisten = \"127.0.0.1:0\"\n\n[log]\nformat = \"json\"\n",
+         [web]\nlisten = \"127.0.0.1:0\"\napi_token = \"test-api-token-0123\"\n\n[log]\nformat = \"json\"\n",
         dir.path().join("data/state").display().to_string()
     );
     write(dir.path(), "base.toml", &base);

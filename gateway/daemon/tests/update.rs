@@ -43,7 +43,7 @@ impl Setup {
             "[gateway]\nname = \"gw1\"\napplication = \"app\"\ndata_dir = {data:?}\n\n\
              [board]\nprofile = \"sim\"\nroot = {root:?}\n\n\
              [update]\nkeyring = {keys:?}\n{update}\n\
-             [web]\nlisten = \"127.0.0.1:0\"\n\n[log]\nformat = \"json\"\n",
+             [web]\nlisten = \"127.0.0.1:0\"\napi_token = \"test-api-token-0123\"\n\n[log]\nformat = \"json\"\n",
             data = self.dir.path().join("data").display().to_string(),
             root = self.sim.root().display().to_string(),
             keys = fixtures().join("keyring").display().to_string(),
@@ -380,7 +380,7 @@ fn without_an_updater_the_page_says_so_and_refuses_uploads() {
     let pw = write(dir.path(), "admin.pw", "technician-pw\n");
     let text = format!(
         "[gateway]\nname = \"gw1\"\napplication = \"app\"\ndata_dir = {:?}\n\n\
-         [web]\nlisten = \"127.0.0.1:0\"\nadmin_password_file = {pw:?}\n\n[log]\nformat = \"json\"\n",
+         [web]\nlisten = \"127.0.0.1:0\"\napi_token = \"test-api-token-0123\"\nadmin_password_file = {pw:?}\n\n[log]\nformat = \"json\"\n",
         dir.path().join("data").display().to_string()
     );
     let gw = Running::start(&write(dir.path(), "gatewayd.toml", &text), None);

@@ -54,9 +54,13 @@ impl Identity {
     }
 
     /// Parses `device@app`, or a bare `device` when `default_app` is given. The device part
-    /// is percent-decoded and the split is at the first `@`, as Drogue does.
+    /// is percent-decoded and the split is at the first `@`, as Drogue does; when what follows
+    /// the first `@` holds another one (`test@example.com@my-app`: no application name holds
+    /// an `@`), the split is at the last, so an e-mail address is a device or account name.
+    /// A bare e-mail address keeps Drogue's meaning (`test` of application `example.com`):
+    /// write it with its application, or with the `@` percent-encoded (`test%40example.com`).
     pub fn parse(value: &str, default_app: Option<&AppId>) -> Result<Self, ModelError> {
-        match value.split_once('@') {
+        match split_identity(value) {
             Some((device, app)) => {
                 Ok(Self { app: AppId::new(app)?, device: decode_device(device)? })
             }
@@ -65,6 +69,15 @@ impl Identity {
                 None => Err(ModelError::NoApp { value: value.to_owned() }),
             },
         }
+    }
+}
+
+/// `name@app` split as [`Identity::parse`] does: at the first `@`, or at the last when the
+/// rest holds another.
+pub fn split_identity(value: &str) -> Option<(&str, &str)> {
+    match value.split_once('@') {
+        Some((_, rest)) if rest.contains('@') => value.rsplit_once('@'),
+        split => split,
     }
 }
 
@@ -228,7 +241,7 @@ impl AuthRequest {
                 credential: PresentedCredential::UsernamePassword { username: user, password },
             }),
             (None, Some(device)) => {
-                let (username, app) = match user.split_once('@') {
+                let (username, app) = match split_identity(&user) {
                     Some((u, a)) => (u.to_owned(), AppId::new(a)?),
                     None => match default_app {
                         Some(app) => (user.clone(), app.clone()),
@@ -321,8 +334,16 @@ mod tests {
         // the device part is percent-decoded
         let id: Identity = "sensor%201@my-app".parse().unwrap();
         assert_eq!(id.device(), "sensor 1");
-        // split at the first '@': the app part may not contain another '@'
-        assert!("a@b@c".parse::<Identity>().is_err());
+        // an '@' in what follows the first: the last one separates the application
+        let id: Identity = "test@example.com@my-app".parse().unwrap();
+        assert_eq!((id.device().as_str(), id.app().as_str()), ("test@example.com", "my-app"));
+        assert_eq!(id.to_string().parse::<Identity>().unwrap(), id, "round trip");
+        let id = Identity::parse("test%40example.com", Some(&app("my-app"))).unwrap();
+        assert_eq!((id.device().as_str(), id.app().as_str()), ("test@example.com", "my-app"));
+        // a bare e-mail keeps Drogue's meaning: device "test" of application "example.com"
+        let id = Identity::parse("test@example.com", Some(&app("my-app"))).unwrap();
+        assert_eq!((id.device().as_str(), id.app().as_str()), ("test", "example.com"));
+        assert!("a@b@c@".parse::<Identity>().is_err(), "an empty application");
     }
 
     #[test]

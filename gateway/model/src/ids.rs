@@ -79,8 +79,11 @@ fn app_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
 }
 
+/// A device (or account) name may hold `@`: an e-mail address is an account name of a
+/// migratory application. Where a name and its application travel as one string, the last
+/// `@` separates them when the first does not ([`crate::Identity::parse`]).
 fn device_char(c: char) -> bool {
-    !c.is_control() && !matches!(c, '/' | '+' | '#' | '@')
+    !c.is_control() && !matches!(c, '/' | '+' | '#')
 }
 
 fn name_char(c: char) -> bool {
@@ -99,7 +102,7 @@ const APP: Rule = Rule {
 const DEVICE: Rule = Rule {
     kind: "device name",
     max: 256,
-    allowed: "anything but control characters and '/', '+', '#', '@'",
+    allowed: "anything but control characters and '/', '+', '#'",
     char_ok: device_char,
     alnum_edges: false,
     no_space_edges: true,
@@ -254,7 +257,7 @@ mod tests {
 
     #[test]
     fn rejects_topic_separators_in_device() {
-        for bad in ["a/b", "a+b", "a#", "dev@app", "tab\there", " lead", "trail "] {
+        for bad in ["a/b", "a+b", "a#", "tab\there", " lead", "trail "] {
             assert!(DeviceId::new(bad).is_err(), "{bad:?} accepted");
         }
     }
@@ -320,7 +323,7 @@ mod tests {
 
         #[test]
         fn device_rejects_any_disallowed_char(
-            pre in "[a-z]{1,5}", bad in "[/+#@\\p{Cc}]", post in "[a-z]{1,5}"
+            pre in "[a-z]{1,5}", bad in "[/+#\\p{Cc}]", post in "[a-z]{1,5}"
         ) {
             let s = format!("{pre}{bad}{post}");
             prop_assert!(DeviceId::new(s).is_err());
@@ -334,7 +337,7 @@ mod tests {
             }
             if let Ok(id) = DeviceId::new(s.clone()) {
                 prop_assert_eq!(id.as_str(), s.as_str());
-                prop_assert!(!s.contains(['/', '+', '#', '@']));
+                prop_assert!(!s.contains(['/', '+', '#']));
             }
             if let Ok(ch) = Channel::new(s.clone()) {
                 prop_assert!(ch.as_str().chars().all(name_char));

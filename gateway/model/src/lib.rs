@@ -29,6 +29,7 @@ pub use admission::UplinkLimits;
 pub use error::ModelError;
 pub use identity::{
     AuthRequest, BasicCredentials, Identity, PresentedCredential, PublishQuery, Secret,
+    split_identity,
 };
 pub use ids::{AppId, Channel, CommandName, DeviceId};
 pub use message::{Command, Telemetry, Timestamp, is_json_content_type};

@@ -245,6 +245,16 @@ impl Device {
     pub fn is_being_deleted(&self) -> bool {
         self.metadata.deletion_timestamp.is_some()
     }
+
+    /// Drogue's `spec.core.disabled`: the device may neither connect nor get commands.
+    pub fn is_disabled(&self) -> bool {
+        self.spec
+            .other
+            .get("core")
+            .and_then(|core| core.get("disabled"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    }
 }
 
 #[cfg(test)]

@@ -166,8 +166,7 @@ impl CommandQueue {
     /// Opens (or creates) the queue in `dir`: replays the log, cuts a torn tail, and keeps
     /// every command it holds, even above `limits` (they apply to new commands only).
     pub fn open(dir: &Path, limits: QueueLimits) -> Result<Self, StoreError> {
-        fs::create_dir_all(dir)
-            .map_err(|source| StoreError::CreateDir { path: dir.to_owned(), source })?;
+        crate::recover::create_dir(dir)?;
         let path = dir.join(LOG_FILE);
         let io_err = |source| StoreError::CommandLog { path: path.clone(), source };
         if !path.exists() {

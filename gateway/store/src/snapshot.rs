@@ -93,7 +93,10 @@ pub fn write(path: &Path, kind: &[u8; 4], version: u32, payload: &[u8]) -> Resul
         Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
         _ => PathBuf::from("."),
     };
-    fs::create_dir_all(&dir).map_err(err)?;
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(err)?;
+    }
     let tmp = tmp_path(path);
     let bytes = encode(kind, version, payload);
     {

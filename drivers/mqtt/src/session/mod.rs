@@ -370,9 +370,8 @@ impl Session {
         match outcome {
             AuthOutcome::Pass(identity) => self.accept(*connect, identity, now),
             AuthOutcome::Fail => self.refuse(ConnectCode::BadUserNamePassword),
-            AuthOutcome::RateLimited | AuthOutcome::Forbidden => {
-                self.refuse(ConnectCode::NotAuthorized)
-            }
+            AuthOutcome::RateLimited => self.refuse(ConnectCode::QuotaExceeded),
+            AuthOutcome::Forbidden => self.refuse(ConnectCode::NotAuthorized),
         }
     }
 

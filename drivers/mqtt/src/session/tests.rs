@@ -57,7 +57,8 @@ fn refuses_wrong_credentials_with_the_version_codes() {
     let t0 = Instant::now();
     for (outcome, code) in [
         (AuthOutcome::Fail, ConnectCode::BadUserNamePassword),
-        (AuthOutcome::RateLimited, ConnectCode::NotAuthorized),
+        (AuthOutcome::RateLimited, ConnectCode::QuotaExceeded),
+        (AuthOutcome::Forbidden, ConnectCode::NotAuthorized),
     ] {
         let mut s = Session::new(config(), t0, Timestamp::from_millis(0));
         s.handle_packet(Packet::Connect(connect_packet(Version::V5)), t0);

@@ -4,8 +4,10 @@
 //!
 //! Pages need a technician session: a local account of the technicians' application
 //! (`[web] technician_app`, and through the credential chain the legacy login service with
-//! migration). `/metrics`, `/healthz`, `/readyz` and `/api/v1/status` stay open to the
-//! site's network for monitoring systems.
+//! migration). `/api/v1/status` and `/metrics` list every identity, parked device and command,
+//! so they need a technician session too, or the read-only API token (`[web] api_token_file`,
+//! sent as `Authorization: Bearer <token>`) for a monitoring system; [`guard_api`] checks
+//! that. Only `/healthz` and `/readyz` stay open, for probes.
 
 pub mod activity;
 pub mod controls;
@@ -157,6 +159,58 @@ fn now_ms() -> u64 {
     gw_model::Timestamp::from_system(SystemTime::now()).as_millis()
 }
 
+/// The paths [`guard_api`] keeps behind a session or the API token.
+pub const GUARDED_API: [&str; 2] = ["/api/v1/status", "/metrics"];
+
+/// Who may read the technician API: a technician session, or the bearer of the API token.
+#[derive(Clone, Debug)]
+pub struct ApiAccess {
+    sessions: Arc<Sessions>,
+    token: Option<Secret>,
+}
+
+impl ApiAccess {
+    pub fn new(sessions: Arc<Sessions>, token: Option<Secret>) -> Self {
+        Self { sessions, token }
+    }
+
+    fn allows(&self, headers: &HeaderMap) -> bool {
+        if self.sessions.get(headers).is_some() {
+            return true;
+        }
+        let bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim());
+        match (&self.token, bearer) {
+            (Some(token), Some(presented)) => constant_time_eq(token.expose().trim(), presented),
+            _ => false,
+        }
+    }
+}
+
+/// Middleware of the web listener: the [`GUARDED_API`] paths answer 401 without a technician
+/// session or the API token; every other path passes untouched.
+pub async fn guard_api(
+    State(access): State<ApiAccess>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if !GUARDED_API.contains(&request.uri().path()) || access.allows(request.headers()) {
+        return next.run(request).await;
+    }
+    let mut r = (
+        StatusCode::UNAUTHORIZED,
+        "log in on the status page, or send the API token as Authorization: Bearer <token> ([web] api_token_file)\n",
+    )
+        .into_response();
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"gatewayd\""));
+    r
+}
+
 /// The routes of the status page and `/metrics`.
 pub fn router(page: StatusPage) -> Router {
     let upload_limit = update_page::body_limit(&page);
@@ -211,10 +265,23 @@ struct NextQuery {
     next: Option<String>,
 }
 
-/// Only paths on this site: `/x`, never `//host` or a URL.
+/// Only paths on this site: `/x`, never `//host` or a URL. Browsers drop tabs and line breaks
+/// from a URL and read `\\` as `/`, so `/\t/host` would leave the site: only printable ASCII
+/// without a backslash is kept, and a percent-encoded control character or slash right after
+/// the first `/` is refused too.
 fn safe_next(next: Option<&str>) -> String {
+    let lower = |s: &str| s.to_ascii_lowercase();
+    let ok = |n: &str| {
+        let rest = n.strip_prefix('/').unwrap_or("/");
+        let second = rest.bytes().next();
+        n.starts_with('/')
+            && !matches!(second, Some(b'/' | b'\\'))
+            && n.bytes().all(|b| b.is_ascii_graphic() && b != b'\\')
+            && !["%0", "%1", "%7f", "%2f%2f"].iter().any(|bad| lower(n).contains(bad))
+            && !["%2f", "%5c"].iter().any(|bad| lower(rest).starts_with(bad))
+    };
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n.to_owned(),
+        Some(n) if ok(n) => n.to_owned(),
         _ => "/".to_owned(),
     }
 }
@@ -301,12 +368,13 @@ async fn login(
     }
 }
 
-/// `name` or `name@<technician app>` as a login request; another application is refused.
+/// `name` or `name@<technician app>` as a login request, always in the technicians'
+/// application: any other `@` belongs to the name (an e-mail address), so `sensor1@my-app`
+/// is a technician account of that name, which a sensor's credentials never are.
 fn technician_request(app: &AppId, username: &str, password: &str) -> Option<AuthRequest> {
     let name = match username.rsplit_once('@') {
         Some((name, a)) if a == app.as_str() => name,
-        Some(_) => return None,
-        None => username,
+        _ => username,
     };
     Some(AuthRequest {
         app: app.clone(),
@@ -837,6 +905,11 @@ mod tests {
         assert_eq!(safe_next(Some("//evil.example/")), "/");
         assert_eq!(safe_next(Some("https://evil.example/")), "/");
         assert_eq!(safe_next(Some("/\\evil")), "/");
+        assert_eq!(safe_next(Some("/\t/evil.example")), "/", "tabs are dropped by browsers");
+        assert_eq!(safe_next(Some("/%09/evil.example")), "/");
+        assert_eq!(safe_next(Some("/%2F/evil.example")), "/");
+        assert_eq!(safe_next(Some("/ /evil.example")), "/");
+        assert_eq!(safe_next(Some("/sensors?q=a%20b")), "/sensors?q=a%20b");
         assert_eq!(safe_next(None), "/");
     }
 
@@ -846,7 +919,10 @@ mod tests {
         let r = technician_request(&app, "admin", "pw").unwrap();
         assert_eq!((r.app.as_str(), r.device.as_str()), ("technicians", "admin"));
         assert!(technician_request(&app, "admin@technicians", "pw").is_some());
-        assert!(technician_request(&app, "sensor1@my-app", "pw").is_none());
+        let other = technician_request(&app, "sensor1@my-app", "pw").unwrap();
+        assert_eq!((other.app.as_str(), other.device.as_str()), ("technicians", "sensor1@my-app"));
+        let mail = technician_request(&app, "test@example.com@technicians", "pw").unwrap();
+        assert_eq!((mail.app.as_str(), mail.device.as_str()), ("technicians", "test@example.com"));
         assert!(technician_request(&app, "", "pw").is_none());
     }
 

@@ -24,6 +24,25 @@ const NAV: &[(Page, &str, &str)] = &[
     (Page::Update, "/update", "Update"),
 ];
 
+/// The Content-Security-Policy of every page the daemon serves: nothing but this page's own
+/// inline style and script (by their SHA-256), its images as data, the `/events` stream and
+/// forms posting back here; no framing.
+pub fn content_security_policy() -> &'static str {
+    static CSP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CSP.get_or_init(|| {
+        use base64::Engine as _;
+        let hash = |s: &str| {
+            let d = ring::digest::digest(&ring::digest::SHA256, s.as_bytes());
+            format!("'sha256-{}'", base64::engine::general_purpose::STANDARD.encode(d.as_ref()))
+        };
+        format!(
+            "default-src 'none'; style-src {}; script-src {}; img-src 'self' data:; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+            hash(STYLE),
+            hash(LIVE_SCRIPT)
+        )
+    })
+}
+
 const STYLE: &str = r#"
 :root{--fg:#1d2327;--muted:#5f6b73;--ok:#1a7f37;--warn:#9a6700;--bad:#cf222e;--line:#d0d7de;--bg:#f6f8fa}
 *{box-sizing:border-box}body{margin:0;font:15px/1.45 system-ui,sans-serif;color:var(--fg);background:var(--bg)}

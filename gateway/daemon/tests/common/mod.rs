@@ -12,9 +12,20 @@ use std::{
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_gatewayd");
 
-/// `GET /api/v1/status` of a gateway at `web` (`host:port`).
+/// The read-only API token the tests' configs set (`[web] api_token`).
+pub const API_TOKEN: &str = "test-api-token-0123";
+
+/// `GET /api/v1/status` of a gateway at `web` (`host:port`), with the API token.
 pub async fn status(client: &reqwest::Client, web: &str) -> serde_json::Value {
-    client.get(format!("http://{web}/api/v1/status")).send().await.unwrap().json().await.unwrap()
+    client
+        .get(format!("http://{web}/api/v1/status"))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 /// Whether the mosquitto clients are installed; in CI their absence fails the test.
@@ -140,7 +151,8 @@ mod blocking {
     impl Client {
         pub fn get(&self, url: String) -> Resp {
             self.0.block_on(async {
-                let r = self.1.get(url).send().await.unwrap();
+                // the API token opens /api/v1/status and /metrics; other routes ignore it
+                let r = self.1.get(url).bearer_auth(super::API_TOKEN).send().await.unwrap();
                 let status = r.status().as_u16();
                 Resp { status, body: r.text().await.unwrap() }
             })
