@@ -19,7 +19,12 @@ pub struct Faults {
     publish_delay: Mutex<Option<Duration>>,
     /// Publishes that reached the endpoint and were authenticated (accepted or not).
     publishes_seen: AtomicU64,
+    /// Every HTTP request as `METHOD path?query`, oldest first (the last [`REQUEST_LOG`]).
+    requests: Mutex<std::collections::VecDeque<String>>,
 }
+
+/// How many requests [`Faults::requests`] keeps.
+pub const REQUEST_LOG: usize = 10_000;
 
 impl Faults {
     /// Answers every authenticated HTTP publish with `status` (e.g. 500, 503) without logging
@@ -48,6 +53,20 @@ impl Faults {
 
     pub(crate) fn publish_delay(&self) -> Option<Duration> {
         *self.publish_delay.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every HTTP request the cloud received (the last 10,000), as `METHOD path?query`: what
+    /// a test checks to know no request went anywhere it should not.
+    pub fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
+    }
+
+    pub(crate) fn saw_request(&self, line: String) {
+        let mut log = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        if log.len() >= REQUEST_LOG {
+            log.pop_front();
+        }
+        log.push_back(line);
     }
 
     pub(crate) fn saw_publish(&self) {

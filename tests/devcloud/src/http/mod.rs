@@ -54,7 +54,18 @@ pub(crate) fn router(state: AppState) -> Router {
         .merge(discovery::routes())
         .merge(api)
         .route("/api/devcloud/v1/events", get(discovery::events))
+        .layer(middleware::from_fn_with_state(state.clone(), log_request))
         .with_state(state)
+}
+
+/// Records every request, whatever its path (unrouted ones too), in [`crate::Faults`].
+async fn log_request(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let target = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| req.uri().path().to_owned(), |p| p.as_str().to_owned());
+    state.faults.saw_request(format!("{} {target}", req.method()));
+    next.run(req).await
 }
 
 /// Accepts `Authorization: Bearer <token>` or Basic `<user>:<token>` of a seeded user;
