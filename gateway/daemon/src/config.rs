@@ -566,7 +566,10 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let secret = dir.join("cloud.secret");
         std::fs::write(&secret, "pw\n").unwrap();
+        let api_token = dir.join("api.token");
+        std::fs::write(&api_token, "a-read-only-api-token\n").unwrap();
         DEFAULT_CONFIG
+            .replace("/etc/gatewayd/api.token", &api_token.display().to_string())
             .replace("/etc/gatewayd/cloud.secret", &secret.display().to_string())
             .replace("/etc/gatewayd/registry.token", &secret.display().to_string())
             .replace("/etc/gatewayd/admin.password", &secret.display().to_string())
