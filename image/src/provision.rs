@@ -16,6 +16,8 @@
 //!
 //! [technician]
 //! password = "first admin password"       # secret; at least 8 characters
+//! api_token = "for monitoring"            # optional secret, >= 16 characters: Bearer for
+//!                                         # /api/v1/status and /metrics
 //!
 //! [wifi]                                  # optional, left to the operating system
 //! ```
@@ -87,6 +89,9 @@ pub struct Registry {
 pub struct Technician {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password: Option<String>,
+    /// The read-only token for `/api/v1/status` and `/metrics` (monitoring).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_token: Option<String>,
 }
 
 fn bad(key: &str, why: impl std::fmt::Display) -> ImageError {
@@ -149,6 +154,11 @@ impl Provision {
         {
             return Err(bad("technician.password", "at least 8 characters"));
         }
+        if let Some(token) = p.technician.as_ref().and_then(|t| secret_given(&t.api_token))
+            && token.trim().chars().count() < 16
+        {
+            return Err(bad("technician.api_token", "at least 16 characters"));
+        }
         Ok(p)
     }
 
@@ -156,7 +166,9 @@ impl Provision {
     pub fn has_secrets(&self) -> bool {
         self.cloud.as_ref().is_some_and(|c| secret_given(&c.password).is_some())
             || self.registry.as_ref().is_some_and(|r| secret_given(&r.token).is_some())
-            || self.technician.as_ref().is_some_and(|t| secret_given(&t.password).is_some())
+            || self.technician.as_ref().is_some_and(|t| {
+                secret_given(&t.password).is_some() || secret_given(&t.api_token).is_some()
+            })
     }
 
     /// The same file with each secret replaced by [`MOVED`].
@@ -175,6 +187,7 @@ impl Provision {
         }
         if let Some(t) = &mut p.technician {
             hide(&mut t.password);
+            hide(&mut t.api_token);
         }
         p
     }
@@ -271,12 +284,25 @@ pub fn import(paths: &ImportPaths) -> Result<Imported, ImageError> {
     if let Some(pw) = given {
         stage(&paths.secrets, admin.clone(), pw, 0o600)?;
     }
-    if given.is_some() || (p.technician.is_some() && admin.exists()) {
+    let api = paths.secrets.join("api.token");
+    let api_given = p.technician.as_ref().and_then(|t| secret_given(&t.api_token));
+    if let Some(token) = api_given {
+        stage(&paths.secrets, api.clone(), token, 0o600)?;
+    }
+    let with_admin = given.is_some() || (p.technician.is_some() && admin.exists());
+    let with_api = api_given.is_some()
+        || p.technician.as_ref().is_some_and(|t| t.api_token.is_some()) && api.exists();
+    if with_admin || with_api {
         let web = config.entry("web").or_insert_with(|| toml::Value::Table(toml::Table::new()));
         let toml::Value::Table(web) = web else {
             return Err(bad("base config", "[web] is not a table"));
         };
-        web.insert("admin_password_file".into(), path_value(&admin));
+        if with_admin {
+            web.insert("admin_password_file".into(), path_value(&admin));
+        }
+        if with_api {
+            web.insert("api_token_file".into(), path_value(&api));
+        }
     }
     let config_text = format!(
         "# Written by `gatewayd provision` from provision.toml and {}; edit provision.toml instead.\n{}",
@@ -333,6 +359,7 @@ token = "admin:token"
 
 [technician]
 password = "first-admin-pw"
+api_token = "monitoring-token-0123"
 
 [wifi]
 ssid = "site"
@@ -349,6 +376,9 @@ ssid = "site"
         assert!(err(&GOOD.replace("https://http.example.com", "ftp://x")).contains("cloud.url"));
         assert!(err(&GOOD.replace("password = \"gw-secret\"\n", "")).contains("cloud.password"));
         assert!(err(&GOOD.replace("first-admin-pw", "short")).contains("technician.password"));
+        assert!(
+            err(&GOOD.replace("monitoring-token-0123", "short")).contains("technician.api_token")
+        );
         assert!(err(&GOOD.replace("[registry]", "[registry]\nextra = 1")).contains("extra"));
         assert!(
             err(&GOOD.replace("url = \"https://http", "kind = \"coap\"\nurl = \"https://http"))
@@ -389,6 +419,7 @@ ssid = "site"
         assert_eq!(secret("cloud.secret"), "gw-secret");
         assert_eq!(secret("registry.token"), "admin:token");
         assert_eq!(secret("admin.password"), "first-admin-pw");
+        assert_eq!(secret("api.token"), "monitoring-token-0123");
         assert_eq!(std::fs::metadata(&paths.secrets).unwrap().permissions().mode() & 0o777, 0o700);
         let config: toml::Table =
             toml::from_str(&std::fs::read_to_string(&paths.config).unwrap()).unwrap();
@@ -399,9 +430,10 @@ ssid = "site"
         );
         assert_eq!(config["web"]["listen"].as_str(), Some("0.0.0.0:8080"), "the base is kept");
         assert!(config["web"]["admin_password_file"].as_str().unwrap().ends_with("admin.password"));
+        assert!(config["web"]["api_token_file"].as_str().unwrap().ends_with("secrets/api.token"));
         assert_eq!(config["board"]["profile"].as_str(), Some("x86-qemu"));
         let fat = std::fs::read_to_string(&paths.provision).unwrap();
-        for s in ["gw-secret", "admin:token", "first-admin-pw"] {
+        for s in ["gw-secret", "admin:token", "first-admin-pw", "monitoring-token-0123"] {
             assert!(!fat.contains(s), "{s} still on the FAT partition: {fat}");
         }
         let again = Provision::parse(&fat).unwrap();

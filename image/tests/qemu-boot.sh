@@ -102,7 +102,9 @@ application = "$APP"
 
 [technician]
 password = "qemu-test-technician"
+api_token = "qemu-test-api-token-0123"
 EOF
+API=(-H "Authorization: Bearer qemu-test-api-token-0123")
 "$GATEWAY_IMAGE" provision "$DISK" --file "$WORK/provision.toml"
 
 # --- 3. boot
@@ -134,7 +136,7 @@ wait_booted() {
     boots=$(grep -c "init: slot" "$WORK/console.log" 2>/dev/null || true)
     if [ "${boots:-0}" -gt "$boots_before" ] \
       && curl -sf --max-time 5 "$BASE/healthz" >/dev/null 2>&1 \
-      && curl -sf --max-time 5 "$BASE/api/v1/status" >"$WORK/status.json" 2>/dev/null \
+      && curl -sf --max-time 5 "${API[@]}" "$BASE/api/v1/status" >"$WORK/status.json" 2>/dev/null \
       && [ "$(json update.booted <"$WORK/status.json")" = "$slot" ]; then
       BOOTS+=("$((now - t0))")
       say "slot $slot answers $((now - t0)) s after the start or the reboot command"
@@ -205,7 +207,7 @@ code=$(push update "http://10.0.2.2:$HTTP_PORT/gatewayd-1.1.0.bundle" 600)
 [ "$code" = 200 ] || fail "update command answered $code: $(cat "$WORK/push.out")"
 T_INSTALL=$(( $(date +%s) - T0 ))
 say "installed in $T_INSTALL s"
-curl -sf --max-time 5 "$BASE/api/v1/status" >"$WORK/status.json"
+curl -sf --max-time 5 "${API[@]}" "$BASE/api/v1/status" >"$WORK/status.json"
 expect update.version_b 1.1.0
 expect update.last_install.outcome installed
 expect_contains update.state "B is installed and is tried at the next boot"

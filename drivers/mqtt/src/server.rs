@@ -405,8 +405,20 @@ impl<A: Authenticate, I: Ingest> Conn<A, I> {
                     Action::Ingest { token, telemetry } => {
                         let (ingest, tx) = (shared.ingest.clone(), results_tx.clone());
                         let registry = shared.registry.clone();
+                        // The first poll hands the record to the outbox (its seq is taken
+                        // then): done here, in the order the connection's publishes arrived,
+                        // so a sensor's messages keep their order (a spawned task may first
+                        // run after one spawned later). Only the wait for durability runs
+                        // apart, and its poll from the task replaces the no-op waker.
+                        let mut publish = Box::pin(async move { ingest.publish(telemetry).await });
+                        let first = publish
+                            .as_mut()
+                            .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
                         shared.tasks.spawn(async move {
-                            let result = ingest.publish(telemetry).await;
+                            let result = match first {
+                                std::task::Poll::Ready(result) => result,
+                                std::task::Poll::Pending => publish.await,
+                            };
                             if result.is_ok() {
                                 registry.counters.publishes.fetch_add(1, Ordering::Relaxed);
                             }

@@ -107,3 +107,66 @@ async fn mosquitto_pub_reaches_the_cloud_as_the_sensor() {
     assert_eq!(status["mqtt"]["publishes"], 2, "{status}");
     assert_eq!(status["mqtt"]["refused_logins"], 2, "{status}");
 }
+
+/// One sensor's messages keep their order end to end: `mosquitto_pub -l` keeps 20 QoS 1
+/// publishes in flight, and the dev cloud receives them in the order they were published, over
+/// MQTT 3.1.1 and 5.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sensors_messages_arrive_in_the_order_it_published_them() {
+    if !have_mosquitto_clients() {
+        return;
+    }
+    let seed = Seed::new().application(APP).password_device(APP, "gw1", "gw-secret").sensor(
+        APP,
+        "sensor1",
+        None,
+        &["gw1"],
+    );
+    let cloud = DevCloud::start("127.0.0.1:0".parse().unwrap(), seed, CancellationToken::new())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Running::start(&config(dir.path(), &cloud.url()), None);
+    let _ = gw.web_addr();
+    let port = gw.listener_addr("mqtt").rsplit_once(':').unwrap().1.to_owned();
+    const N: usize = 300;
+    for (round, version) in ["mqttv311", "mqttv5"].into_iter().enumerate() {
+        use std::io::Write as _;
+        let lines: String = (0..N).map(|i| format!("{}\n", round * N + i)).collect();
+        let mut child = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port, "-V", version, "-q", "1", "-l"])
+            .args(["-i", "order-test", "-u", "sensor1@my-app", "-P", "pw1", "-t", "seq"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(lines.as_bytes()).unwrap();
+        assert!(child.wait().unwrap().success(), "{version}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let got = loop {
+        let got: Vec<u64> = cloud
+            .events()
+            .iter()
+            .filter(|e| e.subject == "seq")
+            .filter_map(|e| {
+                use base64::Engine as _;
+                let raw = e
+                    .data_base64
+                    .as_deref()
+                    .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok());
+                e.data
+                    .as_ref()
+                    .and_then(serde_json::Value::as_u64)
+                    .or_else(|| String::from_utf8(raw?).ok()?.trim().parse().ok())
+            })
+            .collect();
+        if got.len() >= 2 * N || Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let want: Vec<u64> = (0..2 * N as u64).collect();
+    let out_of_order = got.windows(2).filter(|w| w[1] < w[0]).count();
+    assert_eq!(out_of_order, 0, "{out_of_order} out of order");
+    assert_eq!(got, want);
+}
