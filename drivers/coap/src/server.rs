@@ -27,7 +27,7 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     CoapConfig, CoapError,
-    protocol::{Answer, Core, CoreConfig, Job, JobId, Output},
+    protocol::{Answer, Core, CoreConfig, Job, JobId, JobKind, Output},
     request::{Publish, Refusal},
     stats::{Counters, Stats},
 };
@@ -84,6 +84,7 @@ pub struct CoapEndpoint<A, I, C, T = UdpSocket> {
     transport: T,
     core: Core,
     services: Arc<Services<A, I, C>>,
+    heartbeat: gw_net::Heartbeat,
 }
 
 impl<A: Authenticate, I: Ingest, C: CommandSource> CoapEndpoint<A, I, C, UdpSocket> {
@@ -125,12 +126,18 @@ impl<A: Authenticate, I: Ingest, C: CommandSource, T: Transport> CoapEndpoint<A,
             transport,
             core,
             services: Arc::new(Services { auth, ingest, commands, counters }),
+            heartbeat: gw_net::Heartbeat::new("coap"),
         })
     }
 
     /// The bound address.
     pub fn local_addr(&self) -> SocketAddr {
         self.transport.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// The receive loop's sign of life, for the watchdog.
+    pub fn heartbeat(&self) -> gw_net::Heartbeat {
+        self.heartbeat.clone()
     }
 
     /// The handle to the endpoint's counters; valid before and after `run`.
@@ -140,7 +147,9 @@ impl<A: Authenticate, I: Ingest, C: CommandSource, T: Transport> CoapEndpoint<A,
 
     /// Serves until `token` is cancelled, then drains (see the module docs) and returns.
     pub async fn run(self, token: CancellationToken) {
-        let Self { transport, mut core, services } = self;
+        let Self { transport, mut core, services, heartbeat } = self;
+        let guard = heartbeat.guard();
+        let mut beat = tokio::time::interval(gw_net::Heartbeat::EVERY);
         tracing::info!(addr = %transport.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
             "CoAP endpoint listening");
         let (tx, mut rx) = mpsc::unbounded_channel::<(JobId, Answer)>();
@@ -150,10 +159,12 @@ impl<A: Authenticate, I: Ingest, C: CommandSource, T: Transport> CoapEndpoint<A,
         let mut out = Vec::new();
         let mut recv_errors = 0u32;
         loop {
+            heartbeat.beat();
             let deadline = core.next_deadline();
             tokio::select! {
                 biased;
                 () = token.cancelled() => break,
+                _ = beat.tick() => {}
                 Some((id, answer)) = rx.recv() => {
                     let now = Instant::now();
                     core.on_answer(id, answer, now, &mut out);
@@ -199,6 +210,7 @@ impl<A: Authenticate, I: Ingest, C: CommandSource, T: Transport> CoapEndpoint<A,
         if tokio::time::timeout_at(until, tasks.wait()).await.is_err() {
             tracing::warn!("CoAP jobs still running at shutdown");
         }
+        guard.stopped();
         tracing::info!("CoAP endpoint stopped");
     }
 }
@@ -244,14 +256,65 @@ async fn flush<A: Authenticate, I: Ingest, C: CommandSource, T: Transport>(
             Output::Process(job) => {
                 let (services, tx, waits) = (services.clone(), tx.clone(), waits.clone());
                 tasks.spawn(async move {
-                    let Job { id, peer, publish } = *job;
-                    let answer = process(&services, peer, publish, &waits).await;
+                    let Job { id, peer, kind, publish } = *job;
+                    let answer = match kind {
+                        JobKind::Publish => process(&services, peer, publish, &waits).await,
+                        JobKind::Authenticate => {
+                            match authenticate(&services, peer, &publish).await {
+                                Ok(_) => Answer::Authenticated,
+                                Err(refusal) => Answer::Refused(refusal),
+                            }
+                        }
+                    };
                     // the loop may be gone at the very end of a shutdown
                     let _ = tx.send((id, answer));
                 });
             }
         }
     }
+}
+
+/// Checks a request's credentials and its `as=`: the sensor's identity, or the refusal.
+async fn authenticate<A: Authenticate, I: Ingest, C: CommandSource>(
+    services: &Services<A, I, C>,
+    peer: SocketAddr,
+    publish: &Publish,
+) -> Result<gw_model::Identity, Refusal> {
+    static REFUSED: gw_net::Throttle = gw_net::Throttle::new("CoAP publish refused");
+    let log = || REFUSED.allow(Some(peer.ip()));
+    let (device, app) = (&publish.auth.device, &publish.auth.app);
+    let identity = match services.auth.authenticate(&publish.auth, Some(peer.ip())).await {
+        AuthOutcome::Pass(identity) => identity,
+        AuthOutcome::Forbidden => {
+            if log() {
+                tracing::info!(%device, %app, %peer, "CoAP publish refused: not an identity of the gateway's application");
+            }
+            return Err(Refusal::new(ResponseType::Forbidden, "not allowed here"));
+        }
+        AuthOutcome::Fail => {
+            if log() {
+                tracing::info!(%device, %app, %peer, "CoAP publish refused: authentication failed");
+            }
+            return Err(Refusal::new(ResponseType::Forbidden, "authentication failed"));
+        }
+        AuthOutcome::RateLimited => {
+            if log() {
+                tracing::info!(%device, %app, %peer, "CoAP publish refused: too many failed logins");
+            }
+            return Err(Refusal::new(
+                ResponseType::TooManyRequests,
+                "too many failed logins; try later",
+            )
+            .retry_after(60));
+        }
+    };
+    if publish.as_device.as_deref().is_some_and(|d| d != identity.device().as_str()) {
+        return Err(Refusal::new(
+            ResponseType::Forbidden,
+            "a sensor publishes as itself only (as=)",
+        ));
+    }
+    Ok(identity)
 }
 
 /// Carries out one publish: authenticate, ingest (durable), then maybe wait for a command.
@@ -261,32 +324,12 @@ async fn process<A: Authenticate, I: Ingest, C: CommandSource>(
     publish: Publish,
     waits: &CancellationToken,
 ) -> Answer {
-    let identity = match services.auth.authenticate(&publish.auth, Some(peer.ip())).await {
-        AuthOutcome::Pass(identity) => identity,
-        AuthOutcome::Forbidden => {
-            tracing::info!(device = %publish.auth.device, app = %publish.auth.app, %peer, "CoAP publish refused: not an identity of the gateway's application");
-            return Answer::Refused(Refusal::new(ResponseType::Forbidden, "not allowed here"));
-        }
-        AuthOutcome::Fail => {
-            tracing::info!(device = %publish.auth.device, app = %publish.auth.app, %peer, "CoAP publish refused: authentication failed");
-            return Answer::Refused(Refusal::new(ResponseType::Forbidden, "authentication failed"));
-        }
-        AuthOutcome::RateLimited => {
-            tracing::info!(device = %publish.auth.device, app = %publish.auth.app, %peer, "CoAP publish refused: too many failed logins");
-            return Answer::Refused(
-                Refusal::new(ResponseType::TooManyRequests, "too many failed logins; try later")
-                    .retry_after(60),
-            );
-        }
+    let identity = match authenticate(services, peer, &publish).await {
+        Ok(identity) => identity,
+        Err(refusal) => return Answer::Refused(refusal),
     };
     if let Err(refusal) = publish.check_json() {
         return Answer::Refused(refusal);
-    }
-    if publish.as_device.as_deref().is_some_and(|d| d != identity.device().as_str()) {
-        return Answer::Refused(Refusal::new(
-            ResponseType::Forbidden,
-            "a sensor publishes as itself only (as=)",
-        ));
     }
     let telemetry = Telemetry {
         app: identity.app().clone(),

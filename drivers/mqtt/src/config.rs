@@ -11,10 +11,17 @@
 //!                                  # without username and password logs in with it
 //! max_packet_size = "256KiB"       # largest MQTT packet accepted (fixed header included);
 //!                                  # "64KiB", "1MiB", or a plain integer of bytes
-//! max_connections = 1024           # connections at once over both listeners; more are closed at accept
-//!                                  # (also the listen queue, 128-4096)
+//! max_connections = 1024           # logged-in sessions at once over both listeners; a login
+//!                                  # beyond it gets CONNACK "server unavailable" (also the
+//!                                  # listen queue, 128-4096)
+//! max_unauthenticated = 256        # connections not yet logged in (TLS handshake, CONNECT,
+//!                                  # login), a pool apart: a full pool closes the oldest
+//!                                  # connection of the address holding the most
+//! max_unauthenticated_per_address = 16   # of them per source address (IPv6: per /64); the
+//!                                  # address's oldest is closed for a newer one
 //! max_inflight = 32                # publishes of one connection awaiting the outbox (and QoS 1
 //!                                  # commands awaiting the sensor's PUBACK); reading pauses when full
+//! connect_packet_timeout = "5s"    # time from accept (or the TLS handshake) to a whole CONNECT
 //! connect_timeout = "10s"          # time from accept to CONNACK (TLS handshake, CONNECT, login)
 //! ```
 
@@ -41,7 +48,11 @@ pub struct MqttConfig {
     pub client_ca_file: Option<PathBuf>,
     pub max_packet_size: PacketSize,
     pub max_connections: usize,
+    pub max_unauthenticated: usize,
+    pub max_unauthenticated_per_address: usize,
     pub max_inflight: usize,
+    #[serde(with = "gw_model::serde_util::duration")]
+    pub connect_packet_timeout: Duration,
     #[serde(with = "gw_model::serde_util::duration")]
     pub connect_timeout: Duration,
 }
@@ -56,7 +67,10 @@ impl Default for MqttConfig {
             client_ca_file: None,
             max_packet_size: PacketSize::new(256 * 1024),
             max_connections: 1024,
+            max_unauthenticated: 256,
+            max_unauthenticated_per_address: 16,
             max_inflight: 32,
+            connect_packet_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),
         }
     }
@@ -85,6 +99,15 @@ impl MqttConfig {
         }
         if self.connect_timeout.is_zero() {
             return bad("connect_timeout", "must be longer than 0s");
+        }
+        if self.connect_packet_timeout.is_zero() {
+            return bad("connect_packet_timeout", "must be longer than 0s");
+        }
+        if self.max_unauthenticated == 0 {
+            return bad("max_unauthenticated", "must be at least 1");
+        }
+        if self.max_unauthenticated_per_address == 0 {
+            return bad("max_unauthenticated_per_address", "must be at least 1");
         }
         let size = self.max_packet_size.bytes();
         if !(MIN_PACKET..=MQTT_MAX_PACKET).contains(&size) {

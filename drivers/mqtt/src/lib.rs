@@ -47,7 +47,7 @@ pub use packet::{
     Unsubscribe, Version, Will,
 };
 pub use registry::{Commands, Delivery, DeviceConnections, EndpointStats, Stats};
-pub use server::{MqttEndpoint, listen_tcp};
+pub use server::MqttEndpoint;
 pub use session::{Action, ClientCertificate, CloseReason, IngestToken, Session, SessionConfig};
 
 /// The default maximum packet size (remaining length): 256 KiB.

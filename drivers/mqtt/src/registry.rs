@@ -66,6 +66,7 @@ impl Default for SubscribeEvents {
 pub(crate) struct Counters {
     pub accepted: AtomicU64,
     pub refused_connections: AtomicU64,
+    pub evicted_connections: AtomicU64,
     pub refused_logins: AtomicU64,
     pub bad_frames: AtomicU64,
     pub takeovers: AtomicU64,
@@ -152,6 +153,7 @@ impl Registry {
             sessions: lock(&self.live).len(),
             accepted_connections: get(&c.accepted),
             refused_connections: get(&c.refused_connections),
+            evicted_connections: get(&c.evicted_connections),
             refused_logins: get(&c.refused_logins),
             bad_frames: get(&c.bad_frames),
             takeovers: get(&c.takeovers),
@@ -250,8 +252,12 @@ pub struct EndpointStats {
     /// Sessions connected now (past CONNACK).
     pub sessions: usize,
     pub accepted_connections: u64,
-    /// Connections closed at accept because `max_connections` were open.
+    /// Logins that passed while `max_connections` sessions were open (CONNACK "server
+    /// unavailable").
     pub refused_connections: u64,
+    /// Connections not yet logged in that were closed to make room for newer ones (a full
+    /// `max_unauthenticated` pool or per-address share).
+    pub evicted_connections: u64,
     /// CONNECTs answered with a refusal (bad credentials, rate limited, no clean session).
     pub refused_logins: u64,
     /// Connections closed for a packet that could not be decoded or was too large.

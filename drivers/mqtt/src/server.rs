@@ -4,9 +4,14 @@
 //! a message handed over is committed even when its connection goes away; the endpoint's
 //! [`MqttEndpoint::run`] returns once every connection and ingest task has finished.
 //!
-//! Limits: a connection above `max_connections` is closed at accept, before any packet (no
-//! CONNACK: the CONNECT has not been read); a connection that does not complete the TLS
-//! handshake, CONNECT and login within `connect_timeout` is closed; a packet that cannot be
+//! Limits: a connection that has not logged in holds a slot of a pool of its own
+//! (`max_unauthenticated`, at most `max_unauthenticated_per_address` per source address): a
+//! newer connection evicts the oldest of its address, or of the address holding the most, so
+//! strangers who open sockets and send nothing cannot keep a sensor out (`gw_net::Slots`).
+//! Only a login that passes takes one of the `max_connections` session slots; when none is
+//! free the sensor gets CONNACK "server unavailable". A connection that sends no whole CONNECT
+//! within `connect_packet_timeout`, or does not complete the TLS handshake, CONNECT and login
+//! within `connect_timeout`, is closed; a packet that cannot be
 //! decoded or exceeds `max_packet_size` closes its connection and is counted
 //! ([`EndpointStats::bad_frames`](crate::EndpointStats)); the endpoint itself never stops
 //! for a client's bytes. A command pushed while its session is closing is lost (delivery is
@@ -25,6 +30,7 @@ use std::{
 
 use bytes::BytesMut;
 use gw_model::{AppId, Authenticate, Ingest, Timestamp};
+use gw_net::{Heartbeat, Slot, Slots, Throttle};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt},
@@ -58,6 +64,10 @@ struct Shared<A, I> {
     session: SessionConfig,
     registry: Arc<Registry>,
     limit: Arc<Semaphore>,
+    /// Connections that have not logged in yet.
+    unauthenticated: Slots,
+    connect_packet_timeout: Duration,
+    heartbeat: Heartbeat,
     next_conn: AtomicU64,
     tasks: TaskTracker,
 }
@@ -92,6 +102,12 @@ impl<A: Authenticate, I: Ingest> MqttEndpoint<A, I> {
             },
             registry: Arc::new(Registry::default()),
             limit: Arc::new(Semaphore::new(config.max_connections)),
+            unauthenticated: Slots::new(
+                config.max_unauthenticated,
+                config.max_unauthenticated_per_address,
+            ),
+            connect_packet_timeout: config.connect_packet_timeout,
+            heartbeat: Heartbeat::new("mqtt"),
             next_conn: AtomicU64::new(1),
             tasks: TaskTracker::new(),
         });
@@ -113,6 +129,11 @@ impl<A: Authenticate, I: Ingest> MqttEndpoint<A, I> {
         Commands::new(self.shared.registry.clone())
     }
 
+    /// The accept loops' sign of life, for the watchdog.
+    pub fn heartbeat(&self) -> Heartbeat {
+        self.shared.heartbeat.clone()
+    }
+
     /// The handle to the endpoint's counters.
     pub fn stats(&self) -> Stats {
         Stats::new(self.shared.registry.clone())
@@ -124,6 +145,7 @@ impl<A: Authenticate, I: Ingest> MqttEndpoint<A, I> {
         let Self { plain, tls, shared } = self;
         tracing::info!(addr = %plain.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
             "MQTT endpoint listening");
+        let guard = shared.heartbeat.guard();
         let plain_loop = accept_loop(plain, None, shared.clone(), token.clone());
         match tls {
             Some((listener, acceptor)) => {
@@ -134,26 +156,11 @@ impl<A: Authenticate, I: Ingest> MqttEndpoint<A, I> {
             }
             None => plain_loop.await,
         }
+        guard.stopped();
         shared.tasks.close();
         shared.tasks.wait().await;
         tracing::info!("MQTT endpoint stopped");
     }
-}
-
-/// A TCP listener on `addr` whose kernel queue holds up to `backlog` connections not yet
-/// accepted (capped by `net.core.somaxconn`). A whole site reconnects at once after a gateway
-/// restart: with the usual queue of 128, the SYNs beyond it are dropped and those sensors retry
-/// only a second later. The gateway's web listener uses it too. Must be called within a tokio
-/// runtime.
-pub fn listen_tcp(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()
-    } else {
-        tokio::net::TcpSocket::new_v6()
-    }?;
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(backlog)
 }
 
 /// The listen queue of the MQTT listeners: as many as may be connected at once
@@ -164,7 +171,7 @@ fn backlog(config: &MqttConfig) -> u32 {
 }
 
 async fn bind(addr: SocketAddr, backlog: u32) -> Result<TcpListener, MqttError> {
-    listen_tcp(addr, backlog).map_err(|source| MqttError::Bind { addr, source })
+    gw_net::listen_tcp(addr, backlog).map_err(|source| MqttError::Bind { addr, source })
 }
 
 fn tls_acceptor(config: &MqttConfig) -> Result<TlsAcceptor, MqttError> {
@@ -227,15 +234,21 @@ async fn accept_loop<A: Authenticate, I: Ingest>(
     shared: Arc<Shared<A, I>>,
     token: CancellationToken,
 ) {
+    static ACCEPT_FAILED: Throttle = Throttle::new("MQTT accept failed");
+    let mut beat = tokio::time::interval(Heartbeat::EVERY);
     loop {
+        shared.heartbeat.beat();
         let accepted = tokio::select! {
             r = listener.accept() => r,
+            _ = beat.tick() => continue,
             () = token.cancelled() => return,
         };
         let (stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
-                tracing::warn!(cause = %e, "MQTT accept failed");
+                if ACCEPT_FAILED.allow(None) {
+                    tracing::warn!(cause = %e, "MQTT accept failed");
+                }
                 // e.g. out of file descriptors: do not spin
                 tokio::select! {
                     () = tokio::time::sleep(Duration::from_millis(50)) => continue,
@@ -244,12 +257,6 @@ async fn accept_loop<A: Authenticate, I: Ingest>(
             }
         };
         let counters = &shared.registry.counters;
-        let Ok(permit) = shared.limit.clone().try_acquire_owned() else {
-            counters.refused_connections.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%peer, "MQTT connection refused: max_connections reached");
-            drop(stream);
-            continue;
-        };
         counters.accepted.fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
         let conn = Conn {
@@ -257,8 +264,10 @@ async fn accept_loop<A: Authenticate, I: Ingest>(
             peer,
             id: shared.next_conn.fetch_add(1, Ordering::Relaxed),
             token: token.clone(),
-            _permit: permit,
+            login: Some(shared.unauthenticated.admit(peer.ip())),
+            _session: None,
         };
+        counters.evicted_connections.store(shared.unauthenticated.evictions(), Ordering::Relaxed);
         let tls = tls.clone();
         shared.tasks.spawn(async move {
             match tls {
@@ -276,14 +285,24 @@ struct Conn<A, I> {
     id: u64,
     /// The endpoint's shutdown token.
     token: CancellationToken,
-    _permit: OwnedSemaphorePermit,
+    /// The connection's place among those not logged in yet, until its login passes.
+    login: Option<Slot>,
+    /// Its session slot, once logged in.
+    _session: Option<OwnedSemaphorePermit>,
 }
+
+static TLS_FAILED: Throttle = Throttle::new("MQTT TLS handshake failed");
+static BAD_CONNECT: Throttle = Throttle::new("MQTT connection sent a bad CONNECT");
+static LOGIN_REFUSED: Throttle = Throttle::new("MQTT login refused");
+static BAD_FRAME: Throttle = Throttle::new("MQTT bad frame");
+static NO_ROOM: Throttle = Throttle::new("MQTT login refused: max_connections reached");
 
 impl<A: Authenticate, I: Ingest> Conn<A, I> {
     async fn serve_tls(self, stream: TcpStream, acceptor: TlsAcceptor) {
         let timeout = self.shared.session.connect_timeout;
         let handshake = tokio::select! {
             r = tokio::time::timeout(timeout, acceptor.accept(stream)) => r,
+            () = evicted(&self.login) => return,
             () = self.token.cancelled() => return,
         };
         match handshake {
@@ -300,14 +319,20 @@ impl<A: Authenticate, I: Ingest> Conn<A, I> {
                 self.serve(tls, cert).await
             }
             Ok(Err(e)) => {
-                tracing::info!(peer = %self.peer, cause = %e, "MQTT TLS handshake failed")
+                if TLS_FAILED.allow(Some(self.peer.ip())) {
+                    tracing::info!(peer = %self.peer, cause = %e, "MQTT TLS handshake failed");
+                }
             }
-            Err(_) => tracing::info!(peer = %self.peer, "MQTT TLS handshake timed out"),
+            Err(_) => {
+                if TLS_FAILED.allow(Some(self.peer.ip())) {
+                    tracing::info!(peer = %self.peer, "MQTT TLS handshake timed out");
+                }
+            }
         }
     }
 
     async fn serve<S: AsyncRead + AsyncWrite + Unpin + Send>(
-        self,
+        mut self,
         stream: S,
         certificate: Option<ClientCertificate>,
     ) {
@@ -327,11 +352,18 @@ impl<A: Authenticate, I: Ingest> Conn<A, I> {
             session.set_client_certificate(certificate);
         }
         let max = shared.session.max_packet_size;
+        let connect_by = session
+            .next_deadline()
+            .map_or(started, |d| d.min(started + shared.connect_packet_timeout));
         // the version is known from the CONNECT: until then, only the sniffer reads
         let first = tokio::select! {
             r = read_connect(&mut rd, &mut buf, max) => r,
-            () = sleep_until(session.next_deadline()) => {
+            () = sleep_until(Some(connect_by)) => {
                 tracing::debug!(peer = %self.peer, "MQTT connection sent no CONNECT in time");
+                return;
+            }
+            () = evicted(&self.login) => {
+                tracing::debug!(peer = %self.peer, "MQTT connection not logged in evicted for a newer one");
                 return;
             }
             () = self.token.cancelled() => return,
@@ -341,7 +373,9 @@ impl<A: Authenticate, I: Ingest> Conn<A, I> {
             Ok(None) | Err(MqttError::Io(_) | MqttError::UnexpectedEof) => return,
             Err(e) => {
                 counters.bad_frames.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(peer = %self.peer, cause = %e, "MQTT connection sent a bad CONNECT");
+                if BAD_CONNECT.allow(Some(self.peer.ip())) {
+                    tracing::info!(peer = %self.peer, cause = %e, "MQTT connection sent a bad CONNECT");
+                }
                 if let MqttError::UnsupportedProtocol { .. } = e {
                     let refused = ConnAck::new(ConnectCode::UnsupportedProtocolVersion);
                     let codec = Codec::new(Version::V311, max);
@@ -382,11 +416,30 @@ impl<A: Authenticate, I: Ingest> Conn<A, I> {
                                 pending.extend(session.tick(Instant::now()));
                                 continue;
                             }
+                            () = evicted(&self.login) => return,
                             () = self.token.cancelled() => return,
                         };
                         if !matches!(outcome, gw_model::AuthOutcome::Pass(_)) {
-                            tracing::info!(device = %request.device, app = %request.app,
-                                peer = %self.peer, ?outcome, "MQTT login refused");
+                            if LOGIN_REFUSED.allow(Some(self.peer.ip())) {
+                                tracing::info!(device = %request.device, app = %request.app,
+                                    peer = %self.peer, ?outcome, "MQTT login refused");
+                            }
+                        } else {
+                            // a session slot, or no session
+                            match shared.limit.clone().try_acquire_owned() {
+                                Ok(permit) => {
+                                    self._session = Some(permit);
+                                    self.login = None;
+                                }
+                                Err(_) => {
+                                    if NO_ROOM.allow(Some(self.peer.ip())) {
+                                        tracing::warn!(device = %request.device, app = %request.app,
+                                            peer = %self.peer, "MQTT login refused: max_connections sessions are open");
+                                    }
+                                    pending.extend(session.server_unavailable());
+                                    continue;
+                                }
+                            }
                         }
                         pending.extend(session.auth_done(outcome, Instant::now()));
                     }
@@ -481,7 +534,9 @@ impl<A: Authenticate, I: Ingest> Conn<A, I> {
                             session.connection_lost(now)
                         }
                         Err(e) => {
-                            tracing::info!(peer = %self.peer, cause = %e, "MQTT bad frame");
+                            if BAD_FRAME.allow(Some(self.peer.ip())) {
+                                tracing::info!(peer = %self.peer, cause = %e, "MQTT bad frame");
+                            }
                             session.bad_frame(&e, now)
                         }
                     }
@@ -510,6 +565,9 @@ impl<A: Authenticate, I: Ingest> Conn<A, I> {
     fn finish(&self, reason: CloseReason, identity: Option<&gw_model::Identity>) {
         let counters = &self.shared.registry.counters;
         match reason {
+            CloseReason::LoginRefused(ConnectCode::ServerUnavailable) => {
+                counters.refused_connections.fetch_add(1, Ordering::Relaxed);
+            }
             CloseReason::LoginRefused(_) => {
                 counters.refused_logins.fetch_add(1, Ordering::Relaxed);
             }
@@ -535,6 +593,14 @@ fn client_certificate(der: &CertificateDer<'_>) -> Result<ClientCertificate, Str
     let common_name =
         subject.iter_common_name().next().and_then(|cn| cn.as_str().ok()).map(str::to_owned);
     Ok(ClientCertificate { subject: subject.to_string(), common_name })
+}
+
+/// Completes when the connection's not-logged-in slot was taken for a newer connection.
+async fn evicted(slot: &Option<Slot>) {
+    match slot {
+        Some(slot) => slot.evicted().await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn recv<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {

@@ -477,14 +477,91 @@ async fn bad_frames_are_counted_and_the_endpoint_keeps_serving() {
 }
 
 #[tokio::test]
-async fn connections_above_the_limit_are_closed_at_accept() {
+async fn a_login_beyond_max_connections_gets_server_unavailable() {
     let h = Harness::with(|c| c.max_connections = 1).await;
     let (_first, _, _) = raw_connect(h.addr, Version::V311).await;
     let mut second = TcpStream::connect(h.addr).await.unwrap();
-    let mut rest = Vec::new();
-    let n = tokio::time::timeout(DEADLINE, second.read_to_end(&mut rest)).await.unwrap();
-    assert!(n.is_err() || rest.is_empty());
+    let codec = Codec::new(Version::V311, 1 << 20);
+    let mut c = Connect::new(Version::V311, "second");
+    c.login = Some(Login { username: "sensor2@app".into(), password: "pw2".into() });
+    write_packet(&mut second, &codec, &Packet::Connect(c)).await.unwrap();
+    let mut buf = BytesMut::new();
+    let ack = tokio::time::timeout(DEADLINE, read_packet(&mut second, &mut buf, &codec))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(ack, Some(Packet::ConnAck(ref a)) if a.code == gw_driver_mqtt::ConnectCode::ServerUnavailable),
+        "{ack:?}"
+    );
     assert_eq!(h.stats.snapshot().refused_connections, 1);
+    assert_eq!(h.stats.snapshot().refused_logins, 0);
+    h.stop().await;
+}
+
+/// A socket from `source` (a loopback address of its own) to `addr`.
+async fn connect_from(source: [u8; 4], addr: SocketAddr) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::from((source, 0))).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+#[tokio::test]
+async fn idle_strangers_push_out_only_each_other_never_a_sensor() {
+    let h = Harness::with(|c| {
+        c.max_unauthenticated = 8;
+        c.max_unauthenticated_per_address = 3;
+    })
+    .await;
+    // a sensor mid-login holds its place while strangers pile up
+    let mut sensor = TcpStream::connect(h.addr).await.unwrap();
+    let mut idle = Vec::new();
+    for _ in 0..40 {
+        idle.push(connect_from([127, 0, 0, 2], h.addr).await);
+    }
+    for i in 0..10u8 {
+        idle.push(connect_from([127, 0, 0, 3 + i % 3], h.addr).await);
+    }
+    let codec = Codec::new(Version::V311, 1 << 20);
+    let mut c = Connect::new(Version::V311, "late");
+    c.login = Some(Login { username: "sensor1@app".into(), password: "pw".into() });
+    write_packet(&mut sensor, &codec, &Packet::Connect(c)).await.unwrap();
+    let mut buf = BytesMut::new();
+    let ack = tokio::time::timeout(DEADLINE, read_packet(&mut sensor, &mut buf, &codec))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(ack, Some(Packet::ConnAck(ref a)) if a.code == gw_driver_mqtt::ConnectCode::Success)
+    );
+    // and one that connects only now gets in too
+    let (_s, _, _) = raw_connect(h.addr, Version::V5).await;
+    let evicted = h.stats.snapshot().evicted_connections;
+    assert!(evicted >= 40, "evicted {evicted}");
+    // the strangers' sockets were closed: most read EOF now
+    let mut closed = 0;
+    for mut s in idle {
+        let mut rest = Vec::new();
+        if let Ok(Ok(_)) =
+            tokio::time::timeout(Duration::from_millis(200), s.read_to_end(&mut rest)).await
+        {
+            closed += 1;
+        }
+    }
+    assert!(closed >= 40, "closed {closed}");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_socket_that_sends_no_connect_is_closed_after_connect_packet_timeout() {
+    let h = Harness::with(|c| c.connect_packet_timeout = Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    let mut s = TcpStream::connect(h.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut s, &[0x10]).await.unwrap(); // the first byte of a CONNECT, then nothing
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(DEADLINE, s.read_to_end(&mut rest)).await;
+    assert!(r.is_ok(), "the endpoint kept a half CONNECT");
+    assert!(started.elapsed() < Duration::from_secs(5));
     h.stop().await;
 }
 

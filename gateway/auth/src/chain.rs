@@ -103,6 +103,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Logins with another application's identity: logged one by one up to a burst, then summarized.
+static OTHER_APP: gw_net::Throttle =
+    gw_net::Throttle::new("login refused: identity of another application");
+
 impl CredentialChain {
     /// Opens the chain on `data_dir`: loads the credential cache snapshot and the accounts file
     /// (no network call). A missing snapshot means an empty cache until the first sync; a
@@ -464,7 +468,9 @@ impl CredentialChain {
         peer: Option<IpAddr>,
     ) -> AuthOutcome {
         if self.inner.technician_app.as_ref().is_some_and(|a| *a != request.app) {
-            tracing::info!(device = %request.device, app = %request.app, "status page login refused: not a technician's identity");
+            if OTHER_APP.allow(None) {
+                tracing::info!(device = %request.device, app = %request.app, "status page login refused: not a technician's identity");
+            }
             return AuthOutcome::Forbidden;
         }
         self.limited(request, peer, self.check_local(request)).await
@@ -556,7 +562,9 @@ impl Authenticate for CredentialChain {
         if !self.sensor_app_ok(&request.app) {
             // another application's identity, or a technician's: never a sensor of this
             // gateway, and never sent to the legacy login service
-            tracing::info!(device = %request.device, app = %request.app, "sensor login refused: not of the gateway's application");
+            if OTHER_APP.allow(peer) {
+                tracing::info!(device = %request.device, app = %request.app, "sensor login refused: not of the gateway's application");
+            }
             return AuthOutcome::Forbidden;
         }
         self.limited(request, peer, self.check(request)).await

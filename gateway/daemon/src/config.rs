@@ -171,6 +171,50 @@ pub struct WebConfig {
     /// ... or the file holding it. Without either, only a technician session reads them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_token_file: Option<Spanned<PathBuf>>,
+    /// Connections open at once; a full listener closes the oldest connection of the address
+    /// holding the most.
+    #[serde(default = "default_web_max_connections")]
+    pub max_connections: usize,
+    /// Connections of one source address (IPv6: one /64); its oldest is closed for a newer one.
+    #[serde(default = "default_web_max_connections_per_address")]
+    pub max_connections_per_address: usize,
+    /// Time for a request's head to arrive, from the connection's start or the previous answer:
+    /// an idle keep-alive connection is closed after it too.
+    #[serde(default = "default_web_header_timeout", with = "gw_model::serde_util::duration")]
+    pub header_timeout: Duration,
+    /// Time for a request's whole body to arrive (the update upload has `upload_timeout`).
+    #[serde(default = "default_web_body_timeout", with = "gw_model::serde_util::duration")]
+    pub body_timeout: Duration,
+    /// Time for an update bundle uploaded on the status page to arrive.
+    #[serde(default = "default_web_upload_timeout", with = "gw_model::serde_util::duration")]
+    pub upload_timeout: Duration,
+    /// Time a client may leave an answer unread before its connection is closed.
+    #[serde(default = "default_web_send_timeout", with = "gw_model::serde_util::duration")]
+    pub send_timeout: Duration,
+}
+
+fn default_web_max_connections() -> usize {
+    256
+}
+
+fn default_web_max_connections_per_address() -> usize {
+    32
+}
+
+fn default_web_header_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+fn default_web_body_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_web_upload_timeout() -> Duration {
+    Duration::from_secs(600)
+}
+
+fn default_web_send_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 
 impl Default for WebConfig {
@@ -189,6 +233,12 @@ impl Default for WebConfig {
             admin_password_file: None,
             api_token: None,
             api_token_file: None,
+            max_connections: default_web_max_connections(),
+            max_connections_per_address: default_web_max_connections_per_address(),
+            header_timeout: default_web_header_timeout(),
+            body_timeout: default_web_body_timeout(),
+            upload_timeout: default_web_upload_timeout(),
+            send_timeout: default_web_send_timeout(),
         }
     }
 }
@@ -309,6 +359,25 @@ impl Config {
             .map_err(|(key, reason)| invalid(origin, &format!("commands.{key}"), &reason))?;
         if let Some(mqtt) = &config.mqtt {
             mqtt.validate().map_err(|e| invalid(origin, "mqtt", &e.to_string()))?;
+        }
+        let web = &config.web;
+        for (key, value) in [
+            ("web.max_connections", web.max_connections),
+            ("web.max_connections_per_address", web.max_connections_per_address),
+        ] {
+            if value == 0 {
+                return Err(invalid(origin, key, "must be at least 1"));
+            }
+        }
+        for (key, value) in [
+            ("web.header_timeout", web.header_timeout),
+            ("web.body_timeout", web.body_timeout),
+            ("web.upload_timeout", web.upload_timeout),
+            ("web.send_timeout", web.send_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(origin, key, "must be longer than 0s"));
+            }
         }
         if let Some(coap) = &config.coap {
             coap.validate().map_err(|e| invalid(origin, "coap", &e.to_string()))?;

@@ -125,14 +125,19 @@ async fn handle<A: Authenticate, I: Ingest, C: CommandSource>(
     ) else {
         return forbidden();
     };
+    static REFUSED: gw_net::Throttle = gw_net::Throttle::new("HTTP publish refused");
     let identity = match state.auth.authenticate(&request, Some(peer.ip())).await {
         AuthOutcome::Pass(identity) => identity,
         AuthOutcome::RateLimited => {
-            tracing::info!(device = %request.device, app = %request.app, %peer, "HTTP publish refused: too many failed logins");
+            if REFUSED.allow(Some(peer.ip())) {
+                tracing::info!(device = %request.device, app = %request.app, %peer, "HTTP publish refused: too many failed logins");
+            }
             return too_many_failures();
         }
         outcome => {
-            tracing::info!(device = %request.device, app = %request.app, %peer, ?outcome, "HTTP publish refused");
+            if REFUSED.allow(Some(peer.ip())) {
+                tracing::info!(device = %request.device, app = %request.app, %peer, ?outcome, "HTTP publish refused");
+            }
             return forbidden();
         }
     };

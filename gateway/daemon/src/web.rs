@@ -61,11 +61,23 @@ impl Readiness {
     }
 }
 
-/// A listener's name and the address it is bound to.
-#[derive(Clone, Debug, Serialize)]
+/// A listener's name, the address it is bound to, and its accept loop's sign of life.
+#[derive(Clone, Debug)]
 pub struct Listener {
     pub name: &'static str,
     pub addr: SocketAddr,
+    pub heartbeat: Option<gw_net::Heartbeat>,
+}
+
+/// How long an accept loop may go without a turn before it counts as stuck (it turns at least
+/// every second while idle, and on every connection or datagram while busy).
+pub const LISTENER_SILENCE: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Listener {
+    /// `Ok` while its accept loop runs (busy or idle); why not, otherwise.
+    pub fn check(&self) -> Result<(), String> {
+        self.heartbeat.as_ref().map_or(Ok(()), |h| h.check(LISTENER_SILENCE))
+    }
 }
 
 /// What the front page, status and health endpoints know about the gateway.
@@ -120,8 +132,17 @@ impl WebState {
         }
     }
 
-    pub fn add_listener(&self, name: &'static str, addr: SocketAddr) {
-        self.listeners.lock().unwrap_or_else(|p| p.into_inner()).push(Listener { name, addr });
+    pub fn add_listener(
+        &self,
+        name: &'static str,
+        addr: SocketAddr,
+        heartbeat: Option<gw_net::Heartbeat>,
+    ) {
+        self.listeners.lock().unwrap_or_else(|p| p.into_inner()).push(Listener {
+            name,
+            addr,
+            heartbeat,
+        });
     }
 
     pub fn listeners(&self) -> Vec<Listener> {
@@ -153,6 +174,65 @@ pub async fn security_headers(
     }
     set(header::CONTENT_SECURITY_POLICY, crate::status::pages::content_security_policy());
     response
+}
+
+/// How long a request's body may take to arrive: `body`, or `upload` for the status page's
+/// update upload (`/update`).
+#[derive(Clone, Copy, Debug)]
+pub struct BodyDeadlines {
+    pub body: std::time::Duration,
+    pub upload: std::time::Duration,
+}
+
+/// Middleware: a request body that has not arrived whole within its deadline fails to read
+/// (the handler answers 400 or 408 and the connection closes), so a client trickling one byte
+/// every few seconds cannot hold a connection for ever.
+pub async fn body_deadline(
+    State(deadlines): State<BodyDeadlines>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let limit = if request.uri().path() == "/update" { deadlines.upload } else { deadlines.body };
+    let request = request.map(|body| {
+        axum::body::Body::new(Deadline { inner: body, sleep: Box::pin(tokio::time::sleep(limit)) })
+    });
+    next.run(request).await
+}
+
+/// A body that fails once its deadline has passed.
+struct Deadline {
+    inner: axum::body::Body,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl axum::body::HttpBody for Deadline {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        use std::{future::Future, task::Poll};
+        if let Poll::Ready(frame) = std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        match self.sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(axum::Error::new(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the request body did not arrive in time",
+            ))))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// The routes the daemon itself serves.
@@ -198,7 +278,15 @@ pub fn status_json(state: &WebState) -> serde_json::Value {
             "uptime_seconds": state.started.elapsed().as_secs(),
             "ready": state.readiness.is_ready(),
         },
-        "listeners": state.listeners(),
+        "listeners": state.listeners().iter().map(|l| {
+            let check = l.check();
+            serde_json::json!({
+                "name": l.name,
+                "addr": l.addr,
+                "accepting": check.is_ok(),
+                "fault": check.err(),
+            })
+        }).collect::<Vec<_>>(),
         "outbox": outbox,
         "uplink": uplink,
         "mqtt": mqtt,

@@ -176,20 +176,34 @@ impl Gateway {
             default_app: config.gateway.application.clone(),
         };
 
-        // 4. Listeners. The web listener serves HTTPS when [web] has a certificate.
+        // 4. Listeners. The web listener serves HTTPS when [web] has a certificate. Their
+        // connection caps fit the file-descriptor limit, raised to the hard limit first.
+        let descriptors = gw_net::fds::raise_limit();
+        let mut mqtt_config = config.mqtt.clone();
+        let mut web_limits = crate::web_tls::WebLimits::from_config(&config.web);
+        {
+            let mut caps = vec![("web.max_connections", &mut web_limits.max_connections)];
+            if let Some(m) = mqtt_config.as_mut() {
+                caps.push(("mqtt.max_connections", &mut m.max_connections));
+                caps.push(("mqtt.max_unauthenticated", &mut m.max_unauthenticated));
+            }
+            gw_net::fds::fit(descriptors, &mut caps);
+        }
+        tracing::debug!(limit = descriptors, "file-descriptor limit");
         let web_tls =
             crate::push::tls(&config.web).context("cannot set up HTTPS on the web listener")?;
         let listen = config.web.listen;
         // HTTP sensors reconnect in storms too (see the MQTT listeners)
-        let listener = gw_driver_mqtt::listen_tcp(listen, 1024)
+        let listener = gw_net::listen_tcp(listen, 1024)
             .with_context(|| format!("cannot bind web listener on {listen}"))?;
         let web_addr = listener.local_addr().context("web listener has no local address")?;
-        state.add_listener("web", web_addr);
+        let web_heartbeat = gw_net::Heartbeat::new("web");
+        state.add_listener("web", web_addr, Some(web_heartbeat.clone()));
         let scheme = if web_tls.is_some() { "https" } else { "http" };
         tracing::info!(listener = "web", addr = %web_addr, %scheme, "listening");
         web_bound.set();
 
-        let mqtt = match &config.mqtt {
+        let mqtt = match &mqtt_config {
             Some(mqtt_config) => {
                 let bound = readiness.condition("mqtt listener");
                 let endpoint = MqttEndpoint::bind(
@@ -202,10 +216,10 @@ impl Gateway {
                 .context("cannot start the MQTT endpoint")?;
                 let addr = endpoint.local_addr();
                 tracing::info!(listener = "mqtt", %addr, "listening");
-                state.add_listener("mqtt", addr);
+                state.add_listener("mqtt", addr, Some(endpoint.heartbeat()));
                 if let Some(tls) = endpoint.tls_addr() {
                     tracing::info!(listener = "mqtts", addr = %tls, "listening");
-                    state.add_listener("mqtts", tls);
+                    state.add_listener("mqtts", tls, Some(endpoint.heartbeat()));
                 }
                 state.mqtt = Some(endpoint.stats());
                 bound.set();
@@ -233,7 +247,7 @@ impl Gateway {
                 .context("cannot start the CoAP endpoint")?;
                 let addr = endpoint.local_addr();
                 tracing::info!(listener = "coap", %addr, "listening");
-                state.add_listener("coap", addr);
+                state.add_listener("coap", addr, Some(endpoint.heartbeat()));
                 state.coap = Some(endpoint.stats());
                 bound.set();
                 Some(endpoint)
@@ -340,6 +354,7 @@ impl Gateway {
         let probes: Vec<Box<dyn crate::board::Probe>> = vec![
             Box::new(probes::Web::new(web_addr, web_tls.is_some())),
             Box::new(probes::Store(outbox.clone())),
+            Box::new(probes::Listeners(state.clone())),
         ];
         let systemd_watchdog = crate::sd_notify::watchdog_interval();
         match &board {
@@ -463,8 +478,29 @@ impl Gateway {
             config.web.cert_file.is_some(),
             crate::web::security_headers,
         ));
+        let app = app.layer(axum::middleware::from_fn_with_state(
+            crate::web::BodyDeadlines {
+                body: config.web.body_timeout,
+                upload: config.web.upload_timeout,
+            },
+            crate::web::body_deadline,
+        ));
         let stop = supervisor.token().clone();
-        supervisor.spawn("web", crate::web_tls::serve(listener, app, web_tls, stop));
+        supervisor.spawn(
+            "web",
+            crate::web_tls::serve(listener, app, web_tls, web_limits, web_heartbeat, stop),
+        );
+        // Rate-limited warnings: the summary of an interval is written even when the flood ends.
+        let stop = supervisor.token().clone();
+        supervisor.spawn("log summaries", async move {
+            let mut every = tokio::time::interval(gw_net::Throttle::INTERVAL);
+            loop {
+                tokio::select! {
+                    _ = every.tick() => gw_net::flush_throttles(),
+                    () = stop.cancelled() => return Ok(()),
+                }
+            }
+        });
 
         tracing::info!(
             gateway = %config.gateway.name,
@@ -689,6 +725,21 @@ mod probes {
                     Err(format!("/healthz: {}", r.status()))
                 }
             })
+        }
+    }
+
+    /// Every listener's accept loop runs: busy under a flood is fine, ended or stuck is not.
+    pub struct Listeners(pub crate::web::WebState);
+
+    impl Probe for Listeners {
+        fn name(&self) -> &'static str {
+            "listeners"
+        }
+
+        fn check(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+            let faults: Vec<String> =
+                self.0.listeners().iter().filter_map(|l| l.check().err()).collect();
+            Box::pin(async move { if faults.is_empty() { Ok(()) } else { Err(faults.join("; ")) } })
         }
     }
 

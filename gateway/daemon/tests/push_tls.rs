@@ -129,7 +129,9 @@ async fn start(dir: &Path, client_ca: bool) -> (String, CancellationToken) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = CancellationToken::new();
-    tokio::spawn(web_tls::serve(listener, app, tls, stop.clone()));
+    let limits = web_tls::WebLimits::from_config(&gatewayd::config::WebConfig::default());
+    let heartbeat = gw_net::Heartbeat::new("web");
+    tokio::spawn(web_tls::serve(listener, app, tls, limits, heartbeat, stop.clone()));
     (format!("https://{addr}"), stop)
 }
 

@@ -10,6 +10,14 @@
 //! within `exchange_lifetime`, so a retransmitted CON is never stored twice: while its job
 //! runs, a duplicate gets an empty ACK (the answer follows as a separate response); once
 //! answered, the duplicate gets the very same datagram again.
+//!
+//! Strangers leave no lasting state: UDP sources are spoofed for free, so a peer enters the
+//! peer table only when one of its requests becomes a job (it presents credentials), and only
+//! a peer whose credentials passed is remembered afterwards. Every other answer (4.01 for a
+//! request without option 4209, 4.03 for a failed login, 4.00 for a malformed request) is sent
+//! and forgotten: a duplicate is simply answered again. A block-wise upload (Block1) starts only
+//! after its first block's credentials pass ([`JobKind::Authenticate`]), so reassembly memory
+//! goes to sensors, never to strangers.
 
 mod blocks;
 #[cfg(test)]
@@ -54,7 +62,18 @@ pub type JobId = u64;
 pub struct Job {
     pub id: JobId,
     pub peer: SocketAddr,
+    pub kind: JobKind,
     pub publish: Publish,
+}
+
+/// What a [`Job`] asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobKind {
+    /// Authenticate, store, maybe wait for a command: answered `Stored`, `Command` or `Refused`.
+    Publish,
+    /// Only check the credentials (and `as=`) of the first block of a block-wise upload (its
+    /// payload is empty): answered `Authenticated` or `Refused`.
+    Authenticate,
 }
 
 /// What the core asks its caller to do.
@@ -73,6 +92,8 @@ pub enum Answer {
     Command(Command),
     /// Not stored: the refusal's code and diagnostic.
     Refused(Refusal),
+    /// The credentials of a [`JobKind::Authenticate`] job passed.
+    Authenticated,
 }
 
 /// The core's limits and timers (from [`CoapConfig`]).
@@ -146,6 +167,8 @@ struct Pending {
     /// The block size the sensor asked for (early Block2 negotiation).
     block2_szx: u8,
     resource: Vec<u8>,
+    /// The first block of an upload, kept while its credentials are checked.
+    first_block: Option<Vec<u8>>,
 }
 
 struct Peer {
@@ -154,6 +177,8 @@ struct Peer {
     /// Remembered exchanges of this peer, oldest first (may name entries already gone).
     done: VecDeque<(u16, u64)>,
     in_flight: usize,
+    /// Credentials of this peer passed: its answers are remembered for duplicates.
+    authenticated: bool,
 }
 
 /// A separate CON response awaiting the sensor's ACK.
@@ -329,16 +354,8 @@ impl Core {
             r.token = packet.get_token().to_vec();
             r
         };
-        // Admission: peer table, rate limit. Refusals here keep no state.
-        if !self.admit_peer(peer, now) {
-            Counters::add(&self.counters.busy);
-            let r = refusal(
-                reply_base(ResponseType::ServiceUnavailable),
-                &Refusal::new(ResponseType::ServiceUnavailable, "too many peers").retry_after(5),
-            );
-            self.send_uncached(out, peer, con, mid, r);
-            return;
-        }
+        // A known peer's rate limit; refusals here keep no state. A peer not in the table has
+        // none yet: it enters when a request of its becomes a job.
         if let Some(wait) = self.take_token(peer, now) {
             Counters::add(&self.counters.rate_limited);
             let text = Refusal::new(ResponseType::TooManyRequests, "request rate limit exceeded")
@@ -403,7 +420,8 @@ impl Core {
             }
         };
         let is_final = block1.is_none_or(|b| !b.more);
-        if is_final {
+        let first_of_many = block1.is_some_and(|b| b.num == 0 && b.more);
+        if is_final || first_of_many {
             // The whole message is here (or will be with this block): room to process it?
             let peer_busy = self
                 .peers
@@ -429,6 +447,19 @@ impl Core {
                 }
                 Bytes::from(packet.payload.clone())
             }
+            // the first of several blocks: its credentials are checked before it is kept
+            Some(b1) if first_of_many => {
+                Counters::add(&self.counters.blocks_in);
+                if packet.payload.len() != b1.size() {
+                    let r = Refusal::bad_request(format!(
+                        "block 0 is {} bytes, its Block1 size is {}",
+                        packet.payload.len(),
+                        b1.size()
+                    ));
+                    return self.answer_now(peer, con, mid, &packet, &r, now, out);
+                }
+                Bytes::new()
+            }
             Some(b1) => {
                 Counters::add(&self.counters.blocks_in);
                 match self.blocks.upload(peer, resource.clone(), b1, &packet.payload, now) {
@@ -450,6 +481,17 @@ impl Core {
             Ok(p) => p,
             Err(r) => return self.answer_now(peer, con, mid, &packet, &r, now, out),
         };
+        if !self.admit_peer(peer, now) {
+            Counters::add(&self.counters.busy);
+            let r = refusal(
+                reply_base(ResponseType::ServiceUnavailable),
+                &Refusal::new(ResponseType::ServiceUnavailable, "too many peers").retry_after(5),
+            );
+            self.send_uncached(out, peer, con, mid, r);
+            return;
+        }
+        let kind = if first_of_many { JobKind::Authenticate } else { JobKind::Publish };
+        let first_block = first_of_many.then(|| packet.payload.clone());
         let id = self.next_job;
         self.next_job += 1;
         let generation = self.generation();
@@ -466,6 +508,7 @@ impl Core {
                     block2_szx: block2
                         .map_or(self.config.block_szx, |b| b.szx.min(self.config.block_szx)),
                     resource,
+                    first_block,
                 }),
             },
         );
@@ -478,7 +521,7 @@ impl Core {
             let at = now + self.config.piggyback_timeout;
             self.timers.push(Reverse((at, Timer::Piggyback { peer, mid, generation })));
         }
-        out.push(Output::Process(Box::new(Job { id, peer, publish })));
+        out.push(Output::Process(Box::new(Job { id, peer, kind, publish })));
     }
 
     /// The answer to a job handed out earlier.
@@ -501,7 +544,26 @@ impl Core {
             None => return,
         };
         let (peer, mid) = key;
+        let passed = !matches!(answer, Answer::Refused(_));
+        if passed && let Some(p) = self.peers.get_mut(&peer) {
+            p.authenticated = true;
+        }
+        let mut pending = pending;
         let mut reply = match &answer {
+            Answer::Authenticated => {
+                let first = pending.first_block.take().unwrap_or_default();
+                let upload = pending
+                    .block1
+                    .map(|b1| self.blocks.upload(peer, pending.resource.clone(), b1, &first, now));
+                match upload {
+                    Some(Ok(_)) => Reply::response(ResponseType::Continue),
+                    Some(Err(r)) => {
+                        self.count_refusal(r.code);
+                        refusal(Reply::response(r.code), &r)
+                    }
+                    None => Reply::response(ResponseType::BadRequest),
+                }
+            }
             Answer::Stored => {
                 Counters::add(&self.counters.stored);
                 Reply::response(ResponseType::Changed)
@@ -542,18 +604,23 @@ impl Core {
         if let Some(b1) = pending.block1 {
             reply.options.push((BLOCK1, b1.encode()));
         }
+        let remembers = self.remembers(peer);
         if !pending.con {
             reply.kind = MessageType::NonConfirmable;
             reply.message_id = self.mid();
             let datagram = reply.encode();
             send(out, peer, datagram.clone());
-            self.remember_datagram(key, datagram, now);
+            if remembers {
+                self.remember_datagram(key, datagram, now);
+            }
         } else if !pending.acked {
             reply.kind = MessageType::Acknowledgement;
             reply.message_id = mid;
             let datagram = reply.encode();
             send(out, peer, datagram.clone());
-            self.remember_datagram(key, datagram, now);
+            if remembers {
+                self.remember_datagram(key, datagram, now);
+            }
         } else {
             // separate response: CON, retransmitted until the sensor ACKs it
             reply.kind = MessageType::Confirmable;
@@ -564,10 +631,29 @@ impl Core {
             let timeout = self.initial_timeout();
             self.outgoing.insert((peer, out_mid), Outgoing { datagram, sent: 0, timeout });
             self.timers.push(Reverse((now + timeout, Timer::Retransmit { peer, mid: out_mid })));
-            let ack = Reply::empty(MessageType::Acknowledgement, mid).encode();
-            self.remember_datagram(key, ack, now);
+            if remembers {
+                let ack = Reply::empty(MessageType::Acknowledgement, mid).encode();
+                self.remember_datagram(key, ack, now);
+            }
         }
+        self.forget_stranger(peer);
         self.update_gauges();
+    }
+
+    /// Whether answers to `peer` are remembered: only once its credentials passed.
+    fn remembers(&self, peer: SocketAddr) -> bool {
+        self.peers.get(&peer).is_some_and(|p| p.authenticated)
+    }
+
+    /// Drops a peer whose credentials never passed once nothing of it is in progress.
+    fn forget_stranger(&mut self, peer: SocketAddr) {
+        let idle = self
+            .peers
+            .get(&peer)
+            .is_some_and(|p| !p.authenticated && p.in_flight == 0 && p.done.is_empty());
+        if idle && !self.blocks.holds(peer) {
+            self.peers.remove(&peer);
+        }
     }
 
     /// Runs due timers and the periodic sweep.
@@ -665,10 +751,12 @@ impl Core {
         self.peers.insert(
             peer,
             Peer {
-                tokens: self.config.rate_burst,
+                // this request, the one that brought the peer in, takes its first token
+                tokens: self.config.rate_burst - 1.0,
                 refilled: now,
                 done: VecDeque::new(),
                 in_flight: 0,
+                authenticated: false,
             },
         );
         true
@@ -736,8 +824,12 @@ impl Core {
             reply.message_id = self.mid();
         }
         let datagram = reply.encode();
-        send(out, peer, datagram.clone());
-        self.remember_datagram((peer, mid), datagram, now);
+        if self.remembers(peer) {
+            send(out, peer, datagram.clone());
+            self.remember_datagram((peer, mid), datagram, now);
+        } else {
+            send(out, peer, datagram);
+        }
     }
 
     fn send_uncached(

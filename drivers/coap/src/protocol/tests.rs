@@ -106,6 +106,23 @@ fn jobs(out: &[Output]) -> Vec<Job> {
         .collect()
 }
 
+/// Feeds a block request; the first of several blocks is a credential check, answered here
+/// as passed. What the core then sends, and the jobs it hands out.
+fn feed_block(core: &mut Core, bytes: &[u8], now: Instant) -> (Vec<Packet>, Vec<Job>) {
+    let out = feed(core, bytes, now);
+    let mut sent_now = sent(&out);
+    let mut handed = Vec::new();
+    for job in jobs(&out) {
+        if job.kind == JobKind::Authenticate {
+            assert!(sent_now.is_empty(), "nothing is answered before the check");
+            sent_now = answer(core, job.id, Answer::Authenticated, now);
+        } else {
+            handed.push(job);
+        }
+    }
+    (sent_now, handed)
+}
+
 fn code(p: &Packet) -> ResponseType {
     match p.header.code {
         MessageClass::Response(r) => r,
@@ -331,9 +348,8 @@ fn block1_upload_is_reassembled_and_processed_once() {
             payload: chunk.to_vec(),
             ..post(100 + i as u16)
         };
-        let out = feed(&mut c, &req.bytes(), now);
+        let (r, handed) = feed_block(&mut c, &req.bytes(), now);
         if more {
-            let r = sent(&out);
             assert_eq!(code(&r[0]), ResponseType::Continue);
             assert_eq!(
                 Block::parse(option_values(&r[0], BLOCK1).next().unwrap()).unwrap(),
@@ -341,7 +357,7 @@ fn block1_upload_is_reassembled_and_processed_once() {
             );
             assert!(counters.block_bytes.load(std::sync::atomic::Ordering::Relaxed) >= 1024);
         } else {
-            job = jobs(&out).pop();
+            job = handed.into_iter().next();
         }
     }
     let job = job.unwrap();
@@ -364,7 +380,7 @@ fn block1_above_the_limit_is_4_13_with_size1() {
             payload: vec![0; 1024],
             ..post(200 + num as u16)
         };
-        assert_eq!(code(&sent(&feed(&mut c, &req.bytes(), now))[0]), ResponseType::Continue);
+        assert_eq!(code(&feed_block(&mut c, &req.bytes(), now).0[0]), ResponseType::Continue);
     }
     let req = Req {
         block1: Some(Block { num: 2, more: true, szx: 6 }),
@@ -553,11 +569,11 @@ proptest! {
         for (i, chunk) in chunks.iter().enumerate() {
             let more = i + 1 < chunks.len();
             let req = Req { block1: Some(Block { num: i as u32, more, szx }), payload: chunk.to_vec(), ..post(i as u16) };
-            let out = feed(&mut c, &req.bytes(), now);
+            let (r, handed) = feed_block(&mut c, &req.bytes(), now);
             if more {
-                prop_assert_eq!(code(&sent(&out)[0]), ResponseType::Continue);
+                prop_assert_eq!(code(&r[0]), ResponseType::Continue);
             } else {
-                got = jobs(&out).pop();
+                got = handed.into_iter().next();
             }
         }
         let got = got.unwrap();
@@ -575,4 +591,86 @@ fn duplicate_mid_property_holds_for_jobs() {
         total += jobs(&feed(&mut c, &post(77).bytes(), now)).len();
     }
     assert_eq!(total, 1);
+}
+
+fn gauge(counter: &std::sync::atomic::AtomicU64) -> u64 {
+    counter.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[test]
+fn strangers_without_credentials_leave_no_peer_and_no_exchange() {
+    let (mut c, counters) = core_with(|c| c.max_peers = 100);
+    let now = Instant::now();
+    // a flood from 20,000 (spoofable) source ports, no option 4209
+    for i in 0..20_000u32 {
+        let stranger =
+            SocketAddr::from(([10, 1, (i >> 8) as u8, i as u8], 1024 + (i % 60_000) as u16));
+        let mut out = Vec::new();
+        c.on_datagram(stranger, &Req { auth: None, ..post(i as u16) }.bytes(), now, &mut out);
+        assert_eq!(code(&sent(&out)[0]), ResponseType::Unauthorized);
+        assert!(jobs(&out).is_empty());
+    }
+    assert_eq!(gauge(&counters.peers), 0);
+    assert_eq!(gauge(&counters.exchanges), 0);
+    // a sensor that comes now is served at once
+    let job = jobs(&feed(&mut c, &post(1).bytes(), now)).pop().expect("a job for the sensor");
+    let r = answer(&mut c, job.id, Answer::Stored, now);
+    assert_eq!(code(&r[0]), ResponseType::Changed);
+    // the sensor's answer is remembered: its retransmission gets the same datagram, no job
+    let out = feed(&mut c, &post(1).bytes(), now);
+    assert!(jobs(&out).is_empty());
+    assert_eq!(code(&sent(&out)[0]), ResponseType::Changed);
+    assert_eq!(gauge(&counters.peers), 1);
+}
+
+#[test]
+fn a_failed_login_is_answered_and_forgotten() {
+    let (mut c, counters) = core();
+    let now = Instant::now();
+    let job = jobs(&feed(&mut c, &post(5).bytes(), now)).pop().unwrap();
+    assert_eq!(gauge(&counters.peers), 1, "a peer is known while its job runs");
+    let refused = Refusal::new(ResponseType::Forbidden, "authentication failed");
+    let r = answer(&mut c, job.id, Answer::Refused(refused), now);
+    assert_eq!(code(&r[0]), ResponseType::Forbidden);
+    assert_eq!(gauge(&counters.peers), 0);
+    assert_eq!(gauge(&counters.exchanges), 0);
+    // a retransmission is checked again (a new job), not served from memory
+    assert_eq!(jobs(&feed(&mut c, &post(5).bytes(), now)).len(), 1);
+}
+
+#[test]
+fn a_block_wise_upload_starts_only_after_its_first_blocks_credentials_pass() {
+    let (mut c, counters) = core();
+    let now = Instant::now();
+    let first = |mid, auth| Req {
+        block1: Some(Block { num: 0, more: true, szx: 6 }),
+        payload: vec![7; 1024],
+        auth,
+        ..post(mid)
+    };
+    // no credentials on block 0: 4.01, nothing kept
+    let r = sent(&feed(&mut c, &first(10, None).bytes(), now));
+    assert_eq!(code(&r[0]), ResponseType::Unauthorized);
+    assert_eq!(gauge(&counters.block_bytes), 0);
+    // credentials that fail: 4.03, nothing kept
+    let out = feed(&mut c, &first(11, Some(AUTH)).bytes(), now);
+    assert!(sent(&out).is_empty(), "block 0 waits for its check");
+    let job = jobs(&out).pop().unwrap();
+    assert_eq!(job.kind, JobKind::Authenticate);
+    assert!(job.publish.payload.is_empty());
+    assert_eq!(gauge(&counters.block_bytes), 0, "nothing is kept before the check");
+    let refused = Refusal::new(ResponseType::Forbidden, "authentication failed");
+    let r = answer(&mut c, job.id, Answer::Refused(refused), now);
+    assert_eq!(code(&r[0]), ResponseType::Forbidden);
+    assert_eq!(gauge(&counters.block_bytes), 0);
+    assert_eq!(gauge(&counters.peers), 0);
+    // a later block with no upload in progress: 4.08
+    let next = Req { block1: Some(Block { num: 1, more: false, szx: 6 }), ..post(12) };
+    let r = sent(&feed(&mut c, &next.bytes(), now));
+    assert_eq!(code(&r[0]), ResponseType::RequestEntityIncomplete);
+    assert_eq!(gauge(&counters.block_bytes), 0);
+    // credentials that pass: block 0 is kept and answered 2.31
+    let (r, _) = feed_block(&mut c, &first(13, Some(AUTH)).bytes(), now);
+    assert_eq!(code(&r[0]), ResponseType::Continue);
+    assert!(gauge(&counters.block_bytes) >= 1024);
 }

@@ -375,6 +375,15 @@ impl Session {
         }
     }
 
+    /// The login passed but the endpoint has no room for another session: CONNACK "server
+    /// unavailable" and close. Nothing happens outside a login.
+    pub fn server_unavailable(&mut self) -> Vec<Action> {
+        if !matches!(self.state, State::Authenticating { .. }) {
+            return Vec::new();
+        }
+        self.refuse(ConnectCode::ServerUnavailable)
+    }
+
     /// The ingest's answer for the publish `token`.
     pub fn ingest_done(
         &mut self,
@@ -477,7 +486,11 @@ impl Session {
 
     fn connect(&mut self, c: Connect, deadline: Instant) -> Vec<Action> {
         if !c.clean_session {
-            tracing::info!(client_id = %c.client_id, "MQTT CONNECT refused: clean session required");
+            static NOT_CLEAN: gw_net::Throttle =
+                gw_net::Throttle::new("MQTT CONNECT refused: clean session required");
+            if NOT_CLEAN.allow(None) {
+                tracing::info!(client_id = %c.client_id, "MQTT CONNECT refused: clean session required");
+            }
             return self.refuse(ConnectCode::BadUserNamePassword);
         }
         let parsed = match (&c.login, &self.client_certificate) {
@@ -499,7 +512,11 @@ impl Session {
         let request = match parsed {
             Ok(r) => r,
             Err((username, e)) => {
-                tracing::info!(%username, cause = %e, "MQTT CONNECT refused");
+                static UNREADABLE: gw_net::Throttle =
+                    gw_net::Throttle::new("MQTT CONNECT refused: unreadable user name");
+                if UNREADABLE.allow(None) {
+                    tracing::info!(%username, cause = %e, "MQTT CONNECT refused");
+                }
                 return self.refuse(ConnectCode::BadUserNamePassword);
             }
         };

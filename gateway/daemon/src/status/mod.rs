@@ -313,6 +313,9 @@ struct LoginForm {
     next: Option<String>,
 }
 
+/// Refused status page logins: logged one by one up to a burst, then summarized.
+static LOGIN_REFUSED: gw_net::Throttle = gw_net::Throttle::new("status page login refused");
+
 async fn login(
     State(page): State<StatusPage>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -322,7 +325,9 @@ async fn login(
     let next = safe_next(form.next.as_deref());
     let expected = cookie(&headers, LOGIN_CSRF_COOKIE).unwrap_or_default();
     if expected.is_empty() || !constant_time_eq(&expected, &form.csrf) {
-        tracing::warn!(peer = %peer.ip(), "status page login without a valid CSRF token refused");
+        if LOGIN_REFUSED.allow(Some(peer.ip())) {
+            tracing::warn!(peer = %peer.ip(), "status page login without a valid CSRF token refused");
+        }
         return login_page(
             &page,
             StatusCode::FORBIDDEN,
@@ -351,11 +356,15 @@ async fn login(
             r
         }
         AuthOutcome::Fail | AuthOutcome::Forbidden => {
-            tracing::warn!(user = %form.username, peer = %peer.ip(), "technician login failed");
+            if LOGIN_REFUSED.allow(Some(peer.ip())) {
+                tracing::warn!(user = %form.username, peer = %peer.ip(), "technician login failed");
+            }
             login_page(&page, StatusCode::UNAUTHORIZED, Some("Wrong user or password."), &next)
         }
         AuthOutcome::RateLimited => {
-            tracing::warn!(user = %form.username, peer = %peer.ip(), "technician login rate-limited");
+            if LOGIN_REFUSED.allow(Some(peer.ip())) {
+                tracing::warn!(user = %form.username, peer = %peer.ip(), "technician login rate-limited");
+            }
             let mut r = login_page(
                 &page,
                 StatusCode::TOO_MANY_REQUESTS,

@@ -420,13 +420,17 @@ pub fn interworking(status: &Value, csrf: &str) -> Markup {
             section {
                 h2 { "Southbound listeners" }
                 table #drivers {
-                    thead { tr { th { "Protocol" } th { "Address" } th { "Identity" } } }
+                    thead { tr { th { "Protocol" } th { "Address" } th { "Accepting" } th { "Identity" } } }
                     tbody {
                         @for l in &listeners {
                             @let name = text(get(l, "name"));
+                            @let accepting = get(l, "accepting").as_bool() != Some(false);
                             tr {
                                 td { (name) }
                                 td { (text(get(l, "addr"))) }
+                                td.accepting {
+                                    @if accepting { "yes" } @else { "no: " (text(get(l, "fault"))) }
+                                }
                                 td { (identity_handling(&name)) }
                             }
                         }
