@@ -410,6 +410,11 @@ impl<A: Authenticate, I: Ingest> Conn<A, I> {
                         }
                     }
                     Action::Authenticate(request) => {
+                        // a connection whose login is being checked goes last when strangers
+                        // push the pool's oldest out
+                        if let Some(slot) = &self.login {
+                            slot.busy(true);
+                        }
                         let outcome = tokio::select! {
                             o = shared.auth.authenticate(&request, Some(self.peer.ip())) => o,
                             () = sleep_until(session.next_deadline()) => {

@@ -157,7 +157,7 @@ pub async fn serve(
             },
         };
         while connections.try_join_next().is_some() {}
-        let slot = slots.admit(peer.ip());
+        let slot = Arc::new(slots.admit(peer.ip()));
         let (app, tls, limits, stop) = (app.clone(), tls.clone(), limits.clone(), stop.clone());
         connections.spawn(async move {
             let _ = tcp.set_nodelay(true);
@@ -197,17 +197,29 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     peer: SocketAddr,
     verified: bool,
     app: Router,
-    slot: &Slot,
+    slot: &Arc<Slot>,
     limits: &WebLimits,
     stop: &CancellationToken,
 ) {
+    let serving = Arc::clone(slot);
     let service = hyper::service::service_fn(move |mut request: axum::extract::Request<_>| {
         request.extensions_mut().insert(ConnectInfo(peer));
         if verified {
             request.extensions_mut().insert(VerifiedClientCert);
         }
         let mut app = app.clone();
-        async move { tower_service::Service::call(&mut app, request.map(axum::body::Body::new)).await }
+        let slot = Arc::clone(&serving);
+        // Not marked busy while its request runs: a request whose body trickles in would be
+        // protected so. The body deadline ends such a request; a success proves the client.
+        async move {
+            let response =
+                tower_service::Service::call(&mut app, request.map(axum::body::Body::new)).await;
+            // a connection that got a real answer is a client's, not a stranger's
+            if response.as_ref().is_ok_and(|r| r.status().is_success()) {
+                slot.prove();
+            }
+            response
+        }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(limits.header_timeout);

@@ -151,3 +151,26 @@ fn survives_its_log_reader_going_away() {
     };
     assert_eq!(status.code(), Some(0), "gatewayd at {addr} died instead of stopping cleanly");
 }
+
+/// The systemd unit the project ships gives the default connection caps their descriptors
+/// (systemd's default soft limit of 1,024 does not) and runs the daemon as it expects.
+#[test]
+fn the_systemd_unit_leaves_room_for_the_default_connection_caps() {
+    let unit = include_str!("../../../image/gatewayd.service");
+    let value = |key: &str| {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+            .unwrap_or_else(|| panic!("{key} missing"))
+            .trim()
+            .to_owned()
+    };
+    let nofile: u64 = value("LimitNOFILE").parse().unwrap();
+    let web = gatewayd::config::WebConfig::default();
+    let mqtt = gw_driver_mqtt::MqttConfig::default();
+    let wanted = (web.max_connections + mqtt.max_connections + mqtt.max_unauthenticated) as u64
+        + gw_net::fds::RESERVE;
+    assert!(nofile >= wanted, "LimitNOFILE={nofile} < {wanted}");
+    assert_eq!(value("Type"), "notify");
+    assert!(value("ExecStart").ends_with("gatewayd run --config /etc/gatewayd/gatewayd.toml"));
+    assert!(value("WatchdogSec").parse::<u64>().unwrap() > 0);
+}

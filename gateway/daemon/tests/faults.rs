@@ -410,6 +410,15 @@ impl Noise {
     }
 }
 
+/// A connection to `addr` from the attacker's own loopback address (127.0.0.2): the listeners
+/// share their connection slots per source address, so a flood from the sensor's own address
+/// would compete with it for that address's share (docs/security.md).
+async fn stranger(addr: &str) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind("127.0.0.2:0".parse().unwrap())?;
+    socket.connect(addr.parse().unwrap()).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_input_from_many_connections_leaves_the_gateway_serving() {
     let dir = tempfile::tempdir().unwrap();
@@ -436,7 +445,7 @@ async fn malformed_input_from_many_connections_leaves_the_gateway_serving() {
                 match n % 3 {
                     // MQTT: random frames, and a CONNECT claiming a huge body
                     0 => {
-                        if let Ok(mut c) = tokio::net::TcpStream::connect(&mqtt).await {
+                        if let Ok(mut c) = stranger(&mqtt).await {
                             let _ = c.write_all(&junk).await;
                             let _ = c.write_all(&[0x10, 0xff, 0xff, 0xff, 0x7f]).await;
                         }
@@ -452,7 +461,7 @@ async fn malformed_input_from_many_connections_leaves_the_gateway_serving() {
                     }
                     // HTTP: garbage, lies about lengths, broken credentials
                     _ => {
-                        if let Ok(mut c) = tokio::net::TcpStream::connect(&web).await {
+                        if let Ok(mut c) = stranger(&web).await {
                             let req: &[u8] = match junk[0] % 3 {
                                 0 => &junk,
                                 1 => b"POST /v1/t HTTP/1.1\r\nContent-Length: -5\r\n\r\n",

@@ -7,13 +7,21 @@
 //! and sends nothing only ever pushes out its own, and a sensor that connects during the flood
 //! gets in. An evicted connection learns it through [`Slot::evicted`] and closes.
 //!
+//! Within an address, a connection that is busy ([`Slot::busy`]: its login is being checked) goes last, and
+//! one that has proven itself ([`Slot::prove`]: a request answered with success, a login that
+//! passed) after those that have not: a sensor's keep-alive connection outlives the sockets a
+//! stranger behind the same NAT keeps opening.
+//!
 //! IPv6 sources count per /64 (one host usually owns a whole prefix); IPv4-mapped IPv6
 //! addresses count as their IPv4 address.
 
 use std::{
     collections::{HashMap, VecDeque},
     net::{IpAddr, Ipv6Addr},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU8, Ordering},
+    },
 };
 
 use tokio_util::sync::CancellationToken;
@@ -30,8 +38,17 @@ struct Inner {
     total: usize,
     next: u64,
     evictions: u64,
-    by_source: HashMap<IpAddr, VecDeque<(u64, CancellationToken)>>,
+    by_source: HashMap<IpAddr, VecDeque<Entry>>,
 }
+
+struct Entry {
+    id: u64,
+    token: CancellationToken,
+    state: Arc<AtomicU8>,
+}
+
+const PROVEN: u8 = 1;
+const BUSY: u8 = 2;
 
 /// One connection's place in a [`Slots`] pool; dropping it frees the place.
 pub struct Slot {
@@ -39,6 +56,7 @@ pub struct Slot {
     source: IpAddr,
     id: u64,
     token: CancellationToken,
+    state: Arc<AtomicU8>,
 }
 
 impl Slots {
@@ -77,9 +95,11 @@ impl Slots {
         let id = inner.next;
         inner.next += 1;
         let token = CancellationToken::new();
-        inner.by_source.entry(source).or_default().push_back((id, token.clone()));
+        let state = Arc::new(AtomicU8::new(0));
+        let entry = Entry { id, token: token.clone(), state: Arc::clone(&state) };
+        inner.by_source.entry(source).or_default().push_back(entry);
         inner.total += 1;
-        Slot { inner: Arc::clone(&self.inner), source, id, token }
+        Slot { inner: Arc::clone(&self.inner), source, id, token, state }
     }
 
     /// Slots held now.
@@ -105,10 +125,18 @@ impl Slots {
 }
 
 impl Inner {
+    /// Evicts the oldest connection of `source` that is neither busy nor proven; else the
+    /// oldest that is not busy; else the oldest.
     fn evict_oldest(&mut self, source: IpAddr) {
         let Some(queue) = self.by_source.get_mut(&source) else { return };
-        if let Some((_, token)) = queue.pop_front() {
-            token.cancel();
+        let state = |e: &Entry| e.state.load(Ordering::Relaxed);
+        let at = queue
+            .iter()
+            .position(|e| state(e) == 0)
+            .or_else(|| queue.iter().position(|e| state(e) & BUSY == 0))
+            .unwrap_or(0);
+        if let Some(entry) = queue.remove(at) {
+            entry.token.cancel();
             self.total -= 1;
             self.evictions += 1;
         }
@@ -128,6 +156,21 @@ impl Slot {
     pub fn is_evicted(&self) -> bool {
         self.token.is_cancelled()
     }
+
+    /// The connection proved itself (a request answered with success, a login passed): it is
+    /// evicted after its address's connections that have not.
+    pub fn prove(&self) {
+        self.state.fetch_or(PROVEN, Ordering::Relaxed);
+    }
+
+    /// Whether the connection is serving a request now: a busy one is evicted last.
+    pub fn busy(&self, busy: bool) {
+        if busy {
+            self.state.fetch_or(BUSY, Ordering::Relaxed);
+        } else {
+            self.state.fetch_and(!BUSY, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Drop for Slot {
@@ -138,7 +181,7 @@ impl Drop for Slot {
         }
         let mut inner = lock(&self.inner);
         let Some(queue) = inner.by_source.get_mut(&self.source) else { return };
-        if let Some(at) = queue.iter().position(|(id, _)| *id == self.id) {
+        if let Some(at) = queue.iter().position(|e| e.id == self.id) {
             queue.remove(at);
             let empty = queue.is_empty();
             inner.total -= 1;
@@ -227,6 +270,25 @@ mod tests {
         let _e = slots.admit(ip("192.0.2.7"));
         let _f = slots.admit(ip("192.0.2.7"));
         assert!(d.is_evicted());
+    }
+
+    #[test]
+    fn busy_and_proven_connections_go_last() {
+        let slots = Slots::new(100, 3);
+        let sensor = slots.admit(ip("192.0.2.1"));
+        sensor.prove();
+        let serving = slots.admit(ip("192.0.2.1"));
+        serving.busy(true);
+        let flood: Vec<Slot> = (0..20).map(|_| slots.admit(ip("192.0.2.1"))).collect();
+        assert!(!sensor.is_evicted() && !serving.is_evicted());
+        assert_eq!(flood.iter().filter(|s| !s.is_evicted()).count(), 1);
+        // with only proven and busy ones left, the proven idle one goes before the busy one
+        let late = slots.admit(ip("192.0.2.1"));
+        late.busy(true);
+        let _next = slots.admit(ip("192.0.2.1"));
+        assert!(sensor.is_evicted(), "the proven idle connection goes before busy ones");
+        assert!(!serving.is_evicted() && !late.is_evicted());
+        serving.busy(false);
     }
 
     #[tokio::test]

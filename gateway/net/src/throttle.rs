@@ -179,8 +179,8 @@ mod tests {
         {
             let state = lock(&T.state);
             let count = |ip| state.sources.iter().find(|(s, _)| *s == ip).map(|(_, n)| *n);
-            assert_eq!(count(a), Some(897));
-            assert_eq!(count(b), Some(98));
+            assert_eq!(count(a), Some(896));
+            assert_eq!(count(b), Some(99));
         }
         // the interval ends: the summary is written and counting starts again
         T.flush_at(start + Throttle::INTERVAL);
