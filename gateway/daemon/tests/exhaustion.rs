@@ -337,7 +337,7 @@ fn coap_block_flood(coap: String, stop: Arc<AtomicBool>, sent: Arc<AtomicU64>) {
         for _ in 0..20 {
             mid = mid.wrapping_add(1);
             n += 1;
-            let auth = (n % 10 == 0).then_some(bad.as_str());
+            let auth = n.is_multiple_of(10).then_some(bad.as_str());
             // Block1 num 0, more, szx 6 (1024 bytes): 0b0000_1110
             let d = coap_datagram(mid, auth, Some(0x0e), &format!("r{n}"));
             let _ = s.send_to(&d, target);
