@@ -528,6 +528,22 @@ fn strangers_cannot_exhaust_the_gateway() {
     report.push(under_attack(&site, "refusal flood (log)", false, move |stop, n| {
         refusal_flood(targets, stop, n)
     }));
+    // busy under the floods is not unhealthy: every accept loop still runs
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "10",
+            "-H",
+            &format!("Authorization: Bearer {}", common::API_TOKEN),
+        ])
+        .arg(format!("http://{}/api/v1/status", site.web))
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let listeners = status["listeners"].as_array().unwrap();
+    assert_eq!(listeners.len(), 3, "{listeners:?}");
+    assert!(listeners.iter().all(|l| l["accepting"] == true), "{listeners:?}");
     // the summaries name the attacker
     std::thread::sleep(gw_net::Throttle::INTERVAL + Duration::from_secs(1));
     site.log_bytes();
