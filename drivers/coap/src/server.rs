@@ -11,6 +11,7 @@
 //! and answered, so a sensor whose message became durable hears so when it still can.
 
 use std::{
+    collections::HashMap,
     future::Future,
     io,
     net::SocketAddr,
@@ -22,7 +23,10 @@ use coap_lite::ResponseType;
 use gw_model::{
     AppId, AuthOutcome, Authenticate, CommandSource, Ingest, IngestError, Telemetry, Timestamp,
 };
-use tokio::{net::UdpSocket, sync::mpsc};
+use tokio::{
+    net::UdpSocket,
+    sync::{mpsc, oneshot},
+};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
@@ -158,6 +162,7 @@ impl<A: Authenticate, I: Ingest, C: CommandSource, T: Transport> CoapEndpoint<A,
         let mut buf = vec![0u8; MAX_DATAGRAM];
         let mut out = Vec::new();
         let mut recv_errors = 0u32;
+        let mut turns = Turns::default();
         loop {
             heartbeat.beat();
             let deadline = core.next_deadline();
@@ -188,7 +193,7 @@ impl<A: Authenticate, I: Ingest, C: CommandSource, T: Transport> CoapEndpoint<A,
                 },
                 () = sleep_until(deadline), if deadline.is_some() => core.on_tick(Instant::now(), &mut out),
             }
-            flush(&transport, &mut out, &services, &tasks, &tx, &waits).await;
+            flush(&transport, &mut out, &services, &tasks, &tx, &waits, &mut turns).await;
         }
         // Drain: end command waits, answer what commits within the grace period.
         waits.cancel();
@@ -204,7 +209,7 @@ impl<A: Authenticate, I: Ingest, C: CommandSource, T: Transport> CoapEndpoint<A,
             core.on_answer(id, answer, Instant::now(), &mut out);
             // nothing new is started while draining
             out.retain(|o| matches!(o, Output::Send { .. }));
-            flush(&transport, &mut out, &services, &tasks, &tx, &waits).await;
+            flush(&transport, &mut out, &services, &tasks, &tx, &waits, &mut turns).await;
         }
         tasks.close();
         if tokio::time::timeout_at(until, tasks.wait()).await.is_err() {
@@ -238,6 +243,66 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
+/// A publish job's place in its peer's order: it hands its message to the outbox only after
+/// the peer's previous job has (or has given up), and then lets the next one go. Jobs run as
+/// tasks, which may first run in any order; without this a sensor with several requests in
+/// flight would see its messages stored, and forwarded, out of order.
+struct Turn {
+    after: Option<oneshot::Receiver<()>>,
+    done: Option<oneshot::Sender<()>>,
+}
+
+impl Turn {
+    /// Waits until the peer's previous job has handed its message over (or given up).
+    async fn wait(&mut self) {
+        if let Some(previous) = self.after.take() {
+            let _ = previous.await;
+        }
+    }
+
+    /// This job's message is handed over: the next job may go.
+    fn pass(&mut self) {
+        self.done.take();
+    }
+}
+
+impl Drop for Turn {
+    /// A job that gives up (refused, or before its wait) passes its turn on only once its
+    /// predecessor is through: the next job may never overtake an earlier one.
+    fn drop(&mut self) {
+        if let (Some(mut previous), Some(done)) = (self.after.take(), self.done.take())
+            && matches!(previous.try_recv(), Err(oneshot::error::TryRecvError::Empty))
+        {
+            tokio::spawn(async move {
+                let _ = previous.await;
+                drop(done);
+            });
+        }
+    }
+}
+
+/// The last turn handed out per peer (the receiver the peer's next job waits on).
+#[derive(Default)]
+struct Turns(HashMap<SocketAddr, oneshot::Receiver<()>>);
+
+impl Turns {
+    fn next(&mut self, peer: SocketAddr) -> Turn {
+        let (done, next) = oneshot::channel();
+        let after = self.0.insert(peer, next).and_then(|mut prev| match prev.try_recv() {
+            // still running: wait for it
+            Err(oneshot::error::TryRecvError::Empty) => Some(prev),
+            _ => None,
+        });
+        if self.0.len() > 1024 && self.0.len().is_power_of_two() {
+            // forget peers whose last job is through (bounded by the jobs in flight)
+            self.0
+                .retain(|_, rx| matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty)));
+        }
+        Turn { after, done: Some(done) }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn flush<A: Authenticate, I: Ingest, C: CommandSource, T: Transport>(
     transport: &T,
     out: &mut Vec<Output>,
@@ -245,6 +310,7 @@ async fn flush<A: Authenticate, I: Ingest, C: CommandSource, T: Transport>(
     tasks: &TaskTracker,
     tx: &mpsc::UnboundedSender<(JobId, Answer)>,
     waits: &CancellationToken,
+    turns: &mut Turns,
 ) {
     for output in out.drain(..) {
         match output {
@@ -255,11 +321,15 @@ async fn flush<A: Authenticate, I: Ingest, C: CommandSource, T: Transport>(
             }
             Output::Process(job) => {
                 let (services, tx, waits) = (services.clone(), tx.clone(), waits.clone());
+                let turn = (job.kind == JobKind::Publish).then(|| turns.next(job.peer));
                 tasks.spawn(async move {
                     let Job { id, peer, kind, publish } = *job;
-                    let answer = match kind {
-                        JobKind::Publish => process(&services, peer, publish, &waits).await,
-                        JobKind::Authenticate => {
+                    let answer = match (kind, turn) {
+                        (JobKind::Publish, Some(turn)) => {
+                            process(&services, peer, publish, turn, &waits).await
+                        }
+                        (JobKind::Publish, None) => unreachable!("a publish job has its turn"),
+                        (JobKind::Authenticate, _) => {
                             match authenticate(&services, peer, &publish).await {
                                 Ok(_) => Answer::Authenticated,
                                 Err(refusal) => Answer::Refused(refusal),
@@ -322,6 +392,7 @@ async fn process<A: Authenticate, I: Ingest, C: CommandSource>(
     services: &Services<A, I, C>,
     peer: SocketAddr,
     publish: Publish,
+    turn: Turn,
     waits: &CancellationToken,
 ) -> Answer {
     let identity = match authenticate(services, peer, &publish).await {
@@ -342,7 +413,18 @@ async fn process<A: Authenticate, I: Ingest, C: CommandSource>(
         payload: publish.payload,
         command_wait: publish.command_wait,
     };
-    if let Err(e) = services.ingest.publish(telemetry).await {
+    // The peer's previous message first; then this one is handed to the outbox (the first
+    // poll takes its place in the outbox's order) before the next may go.
+    let mut turn = turn;
+    turn.wait().await;
+    let mut ingest = std::pin::pin!(services.ingest.publish(telemetry));
+    let first = ingest.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+    turn.pass();
+    let stored = match first {
+        std::task::Poll::Ready(result) => result,
+        std::task::Poll::Pending => ingest.await,
+    };
+    if let Err(e) = stored {
         let refusal = match &e {
             IngestError::QuotaExceeded(_) => {
                 Counters::add(&services.counters.quota_exceeded);
@@ -373,5 +455,64 @@ async fn process<A: Authenticate, I: Ingest, C: CommandSource>(
             Answer::Command(c)
         }
         None => Answer::Stored,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// However long each job of a peer takes before its message is ready (authentication,
+        /// checks), and whichever task runs first, the messages reach the outbox in the order
+        /// the jobs were made; a job that gives up (a refusal) lets the next one go.
+        #[test]
+        fn a_peers_jobs_hand_over_in_the_order_they_were_made(
+            jobs in proptest::collection::vec((0u64..20, proptest::bool::weighted(0.2)), 1..40),
+            peers in 1usize..4,
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            let handed = Arc::new(Mutex::new(Vec::new()));
+            rt.block_on(async {
+                let mut turns = Turns::default();
+                let mut tasks = Vec::new();
+                for (i, (delay, refused)) in jobs.iter().copied().enumerate() {
+                    let peer = SocketAddr::from(([127, 0, 0, 1], 1000 + (i % peers) as u16));
+                    let mut turn = turns.next(peer);
+                    let handed = Arc::clone(&handed);
+                    tasks.push(tokio::spawn(async move {
+                        tokio::time::sleep(Duration::from_millis(delay)).await;
+                        if refused {
+                            return;
+                        }
+                        turn.wait().await;
+                        handed.lock().unwrap().push((peer, i));
+                        turn.pass();
+                    }));
+                }
+                for t in tasks {
+                    t.await.unwrap();
+                }
+            });
+            let handed = handed.lock().unwrap();
+            for p in 0..peers {
+                let peer = SocketAddr::from(([127, 0, 0, 1], 1000 + p as u16));
+                let order: Vec<usize> =
+                    handed.iter().filter(|(q, _)| *q == peer).map(|(_, i)| *i).collect();
+                let mut sorted = order.clone();
+                sorted.sort_unstable();
+                prop_assert_eq!(order, sorted);
+            }
+            let expected = jobs.iter().filter(|(_, refused)| !refused).count();
+            prop_assert_eq!(handed.len(), expected);
+        }
     }
 }

@@ -24,9 +24,15 @@ pub struct DemoArgs {
     /// The gateway's southbound MQTT listener.
     #[arg(long, default_value = "127.0.0.1:0")]
     mqtt: SocketAddr,
-    /// The dev cloud's listener.
+    /// The gateway's southbound CoAP listener (UDP).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    coap: SocketAddr,
+    /// The dev cloud's listener (HTTP: registry, command API, the endpoint the gateway sends to).
     #[arg(long, default_value = "127.0.0.1:0")]
     cloud: SocketAddr,
+    /// The dev cloud's MQTT endpoint (port 0: any free port on the cloud's address).
+    #[arg(long)]
+    cloud_mqtt: Option<SocketAddr>,
     /// Time between two messages of each simulated sensor.
     #[arg(long, default_value = "2s")]
     interval: humantime::Duration,
@@ -62,10 +68,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         seed = seed.sensor(APP, name, Some(pw), &[GATEWAY]);
     }
     let shutdown = CancellationToken::new();
-    let cloud = DevCloud::start(args.cloud, seed, shutdown.child_token())
+    let cloud_mqtt = args.cloud_mqtt.unwrap_or_else(|| SocketAddr::new(args.cloud.ip(), 0));
+    let cloud = DevCloud::start_with_mqtt(args.cloud, cloud_mqtt, seed, shutdown.child_token())
         .await
         .context("cannot start the dev cloud")?;
     let cloud_url = cloud.url();
+    let cloud_mqtt_url = cloud.mqtt_url();
 
     // 2. The gateway, configured as an installer would, through the same config parser: it
     // learns its sensors and their credentials from the dev cloud's registry. It runs on the
@@ -78,10 +86,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
          retry_max = \"5s\"\n\n\
          [registry]\nurl = {cloud_url:?}\ntoken = {token:?}\ninterval = \"30s\"\n\
          events_url = \"{cloud_url}/api/devcloud/v1/events\"\n\n\
-         [mqtt]\nlisten = \"{}\"\n\n[web]\nlisten = \"{}\"\npush_token = {push_token:?}\napi_token = {api_token:?}\n\n\
+         [mqtt]\nlisten = \"{}\"\n\n[coap]\nlisten = \"{}\"\n\n[web]\nlisten = \"{}\"\npush_token = {push_token:?}\napi_token = {api_token:?}\n\n\
          [board]\nprofile = \"sim\"\nroot = {:?}\n",
         data.path().join("state").display().to_string(),
         args.mqtt,
+        args.coap,
         args.web,
         board_dir.display().to_string(),
     );
@@ -92,6 +101,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let mut gateway = Gateway::start(loaded, shutdown.clone()).await?;
     let web = gateway.web_addr();
     let mqtt = gateway.listener("mqtt").context("the demo gateway has an MQTT listener")?;
+    let coap = gateway.listener("coap").context("the demo gateway has a CoAP listener")?;
 
     // The gateway device gets Drogue's external command endpoint: the cloud pushes commands
     // for its sensors to the gateway, with the push secret in the headers.
@@ -119,8 +129,20 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         Ok(())
     });
 
-    print_banner(web, mqtt, &cloud_url, &token, &sensor_passwords[0], &admin_password, &api_token);
-    print_command_hints(mqtt, &cloud_url, &token, &sensor_passwords[0]);
+    let hints = Hints {
+        web,
+        mqtt,
+        coap,
+        cloud: cloud_url.clone(),
+        cloud_mqtt: cloud_mqtt_url,
+        token: token.clone(),
+        sensor1_password: sensor_passwords[0].clone(),
+        admin_password: admin_password.clone(),
+        api_token: api_token.clone(),
+        push_token: push_token.clone(),
+    };
+    say(format_args!("{}", hints.banner()));
+    say(format_args!("{}", hints.commands()));
 
     let duration = args.duration.map(Duration::from);
     let stop = async move {
@@ -137,55 +159,79 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     Ok(code)
 }
 
-fn print_banner(
-    web: SocketAddr,
-    mqtt: SocketAddr,
-    cloud: &str,
-    token: &str,
-    sensor1_password: &str,
-    admin_password: &str,
-    api_token: &str,
-) {
-    say(format_args!(
-        "\ngatewayd demo: a dev cloud, gateway {GATEWAY} of application {APP}, and sensors {sensors}\n\
-         posting a temperature through the gateway every few seconds ({http} over HTTP, {last}\n\
-         over MQTT). The gateway learns the sensors and their passwords from the cloud's registry.\n\n\
-         \x20 status page        http://{web}/  (log in as admin, password {admin_password})\n\
-         \x20 gateway status     curl -H 'Authorization: Bearer {api_token}' http://{web}/api/v1/status\n\
-         \x20 gateway MQTT       mqtt://{mqtt}\n\
-         \x20 dev cloud          {cloud}/\n\
-         \x20 cloud event log    {cloud}/api/devcloud/v1/events\n\n\
-         Send a message as sensor1 (202 once it is on the gateway's disk):\n\
-         \x20 curl -i -u sensor1@{APP}:{sensor1_password} -H 'Content-Type: application/json' -d '{{\"temp\":21.5}}' http://{web}/v1/temperature\n\
-         Or over MQTT (PUBACK once it is on disk):\n\
-         \x20 mosquitto_pub -h {mqtt_host} -p {mqtt_port} -q 1 -u sensor1@{APP} -P {sensor1_password} -t temperature -m '{{\"temp\":22}}'\n\
-         See it arrive in the cloud as sensor1, sent by {GATEWAY}:\n\
-         \x20 curl -s '{cloud}/api/devcloud/v1/events?since=0'\n\
-         Look at the registry with Drogue's CLI (cargo install drg):\n\
-         \x20 drg login {cloud} --access-token admin:{token} && drg get devices --application {APP}\n\n\
-         Stop with Ctrl-C.\n",
-        sensors = SENSORS.join(", "),
-        http = SENSORS[..SENSORS.len() - 1].join(" and "),
-        last = SENSORS[SENSORS.len() - 1],
-        mqtt_host = mqtt.ip(),
-        mqtt_port = mqtt.port(),
-    ));
+/// Where the demo's parts listen and their secrets for this run: what the hints print.
+pub struct Hints {
+    pub web: SocketAddr,
+    pub mqtt: SocketAddr,
+    pub coap: SocketAddr,
+    pub cloud: String,
+    pub cloud_mqtt: String,
+    pub token: String,
+    pub sensor1_password: String,
+    pub admin_password: String,
+    pub api_token: String,
+    pub push_token: String,
 }
 
-fn print_command_hints(mqtt: SocketAddr, cloud: &str, token: &str, sensor1_password: &str) {
-    let last = SENSORS[SENSORS.len() - 1];
-    say(format_args!(
-        "Commands: the cloud pushes them to the gateway, which delivers them at once to a sensor\n\
-         that is connected (MQTT subscription, HTTP/CoAP request waiting with ct=) and otherwise\n\
-         queues them on disk for the sensor's next contact. Send {last} (subscribed over MQTT) one:\n\
-         \x20 curl -i -u admin:{token} -H 'Content-Type: application/json' -d '{{\"interval\":10}}' '{cloud}/api/command/v1alpha1/apps/{APP}/devices/{last}?command=set-interval'\n\
-         and watch the gateway's log for \"demo sensor received a command\". Or receive sensor1's\n\
-         commands yourself, then send it one the same way:\n\
-         \x20 mosquitto_sub -h {host} -p {port} -q 1 -u sensor1@{APP} -P {sensor1_password} -t 'command/inbox/#' -v\n\
-         The push endpoint itself: POST /api/commands/v1/push (docs/command-intake.md).\n",
-        host = mqtt.ip(),
-        port = mqtt.port(),
-    ));
+impl Hints {
+    /// Where to look, and one message per protocol as sensor1 (each line works as printed).
+    pub fn banner(&self) -> String {
+        let Self { web, mqtt, coap, cloud, cloud_mqtt, admin_password, api_token, .. } = self;
+        let (pw, token) = (&self.sensor1_password, &self.token);
+        let basic = base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("sensor1@{APP}:{pw}"),
+        );
+        format!(
+            "\ngatewayd demo: a dev cloud, gateway {GATEWAY} of application {APP}, and sensors {sensors}\n\
+             posting a temperature through the gateway every few seconds ({http} over HTTP, {last}\n\
+             over MQTT). The gateway learns the sensors and their passwords from the cloud's registry.\n\n\
+             \x20 status page        http://{web}/  (log in as admin, password {admin_password})\n\
+             \x20 gateway status     curl -H 'Authorization: Bearer {api_token}' http://{web}/api/v1/status\n\
+             \x20 gateway MQTT       mqtt://{mqtt}\n\
+             \x20 gateway CoAP       coap://{coap}\n\
+             \x20 dev cloud          {cloud}/  (its MQTT endpoint: {cloud_mqtt})\n\
+             \x20 cloud event log    {cloud}/api/devcloud/v1/events\n\n\
+             Send a message as sensor1 (202 once it is on the gateway's disk):\n\
+             \x20 curl -i -u sensor1@{APP}:{pw} -H 'Content-Type: application/json' -d '{{\"temp\":21.5}}' http://{web}/v1/temperature\n\
+             Or over MQTT (PUBACK once it is on disk):\n\
+             \x20 mosquitto_pub -h {mqtt_host} -p {mqtt_port} -q 1 -u sensor1@{APP} -P {pw} -t temperature -m '{{\"temp\":22}}'\n\
+             Or over CoAP (2.04 once it is on disk; option 4209 carries the credentials):\n\
+             \x20 coap-client-notls -m post -O 4209,'Basic {basic}' -t 50 -e '{{\"temp\":23}}' coap://{coap}/v1/temperature\n\
+             See it arrive in the cloud as sensor1, sent by {GATEWAY}:\n\
+             \x20 curl -s '{cloud}/api/devcloud/v1/events?since=0'\n\
+             Look at the registry with Drogue's CLI (cargo install drg):\n\
+             \x20 drg login {cloud} --access-token admin:{token} && drg get devices --application {APP}\n\n\
+             Stop with Ctrl-C.\n",
+            sensors = SENSORS.join(", "),
+            http = SENSORS[..SENSORS.len() - 1].join(" and "),
+            last = SENSORS[SENSORS.len() - 1],
+            mqtt_host = mqtt.ip(),
+            mqtt_port = mqtt.port(),
+        )
+    }
+
+    /// How to send commands: through the cloud's command API, and straight to the gateway's
+    /// push endpoint with the push secret (each line works as printed).
+    pub fn commands(&self) -> String {
+        let Self { web, mqtt, cloud, token, push_token, .. } = self;
+        let pw = &self.sensor1_password;
+        let last = SENSORS[SENSORS.len() - 1];
+        format!(
+            "Commands: the cloud pushes them to the gateway, which delivers them at once to a sensor\n\
+             that is connected (MQTT subscription, HTTP/CoAP request waiting with ct=) and otherwise\n\
+             queues them on disk for the sensor's next contact. Send {last} (subscribed over MQTT) one:\n\
+             \x20 curl -i -u admin:{token} -H 'Content-Type: application/json' -d '{{\"interval\":10}}' '{cloud}/api/command/v1alpha1/apps/{APP}/devices/{last}?command=set-interval'\n\
+             and watch the gateway's log for \"demo sensor received a command\". Or receive sensor1's\n\
+             commands yourself, then send it one the same way:\n\
+             \x20 mosquitto_sub -h {host} -p {port} -q 1 -u sensor1@{APP} -P {pw} -t 'command/inbox/#' -v\n\
+             The gateway's push endpoint takes the cloud's pushes (docs/command-intake.md); as the cloud\n\
+             would, with this run's push secret:\n\
+             \x20 curl -i -H 'Authorization: Bearer {push_token}' -H 'Content-Type: application/json' -d '{{\"application\":\"{APP}\",\"device\":\"sensor1\",\"command\":\"set-led\",\"payload\":\"b24=\"}}' http://{web}/api/commands/v1/push\n",
+            host = mqtt.ip(),
+            port = mqtt.port(),
+        )
+    }
 }
 
 /// Prints a hint. Not println!: a reader that closed standard output (a pipe to `head`, a test

@@ -21,6 +21,10 @@ pub fn init(format: LogFormat, level: &str) {
     // A daemon outlives its log reader: with stderr closed, dropped log lines must not turn
     // into a panic (the default reports write errors with eprintln!, which panics then).
     let layer = fmt::layer().log_internal_errors(false);
+    // colours only for a person at a terminal: a log file or journal gets plain text
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let layer = layer.with_ansi(colour);
     let registry = tracing_subscriber::registry().with(filter);
     let result = match format {
         // a field a client chose (an MQTT client id, a user name) must not start a line of

@@ -505,7 +505,9 @@ impl Gateway {
         tracing::info!(
             gateway = %config.gateway.name,
             application = %config.gateway.application,
-            devices = loaded.devices.len(),
+            static_devices = loaded.devices.len(),
+            // the registry's devices as of the last sync (the snapshot); the sync adds news
+            cached_devices = auth.registry().len(),
             "gateway started"
         );
         Ok(Self {

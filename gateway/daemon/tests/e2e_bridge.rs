@@ -165,3 +165,61 @@ async fn site_broker_messages_reach_the_cloud_as_the_topics_device() {
     .await;
     assert!(s["bridges"][0]["last_error"].is_string(), "{s}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_site_sensors_messages_keep_their_order_through_the_bridge() {
+    if !have_mosquitto("a_site_sensors_messages_keep_their_order_through_the_bridge") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let site_dir = tempfile::tempdir().unwrap();
+    let site = Mosquitto::start(site_dir.path(), "allow_anonymous true");
+    let seed = Seed::new().application(APP).password_device(APP, "gw1", "gw-secret").sensor(
+        APP,
+        "s7",
+        None,
+        &["gw1"],
+    );
+    let cloud = DevCloud::start("127.0.0.1:0".parse().unwrap(), seed, CancellationToken::new())
+        .await
+        .unwrap();
+    let gw = Running::start(&config(dir.path(), &cloud.url(), &site.url()), None);
+    let web = gw.web_addr();
+    wait_status(&web, "bridge subscribed", |s| s["bridges"][0]["subscribed"] == true).await;
+    // one site sensor, 20 QoS 1 messages in flight to the site broker
+    const N: u64 = 400;
+    let lines: String = (0..N).map(|i| format!("{i}\n")).collect();
+    let mut child = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &site.addr.port().to_string(), "-q", "1", "-l"])
+        .args(["-t", "sensors/s7/seq"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), lines.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success());
+    let deadline = Instant::now() + PATIENCE;
+    let got = loop {
+        let got: Vec<u64> = cloud
+            .events()
+            .iter()
+            .filter(|e| e.subject == "seq")
+            .filter_map(|e| {
+                let raw = e
+                    .data_base64
+                    .as_deref()
+                    .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok());
+                e.data
+                    .as_ref()
+                    .and_then(serde_json::Value::as_u64)
+                    .or_else(|| String::from_utf8(raw?).ok()?.trim().parse().ok())
+            })
+            .collect();
+        if got.len() as u64 >= N || Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let out_of_order = got.windows(2).filter(|w| w[1] < w[0]).count();
+    assert_eq!(out_of_order, 0, "{out_of_order} out of order");
+    assert_eq!(got, (0..N).collect::<Vec<_>>());
+}

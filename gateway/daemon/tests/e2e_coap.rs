@@ -99,3 +99,100 @@ async fn coap_client_post_reaches_the_cloud_as_the_sensor() {
     let listed = status["listeners"].as_array().unwrap();
     assert!(listed.iter().any(|l| l["name"] == "coap"), "{status}");
 }
+
+/// A CON POST of `payload` to `/v1/seq` with message id and token `mid`.
+fn con_post(mid: u16, auth: &str, payload: &[u8]) -> Vec<u8> {
+    use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType};
+    let mut p = Packet::new();
+    p.header.set_version(1);
+    p.header.set_type(MessageType::Confirmable);
+    p.header.code = MessageClass::Request(RequestType::Post);
+    p.header.message_id = mid;
+    p.set_token(mid.to_be_bytes().to_vec());
+    p.add_option(CoapOption::UriPath, b"v1".to_vec());
+    p.add_option(CoapOption::UriPath, b"seq".to_vec());
+    p.add_option(CoapOption::Unknown(4209), auth.as_bytes().to_vec());
+    p.payload = payload.to_vec();
+    p.to_bytes().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sensors_coap_messages_in_flight_arrive_in_the_order_it_sent_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = Seed::new().application(APP).password_device(APP, "gw1", "gw-secret").sensor(
+        APP,
+        "sensor1",
+        None,
+        &["gw1"],
+    );
+    let cloud = DevCloud::start("127.0.0.1:0".parse().unwrap(), seed, CancellationToken::new())
+        .await
+        .unwrap();
+    // room for 20 requests of one peer in flight, and no rate limit in the way
+    let text = std::fs::read_to_string(config(dir.path(), &cloud.url())).unwrap().replace(
+        "[coap]\nlisten = \"127.0.0.1:0\"\n",
+        "[coap]\nlisten = \"127.0.0.1:0\"\nmax_in_flight_per_peer = 32\nrate_burst = 10000\n",
+    );
+    let gw = Running::start(&write(dir.path(), "gatewayd.toml", &text), None);
+    let _ = gw.web_addr();
+    let coap = gw.listener_addr("coap");
+    // one sensor (one source port), requests sent in order, 20 in flight: a new one goes out
+    // as soon as any answer came back
+    const N: u16 = 400;
+    const WINDOW: u16 = 20;
+    let auth = format!("Basic {}", STANDARD_NO_PAD.encode("sensor1@my-app:pw1"));
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    socket.connect(&coap).await.unwrap();
+    let (mut sent, mut stored) = (0u16, 0u16);
+    let mut answered = std::collections::BTreeSet::new();
+    let mut buf = [0u8; 2048];
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while answered.len() < usize::from(N) {
+        assert!(Instant::now() < deadline, "{} of {N} answered", answered.len());
+        while sent < N && sent < stored + WINDOW {
+            socket.send(&con_post(sent, &auth, sent.to_string().as_bytes())).await.unwrap();
+            sent += 1;
+        }
+        match tokio::time::timeout(Duration::from_secs(2), socket.recv(&mut buf)).await {
+            Ok(Ok(n)) => {
+                let p = coap_lite::Packet::from_bytes(&buf[..n]).unwrap();
+                let code = p.header.code;
+                if code == coap_lite::MessageClass::Response(coap_lite::ResponseType::Changed)
+                    && answered.insert(p.header.message_id)
+                {
+                    stored += 1;
+                }
+            }
+            // an answer lost on the way: send the oldest unanswered again (same message id)
+            _ => {
+                let oldest = (0..sent).find(|m| !answered.contains(m)).unwrap();
+                socket.send(&con_post(oldest, &auth, oldest.to_string().as_bytes())).await.unwrap();
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let got = loop {
+        let got: Vec<u64> = cloud
+            .events()
+            .iter()
+            .filter(|e| e.subject == "seq")
+            .filter_map(|e| {
+                let raw = e
+                    .data_base64
+                    .as_deref()
+                    .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok());
+                e.data
+                    .as_ref()
+                    .and_then(serde_json::Value::as_u64)
+                    .or_else(|| String::from_utf8(raw?).ok()?.trim().parse().ok())
+            })
+            .collect();
+        if got.len() >= usize::from(N) || Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let out_of_order = got.windows(2).filter(|w| w[1] < w[0]).count();
+    assert_eq!(out_of_order, 0, "{out_of_order} out of order");
+    assert_eq!(got, (0..u64::from(N)).collect::<Vec<_>>());
+}

@@ -394,3 +394,34 @@ async fn drop_oldest_keeps_accepting_and_counts_what_it_dropped() {
     let s = status(&client, &gw.web_addr()).await;
     assert_eq!(s["outbox"]["records_queued"], queued, "{s}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sensors_posts_on_one_keep_alive_connection_arrive_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = DevCloud::start("127.0.0.1:0".parse().unwrap(), seed(), CancellationToken::new())
+        .await
+        .unwrap();
+    let gw = Running::start(&gateway_config(dir.path(), &cloud.url(), ""), None);
+    let web = gw.web_addr();
+    // one curl, 200 posts one after the other on one connection
+    const N: u64 = 200;
+    let mut requests = String::new();
+    for i in 0..N {
+        requests.push_str(&format!(
+            "url = \"http://{web}/v1/seq\"\nuser = \"sensor1@{APP}:pw1\"\ndata = \"{i}\"\n\
+             header = \"content-type: application/json\"\noutput = \"/dev/null\"\n\
+             write-out = \"%{{http_code}}\\n\"\nnext\n"
+        ));
+    }
+    let config = write(dir.path(), "curl.config", &requests);
+    let out = Command::new("curl").args(["-s", "-S", "--config", &config]).output().unwrap();
+    let codes = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(codes.lines().filter(|c| *c == "202").count() as u64, N, "{codes}");
+    let events = wait_telemetry(&cloud, N as usize).await;
+    let got: Vec<u64> = events
+        .iter()
+        .filter(|e| e.subject == "seq")
+        .filter_map(|e| e.data.as_ref().and_then(serde_json::Value::as_u64))
+        .collect();
+    assert_eq!(got, (0..N).collect::<Vec<_>>());
+}

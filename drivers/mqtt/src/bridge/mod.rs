@@ -255,11 +255,21 @@ impl<K: KnownDevices, I: Ingest> Bridge<K, I> {
                         break;
                     }
                     let (shared, stop) = (shared.clone(), token.clone());
-                    tasks.spawn(async move {
+                    let mut store = Box::pin(async move {
                         let ack = shared.store(route, reconnect_max, &stop).await;
                         let _ = done_tx.send(ack);
                         drop(permit);
                     });
+                    // The first poll hands the message to the outbox (its place in the order
+                    // is taken then): done here, in the order the site broker delivered, so
+                    // a device's messages keep their order (spawned tasks may first run in
+                    // any order). Only the wait for durability runs apart.
+                    let first = store
+                        .as_mut()
+                        .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+                    if first.is_pending() {
+                        tasks.spawn(store);
+                    }
                 }
                 Ok(_) => {}
                 Err(e) => {

@@ -50,6 +50,19 @@ pub enum Via {
     Gateway,
 }
 
+impl Via {
+    /// The name used in logs, the status JSON and reports (docs/commands.md).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Mqtt => "mqtt",
+            Self::Wait => "wait",
+            Self::Contact => "contact",
+            Self::Bridge => "bridge",
+            Self::Gateway => "gateway",
+        }
+    }
+}
+
 impl Fate {
     /// The name used in logs, the status JSON and reports.
     pub fn name(&self) -> &'static str {
@@ -152,7 +165,7 @@ impl Outcomes {
         match &fate {
             Fate::Delivered { .. } | Fate::Queued => tracing::info!(
                 app = %command.app, device = %command.device, command = %command.name,
-                outcome, via = ?via, "command outcome"),
+                outcome, via = via.map_or("", Via::name), "command outcome"),
             _ => tracing::warn!(
                 app = %command.app, device = %command.device, command = %command.name,
                 outcome, reason = reason.as_deref().unwrap_or(""), "command outcome"),
