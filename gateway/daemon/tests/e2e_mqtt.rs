@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+#[path = "../../../drivers/mqtt/tests/common/mod.rs"]
+mod broker;
 mod common;
 
 use std::{
@@ -344,4 +346,79 @@ async fn order_holds_across_a_cloud_outage_and_a_gateway_restart() {
     assert_eq!(got, sorted, "in order across the outage and the restart");
     sorted.dedup();
     assert_eq!(sorted, (0..2 * N).collect::<Vec<_>>(), "every message arrived");
+}
+
+/// The gateway of [`config`] with `cloud` as its `[cloud]` section instead.
+fn config_with_cloud(dir: &Path, cloud: &str) -> String {
+    let path = config(dir, "http://unused");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let start = text.find("[cloud]").unwrap();
+    let end = text[start..].find("\n\n").unwrap() + start;
+    write(dir, "gatewayd.toml", &format!("{}{cloud}{}", &text[..start], &text[end..]))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_holds_into_the_drogue_mqtt_and_the_generic_mqtt_uplink() {
+    if !have_mosquitto_clients() || !broker::have_mosquitto("order_into_mqtt_uplinks") {
+        return;
+    }
+    const N: u64 = 300;
+    // Drogue's MQTT endpoint (the dev cloud's), as the gateway device
+    let seed = Seed::new().application(APP).password_device(APP, "gw1", "gw-secret").sensor(
+        APP,
+        "sensor1",
+        None,
+        &["gw1"],
+    );
+    let cloud = DevCloud::start("127.0.0.1:0".parse().unwrap(), seed, CancellationToken::new())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let section = format!(
+        "[cloud]\nkind = \"drogue-mqtt\"\nurl = {:?}\npassword = \"gw-secret\"\nretry_min = \"50ms\"",
+        cloud.mqtt_url()
+    );
+    let gw = Running::start(&config_with_cloud(dir.path(), &section), None);
+    let _ = gw.web_addr();
+    let port = gw.listener_addr("mqtt").rsplit_once(':').unwrap().1.to_owned();
+    mosquitto_pub_lines(&port, 0, N);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let got = loop {
+        let got = seq_events(&cloud);
+        if got.len() as u64 >= N || Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(got, (0..N).collect::<Vec<_>>(), "drogue-mqtt: in order, each once");
+    drop(gw);
+
+    // any MQTT broker: a real mosquitto, read with mosquitto_sub
+    let site_dir = tempfile::tempdir().unwrap();
+    let upstream = broker::Mosquitto::start(site_dir.path(), "allow_anonymous true\nlog_type all");
+    let mut sub = tokio::process::Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &upstream.addr.port().to_string(), "-q", "1"])
+        .args(["-t", "site/#", "-C", &N.to_string(), "-W", "30"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !upstream.log().contains("site/#") {
+        assert!(Instant::now() < deadline, "mosquitto_sub did not subscribe");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let section = format!(
+        "[cloud]\nkind = \"mqtt\"\nurl = {:?}\ntopic = \"site/{{app}}/{{device}}/{{channel}}\"\nretry_min = \"50ms\"",
+        upstream.url()
+    );
+    let gw = Running::start(&config_with_cloud(dir.path(), &section), None);
+    let _ = gw.web_addr();
+    let port = gw.listener_addr("mqtt").rsplit_once(':').unwrap().1.to_owned();
+    mosquitto_pub_lines(&port, 0, N);
+    let mut out = String::new();
+    tokio::io::AsyncReadExt::read_to_string(sub.stdout.as_mut().unwrap(), &mut out).await.unwrap();
+    let got: Vec<u64> = out.lines().filter_map(|l| l.trim().parse().ok()).collect();
+    assert_eq!(got, (0..N).collect::<Vec<_>>(), "mqtt: in order, each once");
 }
