@@ -110,6 +110,15 @@ pub struct CloudConfig {
     /// of a sensor that waits itself.
     #[serde(default = "default_command_wait_max", with = "gw_model::serde_util::duration")]
     pub command_wait_max: Duration,
+    /// drogue-http: the gateway's own command poll. The gateway posts a heartbeat as itself
+    /// to `heartbeat_channel` with `ct=` this long, again as soon as it is answered, so the
+    /// cloud can hand it its own commands (Drogue gives a device that names no gateway its
+    /// commands only on a request that waits). `0s` turns it off.
+    #[serde(default = "default_command_poll", with = "gw_model::serde_util::duration")]
+    pub command_poll: Duration,
+    /// drogue-http: the channel of the gateway's heartbeat (uptime, outbox depth, sensors).
+    #[serde(default = "default_heartbeat_channel")]
+    pub heartbeat_channel: String,
     /// The largest message the cloud takes; larger ones are refused before they are
     /// acknowledged (HTTP 413, CoAP 4.13, MQTT PUBACK 0x95). drogue-http: the payload (Drogue's
     /// HTTP endpoint answers 413 above 64 KiB); drogue-mqtt: the whole PUBLISH, topic included
@@ -141,6 +150,14 @@ fn default_command_wait_max() -> Duration {
     Duration::from_secs(60)
 }
 
+fn default_command_poll() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_heartbeat_channel() -> String {
+    "gatewayd-heartbeat".to_owned()
+}
+
 impl CloudConfig {
     /// A config for `url` with every other key at its default (tests, the demo).
     pub fn new(kind: CloudKind, url: impl Into<String>, password: Secret) -> Self {
@@ -162,6 +179,8 @@ impl CloudConfig {
             retry_max: default_retry_max(),
             parked_retry: default_parked_retry(),
             command_wait_max: default_command_wait_max(),
+            command_poll: default_command_poll(),
+            heartbeat_channel: default_heartbeat_channel(),
             max_message: None,
         }
     }
@@ -198,6 +217,12 @@ impl CloudConfig {
                     reason: format!("{:?} is not an http:// or https:// URL", self.url),
                 });
             }
+        }
+        if gw_model::Channel::new(&self.heartbeat_channel).is_err() {
+            return Err(CloudError::Config {
+                key: "heartbeat_channel",
+                reason: format!("{:?} is not a channel name", self.heartbeat_channel),
+            });
         }
         let only_mqtt: [(&'static str, bool); 3] = [
             ("topic", self.topic.is_some()),

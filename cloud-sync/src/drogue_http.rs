@@ -14,7 +14,10 @@
 //! device's commands to the push endpoint, never to a waiting publish, and a relayed wait
 //! would only hold the device's later records back.
 
-use std::time::{Duration, SystemTime};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use gw_model::{BasicCredentials, Command, CommandName, Identity, Secret, Telemetry, Timestamp};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
@@ -53,6 +56,24 @@ pub struct DrogueHttp {
     relay_waits: bool,
     /// The last check of the gateway's own login after a 403: when, and what it found.
     login_check: tokio::sync::Mutex<Option<(std::time::Instant, Login)>>,
+    /// The gateway's own command poll (`command_poll`, `heartbeat_channel`), if set up.
+    poll: Option<GatewayPoll>,
+    gateway: Identity,
+    poll_wait: Duration,
+    heartbeat_channel: String,
+    retry: (Duration, Duration),
+}
+
+/// What the gateway's own command poll needs from the daemon.
+#[derive(Clone)]
+pub struct GatewayPoll {
+    /// The heartbeat's JSON body, made fresh for each poll.
+    pub heartbeat: Arc<dyn Fn() -> serde_json::Value + Send + Sync>,
+    /// The gateway's own commands. Drogue widens a gateway's wait for itself to every device
+    /// it proxies and does not say which device a command is for: a command of another name
+    /// is taken to be a sensor's (it reaches the sensor by push or its own wait) and dropped
+    /// here.
+    pub commands: Vec<&'static str>,
 }
 
 /// What a check of the gateway's own login found.
@@ -91,7 +112,117 @@ impl DrogueHttp {
             commands: None,
             relay_waits: true,
             login_check: tokio::sync::Mutex::new(None),
+            poll: None,
+            gateway: gateway.clone(),
+            poll_wait: config.command_poll,
+            heartbeat_channel: config.heartbeat_channel.clone(),
+            retry: (config.retry_min, config.retry_max),
         })
+    }
+
+    pub(crate) fn set_gateway_poll(&mut self, poll: GatewayPoll) {
+        self.poll = Some(poll);
+    }
+
+    /// The gateway's own command poll, until `stop`: a heartbeat as the gateway that waits
+    /// `command_poll` for a command, then the next one at once. Nothing to do without an
+    /// intake, a poll or with `command_poll = "0s"`.
+    pub(crate) async fn poll_own_commands(&self, stop: tokio_util::sync::CancellationToken) {
+        let (Some(intake), Some(poll)) = (&self.commands, &self.poll) else { return };
+        let wait = self.poll_wait.as_secs();
+        if wait == 0 {
+            return;
+        }
+        let url = format!(
+            "{}/v1/{}?ct={wait}",
+            self.base,
+            utf8_percent_encode(&self.heartbeat_channel, SEGMENT)
+        );
+        let mut backoff = self.retry.0;
+        let mut failing = false;
+        loop {
+            let body = serde_json::to_vec(&(poll.heartbeat)()).unwrap_or_default();
+            let request = self
+                .client
+                .post(&url)
+                .header(header::AUTHORIZATION, &self.authorization)
+                .header(header::CONTENT_TYPE, "application/json")
+                .timeout(self.timeout + self.poll_wait)
+                .body(body);
+            let answer = tokio::select! {
+                a = request.send() => a,
+                () = stop.cancelled() => return,
+            };
+            let problem = match answer {
+                Ok(resp) if resp.status() == StatusCode::OK => {
+                    let name = resp
+                        .headers()
+                        .get("command")
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
+                    match name {
+                        Some(name) if poll.commands.contains(&name.as_str()) => {
+                            self.take_own_command(intake, &name, resp).await;
+                        }
+                        Some(name) => tracing::debug!(command = %name,
+                            "a command on the gateway's own poll that is no gateway command: taken to be a proxied sensor's, left to its push or wait"),
+                        None => {}
+                    }
+                    None
+                }
+                Ok(resp) if resp.status().is_success() => None,
+                Ok(resp) => Some(format!("HTTP {}", resp.status())),
+                Err(e) if e.is_timeout() => None,
+                Err(e) => Some(describe(&e)),
+            };
+            match problem {
+                None => {
+                    if failing {
+                        tracing::info!("the gateway's command poll works again");
+                    }
+                    failing = false;
+                    backoff = self.retry.0;
+                }
+                Some(cause) => {
+                    if !failing {
+                        tracing::warn!(%cause, "the gateway's command poll failed; retrying");
+                    }
+                    failing = true;
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = stop.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(self.retry.1);
+                }
+            }
+        }
+    }
+
+    async fn take_own_command(&self, intake: &CommandIntake, name: &str, resp: reqwest::Response) {
+        let Ok(name) = CommandName::new(name) else { return };
+        let content_type = resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let payload = match resp.bytes().await {
+            Ok(body) => body,
+            Err(e) => {
+                tracing::warn!(command = %name, cause = %describe(&e), "cannot read the gateway's command from the cloud; lost");
+                return;
+            }
+        };
+        tracing::info!(command = %name, "command for the gateway from its command poll");
+        let command = Command {
+            app: self.gateway.app().clone(),
+            device: self.gateway.device().clone(),
+            name,
+            content_type,
+            payload,
+            created_at: Timestamp::from_system(SystemTime::now()),
+            expires_at: None,
+        };
+        intake.submit(Via::HttpWait, command).await;
     }
 
     /// Whether the cloud accepts the gateway's own credentials. Drogue's 403 is the same for

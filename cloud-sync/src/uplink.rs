@@ -144,6 +144,17 @@ impl Uplink {
         self
     }
 
+    /// `drogue-http`: the gateway polls the cloud for its own commands with a heartbeat
+    /// (`command_poll`, `heartbeat_channel`); commands of `poll.commands`' names go to the
+    /// intake given to [`Uplink::with_commands`]. Other kinds take the gateway's commands
+    /// their own way (drogue-mqtt's inbox) or not at all.
+    pub fn with_gateway_poll(mut self, poll: crate::drogue_http::GatewayPoll) -> Self {
+        if let Kind::DrogueHttp(sender) = &mut self.kind {
+            sender.set_gateway_poll(poll);
+        }
+        self
+    }
+
     /// The cloud hands this gateway's commands to its push endpoint: `drogue-http` publishes
     /// never wait upstream (`ct=`), since Drogue then answers no wait with a command and the
     /// device's later records would wait behind it.
@@ -169,7 +180,16 @@ impl Uplink {
         let app = gateway.app();
         match kind {
             Kind::DrogueHttp(sender) => {
-                drive(Arc::new(*sender), reader, status, &config, app, token).await
+                let sender = Arc::new(*sender);
+                let stop = token.child_token();
+                let poll = {
+                    let (sender, stop) = (Arc::clone(&sender), stop.clone());
+                    tokio::spawn(async move { sender.poll_own_commands(stop).await })
+                };
+                let result = drive(sender, reader, status, &config, app, token).await;
+                stop.cancel();
+                let _ = poll.await;
+                result
             }
             Kind::Mqtt(publisher, connection) => {
                 let stop = token.child_token();

@@ -321,8 +321,27 @@ impl Gateway {
         if let Some((uplink, rebuild)) = uplink {
             // With a push endpoint, Drogue hands commands there and never to a waiting publish.
             let by_push = loaded.push_token.is_some();
+            // The gateway's own commands: drogue-http polls for them with a heartbeat.
+            let heartbeat = {
+                let (outbox, mqtt, started) =
+                    (outbox.clone(), state.mqtt.clone(), std::time::Instant::now());
+                Arc::new(move || {
+                    let stats = outbox.stats();
+                    serde_json::json!({
+                        "version": crate::web::VERSION,
+                        "uptime_seconds": started.elapsed().as_secs(),
+                        "outbox_records": stats.records_queued(),
+                        "outbox_bytes": stats.bytes_queued(),
+                        "mqtt_sessions": mqtt.as_ref().map(|m| m.snapshot().sessions),
+                    })
+                })
+            };
+            let poll = gw_cloud_sync::drogue_http::GatewayPoll {
+                heartbeat,
+                commands: crate::commands::gateway::COMMANDS.to_vec(),
+            };
             let commands = move |u: Uplink, intake: gw_cloud_sync::CommandIntake| {
-                let u = u.with_commands(intake);
+                let u = u.with_commands(intake).with_gateway_poll(poll.clone());
                 if by_push { u.without_command_waits() } else { u }
             };
             let mut uplink = commands(uplink, intake.clone());

@@ -610,3 +610,38 @@ async fn outcomes_are_reported_upstream_on_the_report_channel() {
         assert_eq!(outcomes[1]["command"], "open");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateways_own_commands_reach_it_over_every_drogue_uplink() {
+    for uplink in [Uplink::Http, Uplink::Mqtt] {
+        // a slow registry poll, so that a listing can only come from the resync command
+        let extra = Extra { registry_interval: "1h", ..DEFAULT };
+        let site = Site::start_with(uplink, extra).await;
+        let syncs = |s: &serde_json::Value| s["registry"]["syncs"].as_u64().unwrap();
+        let before = syncs(&site.status().await);
+        if uplink == Uplink::Http {
+            // drogue-http: the gateway's heartbeat waits for its commands
+            let deadline = Instant::now() + DEADLINE;
+            while !site.cloud.all_events().iter().any(|e| e.subject == "gatewayd-heartbeat") {
+                assert!(Instant::now() < deadline, "no heartbeat from the gateway");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let beat = site
+                .cloud
+                .all_events()
+                .into_iter()
+                .find(|e| e.subject == "gatewayd-heartbeat")
+                .unwrap();
+            assert_eq!(beat.device.as_deref(), Some("gw1"));
+            assert!(beat.data.as_ref().is_some_and(|d| d["outbox_records"].is_u64()), "{beat:?}");
+        }
+        // through the dev cloud's command API, addressed to the gateway device
+        assert_eq!(site.send("gw1", "resync", "").await, 202, "{uplink:?}");
+        site.until("resync listed the registry", |s| syncs(s) > before).await;
+        // the poll waits again at once: the next command comes just as well
+        assert_eq!(site.send("gw1", "set-log-level", "debug").await, 202, "{uplink:?}");
+        site.until("set-log-level", |s| s["commands"]["log_filter"] == "debug").await;
+        let s = site.status().await;
+        assert_eq!(counts(&s)["delivered"], 2, "{uplink:?}: {s}");
+    }
+}

@@ -265,7 +265,11 @@ fn demo_starts_cloud_and_gateway_and_its_sensors_reach_the_cloud() {
         let page: serde_json::Value =
             serde_json::from_str(&client.get(format!("{events}?since=0")).text()).unwrap();
         for e in page["events"].as_array().unwrap() {
-            if e["type"] == "io.drogue.event.v1" && e["sender"] == "gw1" {
+            // the sensors' readings (not the gateway's own heartbeat)
+            if e["type"] == "io.drogue.event.v1"
+                && e["sender"] == "gw1"
+                && e["subject"] == "temperature"
+            {
                 seen.insert(e["device"].as_str().unwrap().to_owned());
             }
         }

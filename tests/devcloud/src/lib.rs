@@ -64,6 +64,9 @@ pub struct DevCloud {
     mqtt: JoinHandle<()>,
 }
 
+/// The channel of gatewayd's heartbeat (`[cloud] heartbeat_channel`'s default).
+pub const HEARTBEAT_CHANNEL: &str = "gatewayd-heartbeat";
+
 impl DevCloud {
     /// Binds `listen` for HTTP and a free port on the same IP for MQTT, loads `seed`, and
     /// serves until `shutdown` is cancelled.
@@ -142,8 +145,17 @@ impl DevCloud {
         mqtt::url(self.shared.mqtt_addr)
     }
 
-    /// A snapshot of the retained events, oldest first.
+    /// A snapshot of the retained events, oldest first, without the heartbeats gatewayd's
+    /// drogue-http uplink posts as the gateway on [`HEARTBEAT_CHANNEL`] (its command poll):
+    /// what the sensors sent and the cloud's own events. [`DevCloud::all_events`] has them too.
     pub fn events(&self) -> Vec<CloudEvent> {
+        let mut events = self.shared.events.snapshot();
+        events.retain(|e| e.subject != HEARTBEAT_CHANNEL);
+        events
+    }
+
+    /// Every retained event, oldest first, heartbeats included.
+    pub fn all_events(&self) -> Vec<CloudEvent> {
         self.shared.events.snapshot()
     }
 

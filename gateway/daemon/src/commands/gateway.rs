@@ -17,6 +17,9 @@ use std::{
 use gw_model::Command;
 use tokio::sync::watch;
 
+/// The names of the gateway's own commands.
+pub const COMMANDS: [&str; 4] = ["resync", "set-log-level", "reboot", "update"];
+
 /// How long a `reboot_command` may run before the command counts as carried out anyway.
 const REBOOT_COMMAND_WAIT: Duration = Duration::from_secs(10);
 
