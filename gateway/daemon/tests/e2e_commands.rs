@@ -645,3 +645,32 @@ async fn the_gateways_own_commands_reach_it_over_every_drogue_uplink() {
         assert_eq!(counts(&s)["delivered"], 2, "{uplink:?}: {s}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_for_a_device_created_a_moment_ago_is_queued_and_delivered() {
+    // a slow registry poll: only the resync the command asks for can bring the new device
+    let extra = Extra { registry_interval: "1h", ..DEFAULT };
+    let site = Site::start_with(Uplink::Http, extra).await;
+    let device = gw_devcloud::seed::device_with(APP, "new-sensor", Some("pw-new"), &["gw1"]);
+    site.cloud.apply_device(device).unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let body = serde_json::json!({
+        "application": APP, "device": "new-sensor", "command": "hello",
+        "payload": base64::engine::general_purpose::STANDARD.encode("hi"),
+    });
+    let started = Instant::now();
+    let answer =
+        site.client.post(site.push_url()).bearer_auth(PUSH_TOKEN).json(&body).send().await.unwrap();
+    assert_eq!(answer.status(), 202, "{}", answer.text().await.unwrap());
+    assert!(started.elapsed() < Duration::from_secs(3), "answered within the resync's bound");
+    // the new sensor's first contact carries it
+    let out = Command::new("curl")
+        .args(["-s", "-i", "--max-time", "20", "-u", "new-sensor@my-app:pw-new"])
+        .args(["-H", "content-type: application/json", "-d", "{}"])
+        .arg(format!("http://{}/v1/temp", site.web))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (code, command, payload) = http_answer(&output(out).await);
+    assert_eq!((code, command.as_deref(), payload.as_str()), (200, Some("hello"), "hi"));
+}

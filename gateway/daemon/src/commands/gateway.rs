@@ -49,6 +49,11 @@ impl GatewayCommands {
         let _ = self.resync.set(handle);
     }
 
+    /// The registry sync's resync handle, once attached.
+    pub fn resync_handle(&self) -> Option<&gw_cloud_sync::ResyncHandle> {
+        self.resync.get()
+    }
+
     /// Lets `update` install bundles.
     pub fn set_updater(&self, updater: std::sync::Arc<crate::update::Updater>) {
         let _ = self.updater.set(updater);

@@ -74,7 +74,15 @@ struct Inner {
     pump: tokio::sync::Mutex<()>,
     /// Wakes the sweeper when something was queued (a new, earlier expiry).
     queued: tokio::sync::Notify,
+    /// When a command for a device the gateway did not know last asked for a resync.
+    unknown_resync: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// How long a command for a device the gateway does not know waits for a registry resync to
+/// bring it (a device created a moment ago) before it is refused as unknown.
+pub const UNKNOWN_DEVICE_WAIT: Duration = Duration::from_secs(2);
+/// At most one resync per this long is asked for by commands for unknown devices.
+const UNKNOWN_RESYNC_EVERY: Duration = Duration::from_secs(1);
 
 /// The router's state for `/api/v1/status`.
 #[derive(Clone, Debug, Serialize)]
@@ -134,6 +142,7 @@ impl CommandRouter {
                 own: GatewayCommands::new(config.reboot_command.clone()),
                 pump: tokio::sync::Mutex::new(()),
                 queued: tokio::sync::Notify::new(),
+                unknown_resync: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -364,6 +373,30 @@ impl CommandRouter {
         });
     }
 
+    /// A device the gateway does not know may have been created in the registry a moment
+    /// ago (the sync polls every `[registry] interval`; Drogue publishes changes only to
+    /// Kafka): asks for a resync (at most one per second) and waits up to
+    /// [`UNKNOWN_DEVICE_WAIT`] for the device to appear. `None` without a registry.
+    async fn after_resync(&self, target: &Identity) -> Option<Identity> {
+        let resync = self.inner.own.resync_handle()?;
+        {
+            let mut last = self.inner.unknown_resync.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_none_or(|t| t.elapsed() >= UNKNOWN_RESYNC_EVERY) {
+                *last = Some(std::time::Instant::now());
+                tracing::info!(device = %target, "command for a device the gateway does not know; asking the registry now");
+                resync.resync();
+            }
+        }
+        let deadline = tokio::time::Instant::now() + UNKNOWN_DEVICE_WAIT;
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if let Some(found) = (self.inner.directory)(target) {
+                return Some(found);
+            }
+        }
+        None
+    }
+
     async fn route(&self, mut command: Command) -> Fate {
         let at = now();
         if command.expires_at.is_none() {
@@ -378,6 +411,10 @@ impl CommandRouter {
         } else {
             (self.inner.directory)(&target)
                 .or_else(|| self.bridged(&target).then(|| target.clone()))
+        };
+        let known = match known {
+            Some(t) => Some(t),
+            None => self.after_resync(&target).await,
         };
         let Some(target) = known else { return Fate::UnknownDevice };
         if command.payload.len() as u64 > self.inner.max_payload {
