@@ -171,7 +171,7 @@ impl ResyncHandle {
 pub struct RegistrySync {
     config: RegistryConfig,
     client: reqwest::Client,
-    authorization: HeaderValue,
+    authorization: Option<HeaderValue>,
     app: String,
     gateway: String,
     status: Arc<RegistryStatus>,
@@ -189,26 +189,39 @@ struct Listing {
 
 impl RegistrySync {
     /// Builds the sync for `gateway` (its canonical name and application); `token` is the
-    /// registry API token, resolved from `token_file` or `token` by the caller.
+    /// registry API token, resolved from `token_file` or `token` by the caller, or none for a
+    /// registry that needs none (then no `Authorization` header is sent).
     pub fn new(
         config: &RegistryConfig,
         gateway: &Identity,
-        token: Secret,
+        token: impl Into<Option<Secret>>,
     ) -> Result<Self, CloudError> {
         config.validate()?;
         let client = client_builder(config.timeout, config.ca_file.as_deref())?
             .build()
             .map_err(CloudError::Client)?;
-        let text = match &config.user {
-            Some(user) => BasicCredentials::new(user.clone(), token).to_header(),
-            None => format!("Bearer {}", token.expose().trim()),
+        let authorization = match (token.into(), &config.user) {
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(CloudError::RegistryConfig {
+                    key: "user",
+                    reason: "needs token_file or token (the password sent with it)".into(),
+                });
+            }
+            (Some(token), user) => {
+                let text = match user {
+                    Some(user) => BasicCredentials::new(user.clone(), token).to_header(),
+                    None => format!("Bearer {}", token.expose().trim()),
+                };
+                let mut value =
+                    HeaderValue::from_str(&text).map_err(|_| CloudError::RegistryConfig {
+                        key: "token",
+                        reason: "holds characters not allowed in an HTTP header".into(),
+                    })?;
+                value.set_sensitive(true);
+                Some(value)
+            }
         };
-        let mut authorization =
-            HeaderValue::from_str(&text).map_err(|_| CloudError::RegistryConfig {
-                key: "token",
-                reason: "holds characters not allowed in an HTTP header".into(),
-            })?;
-        authorization.set_sensitive(true);
         let status =
             Arc::new(RegistryStatus::new(config.base().to_owned(), config.events_url.clone()));
         Ok(Self {
@@ -453,7 +466,9 @@ impl RegistrySync {
         let resp = self
             .client
             .get(&url)
-            .header(header::AUTHORIZATION, self.authorization.clone())
+            .headers(
+                self.authorization.iter().map(|a| (header::AUTHORIZATION, a.clone())).collect(),
+            )
             .header(header::ACCEPT, "application/json")
             .send()
             .await

@@ -461,3 +461,38 @@ async fn devices_that_do_not_parse_are_skipped_and_counted() {
     assert_eq!(sync.status().snapshot().invalid, 2);
     shutdown.cancel();
 }
+
+#[tokio::test]
+async fn a_registry_that_needs_no_token_is_asked_without_authorization() {
+    let shutdown = CancellationToken::new();
+    let cloud = start(base_seed().device(sensor("s1", &[GW])), &shutdown).await;
+    // a front that lets the gateway in without credentials (a registry on a trusted network):
+    // it records what the gateway sent and adds the cloud's token itself
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    let router = cloud.router().layer(axum::middleware::from_fn(
+        move |mut req: axum::extract::Request, next: axum::middleware::Next| {
+            let record = Arc::clone(&record);
+            async move {
+                let sent = req.headers().get("authorization").map(|v| v.as_bytes().to_vec());
+                record.lock().unwrap().push(sent);
+                let bearer = format!("Bearer {TOKEN}").parse().unwrap();
+                req.headers_mut().insert("authorization", bearer);
+                next.run(req).await
+            }
+        },
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let sync = RegistrySync::new(&config(&format!("http://{addr}")), &gateway(), None).unwrap();
+    assert_eq!(sync.sync_once().await.unwrap().devices, 1);
+    let seen = seen.lock().unwrap().clone();
+    assert!(!seen.is_empty() && seen.iter().all(Option::is_none), "{seen:?}");
+    // a user name without a token is a config error
+    let mut c = config(&cloud.url());
+    c.user = Some(USER.into());
+    let err = RegistrySync::new(&c, &gateway(), None).err().unwrap().to_string();
+    assert!(err.contains("user") && err.contains("token"), "{err}");
+    shutdown.cancel();
+}

@@ -102,8 +102,9 @@ impl RegistryConfig {
         }
         match (&self.token, &self.token_file) {
             (Some(_), Some(_)) => return Err(bad("token", "set token or token_file, not both")),
-            (None, None) => {
-                return Err(bad("token_file", "the registry API needs a token (token_file)"));
+            // a registry that needs no token: nothing is sent (a user name needs one)
+            (None, None) if self.user.is_some() => {
+                return Err(bad("user", "needs token_file or token (the password sent with it)"));
             }
             (Some(t), None) if t.expose().trim().is_empty() => {
                 return Err(bad("token", "must not be empty"));
@@ -183,7 +184,10 @@ mod tests {
             ("registry.url", |c| c.url = "ftp://x".into()),
             ("registry.url", |c| c.url = "https://".into()),
             ("registry.events_url", |c| c.events_url = Some("x".into())),
-            ("registry.token_file", |c| c.token = None),
+            ("registry.user", |c| {
+                c.token = None;
+                c.user = Some("op".into());
+            }),
             ("registry.token", |c| c.token = Some(" ".into())),
             ("registry.user", |c| c.user = Some("a:b".into())),
             ("registry.labels", |c| c.labels = Some("".into())),

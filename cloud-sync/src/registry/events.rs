@@ -47,7 +47,7 @@ struct Event {
 pub(crate) struct EventWatcher {
     pub client: reqwest::Client,
     pub url: String,
-    pub authorization: HeaderValue,
+    pub authorization: Option<HeaderValue>,
     pub app: String,
     pub status: Arc<RegistryStatus>,
     pub trigger: Arc<watch::Sender<u64>>,
@@ -74,7 +74,9 @@ impl EventWatcher {
         let resp = self
             .client
             .get(&url)
-            .header(header::AUTHORIZATION, self.authorization.clone())
+            .headers(
+                self.authorization.iter().map(|a| (header::AUTHORIZATION, a.clone())).collect(),
+            )
             .header(header::ACCEPT, "application/json")
             .send()
             .await

@@ -413,8 +413,10 @@ impl Config {
                     (None, Some(file)) => {
                         Some(read_secret(file, "registry.token_file", text, origin)?)
                     }
+                    // a registry that needs no token (then none is sent)
+                    (None, None) if registry.user.is_none() => None,
                     (None, None) => {
-                        return Err(invalid(origin, "registry", "needs token_file or token"));
+                        return Err(invalid(origin, "registry.user", "needs token_file or token"));
                     }
                 }
             }
@@ -692,6 +694,17 @@ mod tests {
         let text = uncommented_default();
         let loaded = Config::from_str_at(&text, "examples").unwrap();
         assert!(!loaded.devices.is_empty(), "the examples include a static device");
+    }
+
+    #[test]
+    fn a_registry_token_is_optional_but_a_user_needs_one() {
+        let base = "[gateway]\nname = \"gw1\"\napplication = \"app\"\n\n[registry]\nurl = \"https://api.example.com\"\n";
+        let loaded = Config::from_str_at(base, "x.toml").unwrap();
+        assert!(loaded.registry_token.is_none());
+        let err = Config::from_str_at(&format!("{base}user = \"op\"\n"), "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("registry.user") && err.contains("token"), "{err}");
     }
 
     #[test]

@@ -119,7 +119,7 @@ impl Gateway {
         let chain = open_credentials(&config, &loaded.devices).await?;
         let me = Identity::new(config.gateway.application.clone(), config.gateway.name.clone());
         let registry = match (&config.registry, loaded.registry_token) {
-            (Some(registry), Some(token)) => {
+            (Some(registry), token) => {
                 let sync = RegistrySync::new(registry, &me, token)
                     .context("cannot set up the registry sync")?;
                 state.registry = Some(sync.status());
