@@ -106,6 +106,11 @@ pub struct CloudConfig {
     /// How often devices the cloud refused (403) are tried again.
     #[serde(default = "default_parked_retry", with = "gw_model::serde_util::duration")]
     pub parked_retry: Duration,
+    /// How long a device may stay refused by the cloud (parked, no record of it taken since)
+    /// before its records are dropped as expired, so that records that can never be delivered
+    /// stop filling the quota. `0s`: never.
+    #[serde(default = "default_parked_max_age", with = "gw_model::serde_util::duration")]
+    pub parked_max_age: Duration,
     /// drogue-http: the longest the cloud is asked to wait for a command (`ct=`) on a publish
     /// of a sensor that waits itself.
     #[serde(default = "default_command_wait_max", with = "gw_model::serde_util::duration")]
@@ -143,6 +148,10 @@ fn default_retry_min() -> Duration {
 fn default_retry_max() -> Duration {
     Duration::from_secs(30)
 }
+fn default_parked_max_age() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+
 fn default_parked_retry() -> Duration {
     Duration::from_secs(60)
 }
@@ -178,6 +187,7 @@ impl CloudConfig {
             retry_min: default_retry_min(),
             retry_max: default_retry_max(),
             parked_retry: default_parked_retry(),
+            parked_max_age: default_parked_max_age(),
             command_wait_max: default_command_wait_max(),
             command_poll: default_command_poll(),
             heartbeat_channel: default_heartbeat_channel(),

@@ -245,7 +245,7 @@ async fn drive<S: Sender>(
     tasks.spawn(release_parked(
         acker.clone(),
         Arc::clone(&status),
-        config.parked_retry,
+        (config.parked_retry, config.parked_max_age),
         token.clone(),
     ));
 
@@ -417,7 +417,7 @@ fn settle(
 async fn release_parked(
     acker: Acker,
     status: Arc<UplinkStatus>,
-    every: Duration,
+    (every, max_age): (Duration, Duration),
     token: CancellationToken,
 ) {
     let mut tick = tokio::time::interval_at(Instant::now() + every, every);
@@ -425,6 +425,13 @@ async fn release_parked(
         tokio::select! {
             _ = token.cancelled() => return,
             _ = tick.tick() => {
+                if !max_age.is_zero() {
+                    for (app, device, records) in acker.expire_parked(max_age) {
+                        tracing::warn!(%app, %device, records,
+                            max_age = %humantime::format_duration(max_age),
+                            "records of a device the cloud keeps refusing expired: dropped");
+                    }
+                }
                 if !status.snapshot().parked_devices.is_empty() {
                     tracing::info!("retrying parked devices");
                     // Status first: a device parked between the two calls stays listed (and is

@@ -388,3 +388,57 @@ async fn with_push_a_sensors_wait_holds_back_none_of_its_messages() {
     assert!(took < Duration::from_secs(3), "the second message waited {took:?} upstream");
     waiting.abort();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_of_a_device_the_cloud_keeps_refusing_expire_and_free_the_quota() {
+    let cloud = cloud(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let section = format!(
+        "{}parked_retry = \"300ms\"\nparked_max_age = \"2s\"\n",
+        drogue_http(&cloud.url(), "gw-secret")
+    );
+    let gw = Running::start(&config(dir.path(), 1, &section, ""), None);
+    let web = gw.web_addr();
+    let client = reqwest::Client::new();
+    // rogue is known to the gateway, not to the cloud: 403, parked
+    for i in 0..3 {
+        assert_eq!(post(&web, "rogue", "pw-rogue", "", format!("{{\"i\":{i}}}").into()).await, 202);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = status(&client, &web).await;
+        if s["uplink"]["parked_devices"].as_array().is_some_and(|p| !p.is_empty()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "rogue was never parked: {s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // after parked_max_age its records are dropped, counted, and no longer queued
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let s = loop {
+        let s = status(&client, &web).await;
+        if s["outbox"]["expired"] == 3 {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the parked records did not expire: {s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(s["outbox"]["records_queued"], 0, "{s}");
+    assert_eq!(s["outbox"]["bytes_queued"], 0, "{s}");
+    let rogue = s["outbox"]["devices"].as_array().unwrap().iter().find(|d| d["device"] == "rogue");
+    assert_eq!(rogue.map(|d| d["expired"].clone()), Some(serde_json::json!(3)), "{s}");
+    let metrics = client
+        .get(format!("http://{web}/metrics"))
+        .bearer_auth("test-api-token-0123")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("gatewayd_outbox_expired_total 3"), "{metrics}");
+    // a device the cloud takes keeps flowing, and nothing of rogue is sent again
+    assert_eq!(post(&web, "s0", "pw0", "", b"{\"i\":1}".to_vec()).await, 202);
+    assert_eq!(wait_events(&cloud, "s0", 1, Duration::from_secs(20)).await, 1);
+    assert!(telemetry_of(&cloud, "rogue").is_empty());
+}

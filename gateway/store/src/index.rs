@@ -47,8 +47,13 @@ struct Device {
     queue: VecDeque<Pos>,
     in_flight: u32,
     parked: bool,
+    /// Since when the cloud has refused the device without taking one of its records since
+    /// (kept across the retries that release it for a moment).
+    parked_since: Option<std::time::Instant>,
     in_ring: bool,
     dropped: u64,
+    /// Records dropped because the device stayed parked longer than allowed.
+    expired: u64,
 }
 
 /// Per-device counters for the stats snapshot.
@@ -58,6 +63,7 @@ pub(crate) struct DeviceCounts<'a> {
     pub device: &'a DeviceId,
     pub queued: usize,
     pub dropped: u64,
+    pub expired: u64,
     pub parked: bool,
 }
 
@@ -90,8 +96,10 @@ impl Index {
             queue: VecDeque::new(),
             in_flight: 0,
             parked: false,
+            parked_since: None,
             in_ring: false,
             dropped: 0,
+            expired: 0,
         });
         idx
     }
@@ -159,6 +167,10 @@ impl Index {
     pub fn ack(&mut self, seq: u64) -> (bool, bool) {
         let Some((dev, pos)) = self.in_flight.remove(&seq) else { return (false, false) };
         self.forget(pos);
+        if let Some(d) = self.devices.get_mut(dev as usize) {
+            // the cloud took one of its records: no longer refused
+            d.parked_since = None;
+        }
         (true, self.settle(dev))
     }
 
@@ -181,15 +193,44 @@ impl Index {
         any
     }
 
-    /// The cloud refused `seq`'s device: the record goes back and the device is parked.
-    pub fn park(&mut self, seq: u64) {
+    /// The cloud refused `seq`'s device at `now`: the record goes back and the device is
+    /// parked.
+    pub fn park(&mut self, seq: u64, now: std::time::Instant) {
         if let Some((dev, pos)) = self.in_flight.remove(&seq) {
             self.requeue(dev, pos);
             if let Some(d) = self.devices.get_mut(dev as usize) {
                 d.parked = true;
+                d.parked_since.get_or_insert(now);
             }
             self.settle(dev);
         }
+    }
+
+    /// Drops every record of the devices parked since `max_age` before `now` (and not in
+    /// flight), counting them as expired. Returns the seqs dropped per device.
+    pub fn expire_parked(
+        &mut self,
+        max_age: std::time::Duration,
+        now: std::time::Instant,
+    ) -> Vec<(AppId, DeviceId, Vec<u64>)> {
+        let mut expired = Vec::new();
+        for dev in 0..self.devices.len() {
+            let d = &mut self.devices[dev];
+            let old = d.parked_since.is_some_and(|t| now.saturating_duration_since(t) >= max_age);
+            if !(d.parked && old && d.in_flight == 0 && !d.queue.is_empty()) {
+                continue;
+            }
+            let gone: Vec<Pos> = d.queue.drain(..).collect();
+            d.expired += gone.len() as u64;
+            d.parked_since = None;
+            let (app, device) = (d.app.clone(), d.device.clone());
+            let seqs = gone.iter().map(|p| p.seq).collect();
+            for pos in gone {
+                self.forget(pos);
+            }
+            expired.push((app, device, seqs));
+        }
+        expired
     }
 
     /// Releases a parked device. Returns whether it became deliverable.
@@ -357,6 +398,7 @@ impl Index {
             device: &d.device,
             queued: d.queue.len() + d.in_flight as usize,
             dropped: d.dropped,
+            expired: d.expired,
             parked: d.parked,
         })
     }
@@ -382,6 +424,41 @@ mod tests {
 
     fn seqs(batch: &[Picked]) -> Vec<u64> {
         batch.iter().map(|p| p.pos.seq).collect()
+    }
+
+    #[test]
+    fn a_device_refused_for_max_age_loses_its_records_one_taken_meanwhile_does_not() {
+        use std::time::{Duration, Instant};
+        let mut idx = index_with(&["a", "b"]);
+        for s in 1..=3 {
+            idx.push(0, pos(s));
+        }
+        idx.push(1, pos(4));
+        idx.push(1, pos(5));
+        let t0 = Instant::now();
+        let batch = seqs(&idx.take_batch(10));
+        assert_eq!(batch, [1, 2, 3, 4, 5]);
+        // a refused (all its records parked); b refused once, then one of its records taken
+        for s in [1, 2, 3, 4] {
+            idx.park(s, t0);
+        }
+        idx.ack(5);
+        let age = Duration::from_secs(60);
+        assert!(idx.expire_parked(age, t0 + Duration::from_secs(59)).is_empty(), "not yet");
+        // the retries that release a device for a moment keep its first refusal's time
+        assert!(idx.unpark_all());
+        let batch = seqs(&idx.take_batch(10));
+        assert_eq!(batch, [1, 2, 3, 4]);
+        for s in batch {
+            idx.park(s, t0 + Duration::from_secs(30));
+        }
+        let expired = idx.expire_parked(age, t0 + age);
+        assert_eq!(expired.len(), 1, "only a: b had a record taken after its refusal");
+        assert_eq!((expired[0].1.as_str(), expired[0].2.clone()), ("a", vec![1, 2, 3]));
+        let counts: Vec<(u64, usize)> = idx.devices().map(|d| (d.expired, d.queued)).collect();
+        assert_eq!(counts, [(3, 0), (0, 1)]);
+        assert_eq!(idx.live_records(), 1);
+        assert!(idx.expire_parked(age, t0 + age * 10).iter().all(|e| e.1.as_str() != "a"));
     }
 
     #[test]
@@ -422,7 +499,7 @@ mod tests {
         idx.push(0, pos(1));
         idx.push(1, pos(2));
         assert_eq!(seqs(&idx.take_batch(10)), [1, 2]);
-        idx.park(1);
+        idx.park(1, std::time::Instant::now());
         idx.ack(2);
         idx.push(0, pos(3));
         idx.push(1, pos(4));

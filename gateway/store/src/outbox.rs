@@ -252,15 +252,17 @@ impl Outbox {
         let idx = lock(&shared.index);
         let devices = idx
             .devices()
-            .filter(|d| d.queued > 0 || d.dropped > 0 || d.parked)
+            .filter(|d| d.queued > 0 || d.dropped > 0 || d.expired > 0 || d.parked)
             .map(|d| DeviceStats {
                 app: d.app.clone(),
                 device: d.device.clone(),
                 queued: d.queued as u64,
                 dropped: d.dropped,
+                expired: d.expired,
                 parked: d.parked,
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let expired = devices.iter().map(|d: &DeviceStats| d.expired).sum();
         OutboxStats {
             records_queued: idx.live_records(),
             bytes_queued: idx.live_bytes(),
@@ -273,6 +275,7 @@ impl Outbox {
             records_committed: Counters::get(&c.records_committed),
             syncs: Counters::get(&c.syncs),
             dropped: Counters::get(&c.dropped),
+            expired,
             corrupt_skipped: Counters::get(&c.corrupt_skipped),
             segments_skipped: Counters::get(&c.segments_skipped),
             rejected_disk_full: Counters::get(&c.rejected_disk_full),

@@ -156,7 +156,21 @@ impl Acker {
     /// device's queue and the device is parked, its records kept, until
     /// [`unpark`](Self::unpark) or [`unpark_all`](Self::unpark_all). Other devices keep flowing.
     pub fn park(&self, seq: Seq) {
-        lock(&self.shared().index).park(seq.get());
+        lock(&self.shared().index).park(seq.get(), std::time::Instant::now());
+    }
+
+    /// Drops, for good, the records of every device the cloud has refused for `max_age`
+    /// without taking one of its records since (a device that is no longer allowed, whose
+    /// records can never be delivered): they stop counting against the quota. Each is counted
+    /// as expired for its device; returns how many per device.
+    pub fn expire_parked(&self, max_age: std::time::Duration) -> Vec<(AppId, DeviceId, u64)> {
+        let expired = lock(&self.shared().index).expire_parked(max_age, std::time::Instant::now());
+        let mut counts = Vec::with_capacity(expired.len());
+        for (app, device, seqs) in expired {
+            counts.push((app, device, seqs.len() as u64));
+            self.shared().persist_acks(seqs);
+        }
+        counts
     }
 
     /// Releases a parked device (e.g. after a registry resync shows it allowed again).

@@ -10,6 +10,7 @@ pub struct DeviceStats {
     pub(crate) device: DeviceId,
     pub(crate) queued: u64,
     pub(crate) dropped: u64,
+    pub(crate) expired: u64,
     pub(crate) parked: bool,
 }
 
@@ -27,6 +28,11 @@ impl DeviceStats {
     /// Records of this device dropped by `when_full = "drop-oldest"` since the outbox opened.
     pub fn dropped(&self) -> u64 {
         self.dropped
+    }
+    /// Records of this device dropped because the cloud refused it for `[cloud]
+    /// parked_max_age`.
+    pub fn expired(&self) -> u64 {
+        self.expired
     }
     pub fn parked(&self) -> bool {
         self.parked
@@ -47,6 +53,7 @@ pub struct OutboxStats {
     pub(crate) records_committed: u64,
     pub(crate) syncs: u64,
     pub(crate) dropped: u64,
+    pub(crate) expired: u64,
     pub(crate) corrupt_skipped: u64,
     pub(crate) segments_skipped: u64,
     pub(crate) rejected_disk_full: u64,
@@ -99,6 +106,11 @@ impl OutboxStats {
     /// Records dropped by `when_full = "drop-oldest"`, all devices.
     pub fn dropped(&self) -> u64 {
         self.dropped
+    }
+    /// Records dropped because their device stayed refused by the cloud (parked) longer than
+    /// `[cloud] parked_max_age`, all devices still known to the outbox.
+    pub fn expired(&self) -> u64 {
+        self.expired
     }
     /// Damaged records or regions skipped at open or on read.
     pub fn corrupt_skipped(&self) -> u64 {

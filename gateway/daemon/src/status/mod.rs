@@ -679,6 +679,12 @@ const FAMILIES: &[(Kind, &str, &str, &str)] = &[
         "Records dropped by when_full = \"drop-oldest\".",
         "outbox.dropped",
     ),
+    (
+        Kind::Counter,
+        "gatewayd_outbox_expired_total",
+        "Records dropped because the cloud refused their device for parked_max_age.",
+        "outbox.expired",
+    ),
     (Kind::Counter, "gatewayd_uplink_sent_total", "Records the cloud accepted.", "uplink.sent"),
     (
         Kind::Counter,

@@ -238,6 +238,7 @@ pub fn overview(status: &Value, now_ms: u64, graph: &str, csrf: &str) -> Markup 
                         dt { "Bytes waiting" } dd data-live="outbox_bytes" { (bytes(get(status, "outbox.bytes_queued").as_u64().unwrap_or(0))) }
                         dt { "Disk" } dd data-live="outbox_disk" { (bytes(disk)) " of " (bytes(max)) }
                         dt { "Dropped" } dd data-live="outbox_dropped" { (text(get(status, "outbox.dropped"))) }
+                        dt { "Expired (refused too long)" } dd #outbox-expired { (text(get(status, "outbox.expired"))) }
                         dt { "Dead letters" } dd data-live="dead_letters" { (text(get(status, "uplink.dead_letters"))) }
                         dt { "Parked devices" } dd { (get(status, "uplink.parked_devices").as_array().map_or(0, Vec::len)) }
                     }
@@ -278,7 +279,8 @@ fn held_back(status: &Value, now_ms: u64) -> Markup {
                 p { "None: the cloud takes every device's messages." }
             } @else {
                 p { "Their messages wait in the outbox and are tried again every "
-                    code { "parked_retry" } " or with " em { "Retry parked devices" } "." }
+                    code { "parked_retry" } " or with " em { "Retry parked devices" } "; a device "
+                    "refused for " code { "parked_max_age" } " loses them (counted as expired)." }
                 table #parked {
                     thead { tr { th { "Device" } th { "Reason" } th { "Since" } } }
                     tbody {
