@@ -199,30 +199,11 @@ impl DrogueHttp {
     }
 
     async fn take_own_command(&self, intake: &CommandIntake, name: &str, resp: reqwest::Response) {
-        let Ok(name) = CommandName::new(name) else { return };
-        let content_type = resp
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let payload = match resp.bytes().await {
-            Ok(body) => body,
-            Err(e) => {
-                tracing::warn!(command = %name, cause = %describe(&e), "cannot read the gateway's command from the cloud; lost");
-                return;
-            }
-        };
-        tracing::info!(command = %name, "command for the gateway from its command poll");
-        let command = Command {
-            app: self.gateway.app().clone(),
-            device: self.gateway.device().clone(),
-            name,
-            content_type,
-            payload,
-            created_at: Timestamp::from_system(SystemTime::now()),
-            expires_at: None,
-        };
-        intake.submit(Via::HttpWait, command).await;
+        let (app, device) = (self.gateway.app(), self.gateway.device());
+        if let Some(command) = command_in(resp, name, app, device).await {
+            tracing::info!(command = %command.name, "command for the gateway from its command poll");
+            intake.submit(Via::HttpWait, command).await;
+        }
     }
 
     /// Whether the cloud accepts the gateway's own credentials. Drogue's 403 is the same for
@@ -302,36 +283,46 @@ impl DrogueHttp {
         let Some(name) = resp.headers().get("command").and_then(|v| v.to_str().ok()) else {
             return;
         };
-        let name = match CommandName::new(name) {
-            Ok(n) => n,
-            Err(e) => {
-                tracing::warn!(device = %t.device, cause = %e, "the cloud answered a command with a bad name; dropped");
-                return;
-            }
-        };
-        let content_type = resp
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let payload = match resp.bytes().await {
-            Ok(body) => body,
-            Err(e) => {
-                tracing::warn!(device = %t.device, command = %name, cause = %describe(&e), "cannot read a command from the cloud; lost");
-                return;
-            }
-        };
-        let command = Command {
-            app: t.app.clone(),
-            device: t.device.clone(),
-            name,
-            content_type,
-            payload,
-            created_at: Timestamp::from_system(SystemTime::now()),
-            expires_at: None,
-        };
-        intake.submit(Via::HttpWait, command).await;
+        let name = name.to_owned();
+        if let Some(command) = command_in(resp, &name, &t.app, &t.device).await {
+            intake.submit(Via::HttpWait, command).await;
+        }
     }
+}
+
+/// The command in a `200` answer (header `command:` = `name`, its content type, the body as
+/// payload) for `app`/`device`; `None`, logged, when the name or the body cannot be read.
+async fn command_in(
+    resp: reqwest::Response,
+    name: &str,
+    app: &gw_model::AppId,
+    device: &gw_model::DeviceId,
+) -> Option<Command> {
+    let name = match CommandName::new(name) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(%device, cause = %e, "the cloud answered a command with a bad name; dropped");
+            return None;
+        }
+    };
+    let content_type =
+        resp.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let payload = match resp.bytes().await {
+        Ok(body) => body,
+        Err(e) => {
+            tracing::warn!(%device, command = %name, cause = %describe(&e), "cannot read a command from the cloud; lost");
+            return None;
+        }
+    };
+    Some(Command {
+        app: app.clone(),
+        device: device.clone(),
+        name,
+        content_type,
+        payload,
+        created_at: Timestamp::from_system(SystemTime::now()),
+        expires_at: None,
+    })
 }
 
 /// A reqwest client builder with gatewayd's defaults: `timeout` for connect and request, the

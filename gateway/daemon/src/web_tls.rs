@@ -257,8 +257,17 @@ impl<S> SendDeadline<S> {
         Self { inner, timeout, stalled: None }
     }
 
-    /// Called when a write is pending: `Ready(Err)` once it has been for `timeout`.
-    fn check(&mut self, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+    /// A write's (or flush's) poll, timed: a pending one fails with `TimedOut` once it has
+    /// been pending for `timeout`; a ready one clears the timer.
+    fn timed<T>(
+        &mut self,
+        cx: &mut TaskContext<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
         let timeout = self.timeout;
         let sleep = self.stalled.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
         match sleep.as_mut().poll(cx) {
@@ -287,23 +296,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for SendDeadline<S> {
         cx: &mut TaskContext<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.inner).poll_write(cx, data) {
-            Poll::Pending => self.check(cx).map_ok(|()| 0),
-            ready => {
-                self.stalled = None;
-                ready
-            }
-        }
+        let polled = Pin::new(&mut self.inner).poll_write(cx, data);
+        self.timed(cx, polled)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-        match Pin::new(&mut self.inner).poll_flush(cx) {
-            Poll::Pending => self.check(cx),
-            ready => {
-                self.stalled = None;
-                ready
-            }
-        }
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.timed(cx, polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
@@ -315,16 +314,45 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for SendDeadline<S> {
         cx: &mut TaskContext<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
-            Poll::Pending => self.check(cx).map_ok(|()| 0),
-            ready => {
-                self.stalled = None;
-                ready
-            }
-        }
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.timed(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_never_reads_its_answer_times_the_write_out() {
+        let (ours, _theirs) = tokio::io::duplex(64);
+        let mut io = SendDeadline::new(ours, Duration::from_secs(30));
+        let started = tokio::time::Instant::now();
+        let err = io.write_all(&[0u8; 4096]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= Duration::from_secs(30));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_reads_slowly_but_steadily_is_served() {
+        let (ours, mut theirs) = tokio::io::duplex(64);
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            let mut total = 0;
+            while total < 4096 {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                total += tokio::io::AsyncReadExt::read(&mut theirs, &mut buf).await.unwrap();
+            }
+            total
+        });
+        let mut io = SendDeadline::new(ours, Duration::from_secs(30));
+        io.write_all(&[0u8; 4096]).await.unwrap();
+        assert_eq!(reader.await.unwrap(), 4096);
     }
 }

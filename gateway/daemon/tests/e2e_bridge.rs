@@ -197,29 +197,6 @@ async fn a_site_sensors_messages_keep_their_order_through_the_bridge() {
         .unwrap();
     std::io::Write::write_all(&mut child.stdin.take().unwrap(), lines.as_bytes()).unwrap();
     assert!(child.wait().unwrap().success());
-    let deadline = Instant::now() + PATIENCE;
-    let got = loop {
-        let got: Vec<u64> = cloud
-            .events()
-            .iter()
-            .filter(|e| e.subject == "seq")
-            .filter_map(|e| {
-                let raw = e
-                    .data_base64
-                    .as_deref()
-                    .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok());
-                e.data
-                    .as_ref()
-                    .and_then(serde_json::Value::as_u64)
-                    .or_else(|| String::from_utf8(raw?).ok()?.trim().parse().ok())
-            })
-            .collect();
-        if got.len() as u64 >= N || Instant::now() > deadline {
-            break got;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let out_of_order = got.windows(2).filter(|w| w[1] < w[0]).count();
-    assert_eq!(out_of_order, 0, "{out_of_order} out of order");
-    assert_eq!(got, (0..N).collect::<Vec<_>>());
+    let got = common::wait_numbers(&cloud, "seq", N as usize).await;
+    common::assert_in_order(&got, N, "through the bridge");
 }

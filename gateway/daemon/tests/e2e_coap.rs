@@ -13,8 +13,6 @@ use std::{
 
 use base64::{Engine, engine::general_purpose::STANDARD_NO_PAD};
 use common::{Running, status, write};
-use gw_devcloud::{DevCloud, Seed};
-use tokio_util::sync::CancellationToken;
 
 const APP: &str = "my-app";
 
@@ -57,15 +55,7 @@ async fn coap_client_post_reaches_the_cloud_as_the_sensor() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let seed = Seed::new().application(APP).password_device(APP, "gw1", "gw-secret").sensor(
-        APP,
-        "sensor1",
-        None,
-        &["gw1"],
-    );
-    let cloud = DevCloud::start("127.0.0.1:0".parse().unwrap(), seed, CancellationToken::new())
-        .await
-        .unwrap();
+    let cloud = common::cloud_with(APP, &["sensor1"]).await;
     let gw = Running::start(&config(dir.path(), &cloud.url()), None);
     let web = gw.web_addr();
     let coap = gw.listener_addr("coap");
@@ -102,32 +92,13 @@ async fn coap_client_post_reaches_the_cloud_as_the_sensor() {
 
 /// A CON POST of `payload` to `/v1/seq` with message id and token `mid`.
 fn con_post(mid: u16, auth: &str, payload: &[u8]) -> Vec<u8> {
-    use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType};
-    let mut p = Packet::new();
-    p.header.set_version(1);
-    p.header.set_type(MessageType::Confirmable);
-    p.header.code = MessageClass::Request(RequestType::Post);
-    p.header.message_id = mid;
-    p.set_token(mid.to_be_bytes().to_vec());
-    p.add_option(CoapOption::UriPath, b"v1".to_vec());
-    p.add_option(CoapOption::UriPath, b"seq".to_vec());
-    p.add_option(CoapOption::Unknown(4209), auth.as_bytes().to_vec());
-    p.payload = payload.to_vec();
-    p.to_bytes().unwrap()
+    common::coap_post(mid, "seq", Some(auth), None, payload)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sensors_coap_messages_in_flight_arrive_in_the_order_it_sent_them() {
     let dir = tempfile::tempdir().unwrap();
-    let seed = Seed::new().application(APP).password_device(APP, "gw1", "gw-secret").sensor(
-        APP,
-        "sensor1",
-        None,
-        &["gw1"],
-    );
-    let cloud = DevCloud::start("127.0.0.1:0".parse().unwrap(), seed, CancellationToken::new())
-        .await
-        .unwrap();
+    let cloud = common::cloud_with(APP, &["sensor1"]).await;
     // room for 20 requests of one peer in flight, and no rate limit in the way
     let text = std::fs::read_to_string(config(dir.path(), &cloud.url())).unwrap().replace(
         "[coap]\nlisten = \"127.0.0.1:0\"\n",
@@ -170,29 +141,6 @@ async fn a_sensors_coap_messages_in_flight_arrive_in_the_order_it_sent_them() {
             }
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let got = loop {
-        let got: Vec<u64> = cloud
-            .events()
-            .iter()
-            .filter(|e| e.subject == "seq")
-            .filter_map(|e| {
-                let raw = e
-                    .data_base64
-                    .as_deref()
-                    .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok());
-                e.data
-                    .as_ref()
-                    .and_then(serde_json::Value::as_u64)
-                    .or_else(|| String::from_utf8(raw?).ok()?.trim().parse().ok())
-            })
-            .collect();
-        if got.len() >= usize::from(N) || Instant::now() > deadline {
-            break got;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let out_of_order = got.windows(2).filter(|w| w[1] < w[0]).count();
-    assert_eq!(out_of_order, 0, "{out_of_order} out of order");
-    assert_eq!(got, (0..u64::from(N)).collect::<Vec<_>>());
+    let got = common::wait_numbers(&cloud, "seq", usize::from(N)).await;
+    common::assert_in_order(&got, u64::from(N), "CoAP, 20 in flight");
 }

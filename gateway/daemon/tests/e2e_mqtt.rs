@@ -14,8 +14,6 @@ use std::{
 };
 
 use common::{Running, have_mosquitto_clients, status, write};
-use gw_devcloud::{DevCloud, Seed};
-use tokio_util::sync::CancellationToken;
 
 const APP: &str = "my-app";
 
@@ -52,15 +50,7 @@ async fn mosquitto_pub_reaches_the_cloud_as_the_sensor() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let seed = Seed::new().application(APP).password_device(APP, "gw1", "gw-secret").sensor(
-        APP,
-        "sensor1",
-        None,
-        &["gw1"],
-    );
-    let cloud = DevCloud::start("127.0.0.1:0".parse().unwrap(), seed, CancellationToken::new())
-        .await
-        .unwrap();
+    let cloud = common::cloud_with(APP, &["sensor1"]).await;
     let gw = Running::start(&config(dir.path(), &cloud.url()), None);
     let web = gw.web_addr();
     let mqtt = gw.listener_addr("mqtt");
@@ -118,15 +108,7 @@ async fn a_sensors_messages_arrive_in_the_order_it_published_them() {
     if !have_mosquitto_clients() {
         return;
     }
-    let seed = Seed::new().application(APP).password_device(APP, "gw1", "gw-secret").sensor(
-        APP,
-        "sensor1",
-        None,
-        &["gw1"],
-    );
-    let cloud = DevCloud::start("127.0.0.1:0".parse().unwrap(), seed, CancellationToken::new())
-        .await
-        .unwrap();
+    let cloud = common::cloud_with(APP, &["sensor1"]).await;
     let dir = tempfile::tempdir().unwrap();
     let gw = Running::start(&config(dir.path(), &cloud.url()), None);
     let _ = gw.web_addr();
@@ -144,45 +126,8 @@ async fn a_sensors_messages_arrive_in_the_order_it_published_them() {
         child.stdin.take().unwrap().write_all(lines.as_bytes()).unwrap();
         assert!(child.wait().unwrap().success(), "{version}");
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let got = loop {
-        let got: Vec<u64> = cloud
-            .events()
-            .iter()
-            .filter(|e| e.subject == "seq")
-            .filter_map(|e| {
-                use base64::Engine as _;
-                let raw = e
-                    .data_base64
-                    .as_deref()
-                    .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok());
-                e.data
-                    .as_ref()
-                    .and_then(serde_json::Value::as_u64)
-                    .or_else(|| String::from_utf8(raw?).ok()?.trim().parse().ok())
-            })
-            .collect();
-        if got.len() >= 2 * N || Instant::now() > deadline {
-            break got;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let want: Vec<u64> = (0..2 * N as u64).collect();
-    let out_of_order = got.windows(2).filter(|w| w[1] < w[0]).count();
-    assert_eq!(out_of_order, 0, "{out_of_order} out of order");
-    assert_eq!(got, want);
-}
-
-/// The Python of the venv with paho-mqtt (`$PAHO_VENV`, as CI sets it); `None` outside CI when
-/// it is not set.
-fn paho_python() -> Option<std::path::PathBuf> {
-    let venv = std::env::var_os("PAHO_VENV").map(std::path::PathBuf::from);
-    let python = venv.map(|v| v.join("bin/python")).filter(|p| p.exists());
-    if python.is_none() {
-        assert!(std::env::var_os("CI").is_none(), "CI: PAHO_VENV with paho-mqtt is not set");
-        eprintln!("SKIP: no PAHO_VENV with paho-mqtt");
-    }
-    python
+    let got = common::wait_numbers(&cloud, "seq", 2 * N).await;
+    common::assert_in_order(&got, 2 * N as u64, "mosquitto_pub -l");
 }
 
 /// Publishes `first..first+n` at QoS 1 over MQTT `version` (311 or 5) with 20 in flight; prints
@@ -216,16 +161,8 @@ c.loop_stop()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paho_with_20_in_flight_keeps_its_order_over_3_1_1_and_5() {
-    let Some(python) = paho_python() else { return };
-    let seed = Seed::new().application(APP).password_device(APP, "gw1", "gw-secret").sensor(
-        APP,
-        "sensor1",
-        None,
-        &["gw1"],
-    );
-    let cloud = DevCloud::start("127.0.0.1:0".parse().unwrap(), seed, CancellationToken::new())
-        .await
-        .unwrap();
+    let Some(python) = common::paho_python() else { return };
+    let cloud = common::cloud_with(APP, &["sensor1"]).await;
     let dir = tempfile::tempdir().unwrap();
     let gw = Running::start(&config(dir.path(), &cloud.url()), None);
     let _ = gw.web_addr();
@@ -247,37 +184,8 @@ async fn paho_with_20_in_flight_keeps_its_order_over_3_1_1_and_5() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let got = loop {
-        let got = seq_events(&cloud);
-        if got.len() as u64 >= 2 * N || Instant::now() > deadline {
-            break got;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let out_of_order = got.windows(2).filter(|w| w[1] < w[0]).count();
-    assert_eq!(out_of_order, 0, "{out_of_order} out of order");
-    assert_eq!(got, (0..2 * N).collect::<Vec<_>>());
-}
-
-/// The numbers the cloud received on channel `seq`, in arrival order.
-fn seq_events(cloud: &DevCloud) -> Vec<u64> {
-    use base64::Engine as _;
-    cloud
-        .events()
-        .iter()
-        .filter(|e| e.subject == "seq")
-        .filter_map(|e| {
-            let raw = e
-                .data_base64
-                .as_deref()
-                .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok());
-            e.data
-                .as_ref()
-                .and_then(serde_json::Value::as_u64)
-                .or_else(|| String::from_utf8(raw?).ok()?.trim().parse().ok())
-        })
-        .collect()
+    let got = common::wait_numbers(&cloud, "seq", 2 * N as usize).await;
+    common::assert_in_order(&got, 2 * N, "paho-mqtt");
 }
 
 /// Sends `first..first+n` as one mosquitto_pub -l session (20 in flight).
@@ -299,15 +207,7 @@ async fn order_holds_across_a_cloud_outage_and_a_gateway_restart() {
     if !have_mosquitto_clients() {
         return;
     }
-    let seed = Seed::new().application(APP).password_device(APP, "gw1", "gw-secret").sensor(
-        APP,
-        "sensor1",
-        None,
-        &["gw1"],
-    );
-    let cloud = DevCloud::start("127.0.0.1:0".parse().unwrap(), seed, CancellationToken::new())
-        .await
-        .unwrap();
+    let cloud = common::cloud_with(APP, &["sensor1"]).await;
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path(), &cloud.url());
     const N: u64 = 200;
@@ -317,7 +217,7 @@ async fn order_holds_across_a_cloud_outage_and_a_gateway_restart() {
     let port = gw.listener_addr("mqtt").rsplit_once(':').unwrap().1.to_owned();
     mosquitto_pub_lines(&port, 0, N / 2);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while (seq_events(&cloud).len() as u64) < N / 2 {
+    while (common::numbers_on(&cloud, "seq").len() as u64) < N / 2 {
         assert!(Instant::now() < deadline, "the first messages did not arrive");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -331,15 +231,7 @@ async fn order_holds_across_a_cloud_outage_and_a_gateway_restart() {
     let port = gw.listener_addr("mqtt").rsplit_once(':').unwrap().1.to_owned();
     mosquitto_pub_lines(&port, N, N);
     cloud.faults().set_publish_status(None);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let got = loop {
-        let got = seq_events(&cloud);
-        let unique: std::collections::BTreeSet<u64> = got.iter().copied().collect();
-        if unique.len() as u64 >= 2 * N || Instant::now() > deadline {
-            break got;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let got = common::wait_numbers(&cloud, "seq", 2 * N as usize).await;
     // a request cut by the kill may repeat a message; none may overtake another
     let mut sorted = got.clone();
     sorted.sort_unstable();
@@ -364,15 +256,7 @@ async fn order_holds_into_the_drogue_mqtt_and_the_generic_mqtt_uplink() {
     }
     const N: u64 = 300;
     // Drogue's MQTT endpoint (the dev cloud's), as the gateway device
-    let seed = Seed::new().application(APP).password_device(APP, "gw1", "gw-secret").sensor(
-        APP,
-        "sensor1",
-        None,
-        &["gw1"],
-    );
-    let cloud = DevCloud::start("127.0.0.1:0".parse().unwrap(), seed, CancellationToken::new())
-        .await
-        .unwrap();
+    let cloud = common::cloud_with(APP, &["sensor1"]).await;
     let dir = tempfile::tempdir().unwrap();
     let section = format!(
         "[cloud]\nkind = \"drogue-mqtt\"\nurl = {:?}\npassword = \"gw-secret\"\nretry_min = \"50ms\"",
@@ -382,15 +266,8 @@ async fn order_holds_into_the_drogue_mqtt_and_the_generic_mqtt_uplink() {
     let _ = gw.web_addr();
     let port = gw.listener_addr("mqtt").rsplit_once(':').unwrap().1.to_owned();
     mosquitto_pub_lines(&port, 0, N);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let got = loop {
-        let got = seq_events(&cloud);
-        if got.len() as u64 >= N || Instant::now() > deadline {
-            break got;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_eq!(got, (0..N).collect::<Vec<_>>(), "drogue-mqtt: in order, each once");
+    let got = common::wait_numbers(&cloud, "seq", N as usize).await;
+    common::assert_in_order(&got, N, "drogue-mqtt");
     drop(gw);
 
     // any MQTT broker: a real mosquitto, read with mosquitto_sub

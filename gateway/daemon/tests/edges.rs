@@ -109,18 +109,6 @@ fn mosquitto_pub_lines(port: &str, user: &str, password: &str, lines: &str) -> S
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// The Python of the venv with paho-mqtt (`$PAHO_VENV`, as CI sets it); `None` outside CI when
-/// there is none.
-fn paho_python() -> Option<std::path::PathBuf> {
-    let venv = std::env::var_os("PAHO_VENV").map(std::path::PathBuf::from);
-    let python = venv.map(|v| v.join("bin/python")).filter(|p| p.exists());
-    if python.is_none() {
-        assert!(std::env::var_os("CI").is_none(), "CI: PAHO_VENV with paho-mqtt is not set");
-        eprintln!("SKIP: no PAHO_VENV with paho-mqtt");
-    }
-    python
-}
-
 /// Publishes one QoS 1 message over MQTT 5 with paho, with `content_type`; prints the PUBACK's
 /// reason code.
 const PAHO_CONTENT_TYPE: &str = r#"
@@ -174,7 +162,7 @@ async fn metadata_that_cannot_become_a_header_is_refused_and_jams_nothing() {
     if !have_mosquitto_clients() {
         return;
     }
-    let Some(python) = paho_python() else { return };
+    let Some(python) = common::paho_python() else { return };
     let cloud = cloud(2).await;
     let dir = tempfile::tempdir().unwrap();
     let gw =

@@ -241,29 +241,11 @@ fn attacker_udp() -> UdpSocket {
     UdpSocket::bind(SocketAddr::from((ATTACKER, 0))).unwrap()
 }
 
-/// A CoAP CON POST to `/v1/temperature` with message id `mid`; `auth` as option 4209;
-/// `block1`: the option value of a first block (payload then 1024 bytes).
+/// A CoAP CON POST to `/v1/<resource>`; `block1`: the option value of a first block (the
+/// payload then 1024 bytes).
 fn coap_datagram(mid: u16, auth: Option<&str>, block1: Option<u8>, resource: &str) -> Vec<u8> {
-    use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType};
-    let mut p = Packet::new();
-    p.header.set_version(1);
-    p.header.set_type(MessageType::Confirmable);
-    p.header.code = MessageClass::Request(RequestType::Post);
-    p.header.message_id = mid;
-    p.set_token(mid.to_be_bytes().to_vec());
-    p.add_option(CoapOption::UriPath, b"v1".to_vec());
-    p.add_option(CoapOption::UriPath, resource.as_bytes().to_vec());
-    if let Some(a) = auth {
-        p.add_option(CoapOption::Unknown(4209), a.as_bytes().to_vec());
-    }
-    match block1 {
-        Some(v) => {
-            p.add_option(CoapOption::Block1, vec![v]);
-            p.payload = vec![b'a'; 1024];
-        }
-        None => p.payload = b"{\"x\":1}".to_vec(),
-    }
-    p.to_bytes().unwrap()
+    let payload: &[u8] = if block1.is_some() { &[b'a'; 1024] } else { b"{\"x\":1}" };
+    common::coap_post(mid, resource, auth, block1, payload)
 }
 
 /// Attack 1: credential-less CoAP POSTs, each from a new source port (~5,000 a second).
@@ -555,4 +537,84 @@ fn strangers_cannot_exhaust_the_gateway() {
     let summaries = site.summaries.lock().unwrap().clone();
     assert!(summaries.iter().any(|l| l.contains("127.0.0.2")), "{summaries:?}");
     eprintln!("{}", report.join("\n"));
+}
+
+/// Reads until the gateway closes `s` (or `limit` passes); whether it closed, and when.
+fn closed_within(s: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    s.set_nonblocking(false).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let mut buf = [0u8; 4096];
+    while started.elapsed() < limit {
+        match s.read(&mut buf) {
+            Ok(0) => return Some(started.elapsed()),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return Some(started.elapsed()),
+        }
+    }
+    None
+}
+
+#[test]
+fn slow_web_clients_are_closed_after_their_timeouts() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[gateway]\nname = \"gw1\"\napplication = \"{APP}\"\ndata_dir = {:?}\n\n\
+         [web]\nlisten = \"127.0.0.1:0\"\nheader_timeout = \"1s\"\nbody_timeout = \"1s\"\n\n\
+         [log]\nformat = \"json\"\n\n[[devices]]\nname = \"s1\"\npassword = \"pw-s1\"\n",
+        dir.path().join("data").display().to_string()
+    );
+    let gw = Running::start(&write(dir.path(), "gatewayd.toml", &text), None);
+    let web = gw.web_addr();
+    // nothing at all, and a header line every 300 ms: closed after header_timeout
+    let mut silent = TcpStream::connect(&web).unwrap();
+    let mut trickle = TcpStream::connect(&web).unwrap();
+    trickle.write_all(b"POST /v1/t HTTP/1.1\r\n").unwrap();
+    let started = Instant::now();
+    let mut closed = None;
+    while started.elapsed() < Duration::from_secs(5) && closed.is_none() {
+        std::thread::sleep(Duration::from_millis(300));
+        if trickle.write_all(b"X-Slow: 1\r\n").is_err() {
+            closed = Some(started.elapsed());
+        }
+    }
+    let took = closed.expect("a header trickling in was never cut off");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    let took = closed_within(&mut silent, Duration::from_secs(5)).expect("a silent socket is kept");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    // a body trickling in: the request fails after body_timeout, the connection closes
+    let mut body = TcpStream::connect(&web).unwrap();
+    let auth = STANDARD.encode(format!("s1@{APP}:pw-s1"));
+    let head = format!(
+        "POST /v1/t HTTP/1.1\r\nHost: gw\r\nAuthorization: Basic {auth}\r\nContent-Length: 100\r\n\r\n{{"
+    );
+    body.write_all(head.as_bytes()).unwrap();
+    let started = Instant::now();
+    let mut answer = Vec::new();
+    body.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    while started.elapsed() < Duration::from_secs(5) {
+        let _ = body.write_all(b" ");
+        let mut buf = [0u8; 512];
+        match body.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+    }
+    assert!(started.elapsed() < Duration::from_secs(3), "the trickling body was never cut off");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(!answer.contains(" 202 "), "a body that never arrived is not stored: {answer}");
+    // and a client that takes its time within the limits is served
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-u", &format!("s1@{APP}:pw-s1")])
+        .args(["-H", "content-type: application/json", "-d", "{}"])
+        .arg(format!("http://{web}/v1/t"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "202");
 }

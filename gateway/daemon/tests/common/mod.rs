@@ -189,3 +189,103 @@ pub fn status_page_login(web: &str, jar: &Path, user: &str, password: &str) -> u
     ]);
     r.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
 }
+
+/// A dev cloud with application `app`, its gateway `gw1` (password `gw-secret`) and `sensors`
+/// that name `gw1` (no password credential: the gateway's own `[[devices]]` log them in).
+pub async fn cloud_with(app: &str, sensors: &[&str]) -> gw_devcloud::DevCloud {
+    let mut seed =
+        gw_devcloud::Seed::new().application(app).password_device(app, "gw1", "gw-secret");
+    for s in sensors {
+        seed = seed.sensor(app, s, None, &["gw1"]);
+    }
+    gw_devcloud::DevCloud::start(
+        "127.0.0.1:0".parse().unwrap(),
+        seed,
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .unwrap()
+}
+
+/// The numbers the cloud received on `channel`, in arrival order: each event's payload, JSON
+/// (`42`) or raw text (`42`).
+pub fn numbers_on(cloud: &gw_devcloud::DevCloud, channel: &str) -> Vec<u64> {
+    use base64::Engine as _;
+    cloud
+        .events()
+        .iter()
+        .filter(|e| e.subject == channel)
+        .filter_map(|e| {
+            let raw = e
+                .data_base64
+                .as_deref()
+                .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok());
+            e.data
+                .as_ref()
+                .and_then(serde_json::Value::as_u64)
+                .or_else(|| String::from_utf8(raw?).ok()?.trim().parse().ok())
+        })
+        .collect()
+}
+
+/// Waits (up to 30 s) until `n` distinct numbers arrived on `channel`; returns all that did,
+/// in arrival order (repeats included).
+pub async fn wait_numbers(cloud: &gw_devcloud::DevCloud, channel: &str, n: usize) -> Vec<u64> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let got = numbers_on(cloud, channel);
+        let distinct: std::collections::BTreeSet<u64> = got.iter().copied().collect();
+        if distinct.len() >= n || Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Asserts `got` is exactly `0..n`, naming how many arrived out of order.
+pub fn assert_in_order(got: &[u64], n: u64, what: &str) {
+    let out_of_order = got.windows(2).filter(|w| w[1] < w[0]).count();
+    assert_eq!(out_of_order, 0, "{what}: {out_of_order} out of order");
+    assert_eq!(got, (0..n).collect::<Vec<_>>(), "{what}: each once, in order");
+}
+
+/// The Python of the venv with paho-mqtt (`$PAHO_VENV`, as CI sets it); `None` outside CI when
+/// it is not set.
+pub fn paho_python() -> Option<std::path::PathBuf> {
+    let venv = std::env::var_os("PAHO_VENV").map(std::path::PathBuf::from);
+    let python = venv.map(|v| v.join("bin/python")).filter(|p| p.exists());
+    if python.is_none() {
+        assert!(std::env::var_os("CI").is_none(), "CI: PAHO_VENV with paho-mqtt is not set");
+        eprintln!("SKIP: no PAHO_VENV with paho-mqtt");
+    }
+    python
+}
+
+/// A CoAP CON POST to `/v1/<channel>` with message id and token `mid`, option 4209 = `auth`
+/// when given, a Block1 option value when given, and `payload`: what a sensor (or a stranger)
+/// sends, written by hand for tests that need exact control of the datagrams.
+pub fn coap_post(
+    mid: u16,
+    channel: &str,
+    auth: Option<&str>,
+    block1: Option<u8>,
+    payload: &[u8],
+) -> Vec<u8> {
+    use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType};
+    let mut p = Packet::new();
+    p.header.set_version(1);
+    p.header.set_type(MessageType::Confirmable);
+    p.header.code = MessageClass::Request(RequestType::Post);
+    p.header.message_id = mid;
+    p.set_token(mid.to_be_bytes().to_vec());
+    p.add_option(CoapOption::UriPath, b"v1".to_vec());
+    p.add_option(CoapOption::UriPath, channel.as_bytes().to_vec());
+    if let Some(a) = auth {
+        p.add_option(CoapOption::Unknown(4209), a.as_bytes().to_vec());
+    }
+    if let Some(v) = block1 {
+        p.add_option(CoapOption::Block1, vec![v]);
+    }
+    p.payload = payload.to_vec();
+    p.to_bytes().unwrap()
+}
