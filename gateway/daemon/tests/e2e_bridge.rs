@@ -19,10 +19,8 @@ use std::{
 
 use base64::Engine as _;
 use common::{Running, status, write};
-use gw_devcloud::{DevCloud, Seed};
 use site::{Mosquitto, have_mosquitto};
 use tokio::io::AsyncReadExt as _;
-use tokio_util::sync::CancellationToken;
 
 const APP: &str = "my-app";
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -70,15 +68,7 @@ async fn site_broker_messages_reach_the_cloud_as_the_topics_device() {
     let dir = tempfile::tempdir().unwrap();
     let site_dir = tempfile::tempdir().unwrap();
     let site = Mosquitto::start(site_dir.path(), "allow_anonymous true\nlog_type all");
-    let seed = Seed::new().application(APP).password_device(APP, "gw1", "gw-secret").sensor(
-        APP,
-        "s7",
-        None,
-        &["gw1"],
-    );
-    let cloud = DevCloud::start("127.0.0.1:0".parse().unwrap(), seed, CancellationToken::new())
-        .await
-        .unwrap();
+    let cloud = common::cloud_with(APP, &["s7"]).await;
     let gw = Running::start(&config(dir.path(), &cloud.url(), &site.url()), None);
     let web = gw.web_addr();
     let s = wait_status(&web, "bridge subscribed", |s| s["bridges"][0]["subscribed"] == true).await;
@@ -174,15 +164,7 @@ async fn a_site_sensors_messages_keep_their_order_through_the_bridge() {
     let dir = tempfile::tempdir().unwrap();
     let site_dir = tempfile::tempdir().unwrap();
     let site = Mosquitto::start(site_dir.path(), "allow_anonymous true");
-    let seed = Seed::new().application(APP).password_device(APP, "gw1", "gw-secret").sensor(
-        APP,
-        "s7",
-        None,
-        &["gw1"],
-    );
-    let cloud = DevCloud::start("127.0.0.1:0".parse().unwrap(), seed, CancellationToken::new())
-        .await
-        .unwrap();
+    let cloud = common::cloud_with(APP, &["s7"]).await;
     let gw = Running::start(&config(dir.path(), &cloud.url(), &site.url()), None);
     let web = gw.web_addr();
     wait_status(&web, "bridge subscribed", |s| s["bridges"][0]["subscribed"] == true).await;
