@@ -272,8 +272,10 @@ impl Drop for Turn {
     fn drop(&mut self) {
         if let (Some(mut previous), Some(done)) = (self.after.take(), self.done.take())
             && matches!(previous.try_recv(), Err(oneshot::error::TryRecvError::Empty))
+            // outside a runtime (the endpoint is gone) there is no order left to keep
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
-            tokio::spawn(async move {
+            runtime.spawn(async move {
                 let _ = previous.await;
                 drop(done);
             });
