@@ -31,7 +31,7 @@ use std::{
 use bytes::BytesMut;
 use gw_model::{AppId, Authenticate, Ingest, Timestamp};
 use gw_net::{Heartbeat, Slot, Slots, Throttle};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+use rustls::pki_types::CertificateDer;
 use tokio::{
     io::{AsyncRead, AsyncWrite, AsyncWriteExt},
     net::{TcpListener, TcpStream},
@@ -181,50 +181,8 @@ fn tls_acceptor(config: &MqttConfig) -> Result<TlsAcceptor, MqttError> {
             reason: "tls_listen needs cert_file and key_file".into(),
         });
     };
-    let tls_err = |what, path: &std::path::Path, reason: String| MqttError::Tls {
-        what,
-        path: path.to_owned(),
-        reason,
-    };
-    let chain = CertificateDer::pem_file_iter(cert)
-        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| tls_err("certificate", cert, e.to_string()))?;
-    if chain.is_empty() {
-        return Err(tls_err("certificate", cert, "no PEM certificate found".into()));
-    }
-    let key_der = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| tls_err("private key", key, e.to_string()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| tls_err("protocol versions", cert, e.to_string()))?;
-    let builder = match &config.client_ca_file {
-        None => builder.with_no_client_auth(),
-        Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            let certs = CertificateDer::pem_file_iter(ca)
-                .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| tls_err("client CA", ca, e.to_string()))?;
-            if certs.is_empty() {
-                return Err(tls_err("client CA", ca, "no PEM certificate found".into()));
-            }
-            for c in certs {
-                roots.add(c).map_err(|e| tls_err("client CA", ca, e.to_string()))?;
-            }
-            // requested, not required: sensors without a certificate log in with a password
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider,
-            )
-            .allow_unauthenticated()
-            .build()
-            .map_err(|e| tls_err("client CA", ca, e.to_string()))?;
-            builder.with_client_cert_verifier(verifier)
-        }
-    };
-    let server = builder
-        .with_single_cert(chain, key_der)
-        .map_err(|e| tls_err("certificate and key", cert, e.to_string()))?;
+    let server = gw_net::tls::server_config(cert, key, config.client_ca_file.as_deref())
+        .map_err(|e| MqttError::Tls { what: e.what, path: e.path, reason: e.reason })?;
     Ok(TlsAcceptor::from(Arc::new(server)))
 }
 

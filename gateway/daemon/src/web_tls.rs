@@ -17,16 +17,10 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Context;
 use axum::{Router, extract::ConnectInfo};
 use gw_cloud_sync::commands::push::VerifiedClientCert;
 use gw_net::{Heartbeat, Slot, Slots, Throttle};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use rustls::{
-    RootCertStore, ServerConfig,
-    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
-    server::WebPkiClientVerifier,
-};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpListener,
@@ -48,46 +42,18 @@ impl WebTls {
     /// The server certificate chain and key, and optionally the CA client certificates are
     /// verified against. Errors name the file.
     pub fn load(cert: &Path, key: &Path, client_ca: Option<&Path>) -> anyhow::Result<Self> {
-        let chain = read_certs(cert, "web.cert_file")?;
-        let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| {
-            anyhow::anyhow!("web.key_file: no private key in {}: {e}", key.display())
-        })?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
-            .with_safe_default_protocol_versions()
-            .context("TLS protocol versions")?;
-        let builder = match client_ca {
-            None => builder.with_no_client_auth(),
-            Some(ca) => {
-                let mut roots = RootCertStore::empty();
-                for c in read_certs(ca, "web.push_client_ca_file")? {
-                    roots.add(c).with_context(|| {
-                        format!("web.push_client_ca_file: bad CA certificate in {}", ca.display())
-                    })?;
-                }
-                let verifier = WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
-                    .allow_unauthenticated()
-                    .build()
-                    .with_context(|| format!("web.push_client_ca_file: {}", ca.display()))?;
-                builder.with_client_cert_verifier(verifier)
-            }
-        };
-        let mut server = builder.with_single_cert(chain, key_der).with_context(|| {
-            format!("web.cert_file/key_file: {} and {} do not fit", cert.display(), key.display())
+        let mut server = gw_net::tls::server_config(cert, key, client_ca).map_err(|e| {
+            let key = match e.what {
+                "private key" => "web.key_file",
+                "client CA" => "web.push_client_ca_file",
+                "certificate and key" => "web.cert_file/key_file",
+                _ => "web.cert_file",
+            };
+            anyhow::anyhow!("{key}: {e}")
         })?;
         server.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(Self { acceptor: TlsAcceptor::from(Arc::new(server)) })
     }
-}
-
-fn read_certs(path: &Path, key: &str) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| {
-            anyhow::anyhow!("{key}: cannot read certificates from {}: {e}", path.display())
-        })?;
-    anyhow::ensure!(!certs.is_empty(), "{key}: no PEM certificate in {}", path.display());
-    Ok(certs)
 }
 
 /// The web listener's limits: `[web]`'s, with the connection caps fitted to the process's

@@ -11,12 +11,14 @@
 //!   stuck is not).
 //! - [`Throttle`]: one warning line per interval with a count and the top sources, instead of
 //!   one line per refused connection or datagram.
+//! - [`tls`]: TLS server configs from PEM files, the same for every listener.
 
 pub mod fds;
 mod heartbeat;
 mod listen;
 mod slots;
 mod throttle;
+pub mod tls;
 
 pub use heartbeat::Heartbeat;
 pub use listen::listen_tcp;
