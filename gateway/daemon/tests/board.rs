@@ -70,15 +70,7 @@ async fn the_sim_board_names_kicks_blinks_identifies_and_reports() {
     assert_eq!(status["gateway"]["name"], NAME, "named after the board's serial");
     assert_eq!(status["board"]["profile"], "sim");
     assert_eq!(status["board"]["temperature_celsius"], 42.0);
-    let metrics = client
-        .get(format!("http://{web}/metrics"))
-        .bearer_auth(common::API_TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics(&client, &web).await;
     assert!(metrics.contains("\ngatewayd_board_temperature_celsius 42\n"), "{metrics}");
 
     // The watchdog is kicked every second (sim timeout 3 s) while everything is healthy.

@@ -415,15 +415,7 @@ async fn records_of_a_device_the_cloud_keeps_refusing_expire_and_free_the_quota(
     assert_eq!(s["outbox"]["bytes_queued"], 0, "{s}");
     let rogue = s["outbox"]["devices"].as_array().unwrap().iter().find(|d| d["device"] == "rogue");
     assert_eq!(rogue.map(|d| d["expired"].clone()), Some(serde_json::json!(3)), "{s}");
-    let metrics = client
-        .get(format!("http://{web}/metrics"))
-        .bearer_auth("test-api-token-0123")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::metrics(&client, &web).await;
     assert!(metrics.contains("gatewayd_outbox_expired_total 3"), "{metrics}");
     // a device the cloud takes keeps flowing, and nothing of rogue is sent again
     assert_eq!(post(&web, "s0", "pw0", "", b"{\"i\":1}".to_vec()).await, 202);

@@ -28,6 +28,19 @@ pub async fn status(client: &reqwest::Client, web: &str) -> serde_json::Value {
         .unwrap()
 }
 
+/// `GET /metrics` of a gateway at `web` (`host:port`), with the API token.
+pub async fn metrics(client: &reqwest::Client, web: &str) -> String {
+    client
+        .get(format!("http://{web}/metrics"))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// Whether the mosquitto clients are installed; in CI their absence fails the test.
 pub fn have_mosquitto_clients() -> bool {
     let ok = Command::new("mosquitto_pub").arg("--help").output().is_ok();
