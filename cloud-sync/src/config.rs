@@ -6,7 +6,7 @@ use gw_model::{ByteSize, Secret, UplinkLimits};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
-use crate::{CloudError, topic::TopicTemplate};
+use crate::{CloudError, mqtt::inbox::CommandTopicTemplate, topic::TopicTemplate};
 
 /// Which upstream protocol the gateway speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +63,14 @@ pub struct CloudConfig {
     /// mqtt: the topic template; placeholders `{app}`, `{device}`, `{channel}`, `{gateway}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topic: Option<String>,
+    /// mqtt: where the broker publishes commands, e.g.
+    /// `site/{gateway}/command/{device}/{command}`: `/`-separated levels, one `{device}` and
+    /// one `{command}` level, `{app}` and `{gateway}` filled in. The gateway subscribes the
+    /// levels before the first placeholder plus `#` (QoS 1). An empty device level, or the
+    /// gateway's own name, addresses the gateway itself (`resync`, `set-log-level`, ...).
+    /// Unset: the uplink takes no commands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_topic: Option<String>,
     /// mqtt: the user name to log in with (none: no login). The drogue kinds always log in
     /// as the gateway, `<gateway>@<app>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -174,6 +182,7 @@ impl CloudConfig {
             kind,
             url: url.into(),
             topic: None,
+            command_topic: None,
             username: None,
             client_id: None,
             password: Some(password),
@@ -234,8 +243,9 @@ impl CloudConfig {
                 reason: format!("{:?} is not a channel name", self.heartbeat_channel),
             });
         }
-        let only_mqtt: [(&'static str, bool); 3] = [
+        let only_mqtt: [(&'static str, bool); 4] = [
             ("topic", self.topic.is_some()),
+            ("command_topic", self.command_topic.is_some()),
             ("username", self.username.is_some()),
             ("client_cert_file", self.client_cert_file.is_some()),
         ];
@@ -332,10 +342,24 @@ impl CloudConfig {
         })
     }
 
+    /// The parsed `command_topic` (kind = "mqtt"), if set.
+    pub fn command_topic(&self) -> Result<Option<CommandTopicTemplate>, CloudError> {
+        self.command_topic
+            .as_deref()
+            .map(|t| {
+                t.parse().map_err(|e: crate::mqtt::inbox::CommandTopicError| CloudError::Config {
+                    key: "command_topic",
+                    reason: e.to_string(),
+                })
+            })
+            .transpose()
+    }
+
     fn validate_mqtt(&self) -> Result<(), CloudError> {
         let broker = self.broker()?;
         if self.kind == CloudKind::Mqtt {
             self.topic_template()?;
+            self.command_topic()?;
             if self.username.is_none() && self.has_password() {
                 return Err(CloudError::Config {
                     key: "username",
@@ -419,6 +443,23 @@ mod tests {
         {
             assert!(b(bad).unwrap_err().to_string().starts_with("cloud.url"), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_command_topic_is_for_the_generic_kind_and_must_name_device_and_command() {
+        let mut c = mqtt("mqtt://127.0.0.1:1883");
+        c.command_topic = Some("site/{gateway}/command/{device}/{command}".into());
+        c.validate().unwrap();
+        let gw = gw_model::Identity::new("a".parse().unwrap(), "gw1".parse().unwrap());
+        let topic = c.command_topic().unwrap().unwrap().for_gateway(&gw);
+        assert_eq!(topic.filter(), "site/gw1/command/#");
+        c.command_topic = Some("site/{device}".into());
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.starts_with("cloud.command_topic") && e.contains("{command}"), "{e}");
+        let mut d = CloudConfig::new(CloudKind::DrogueMqtt, "mqtt://h", "pw".into());
+        d.command_topic = Some("x/{device}/{command}".into());
+        let e = d.validate().unwrap_err().to_string();
+        assert!(e.starts_with("cloud.command_topic") && e.contains("not \"drogue-mqtt\""), "{e}");
     }
 
     #[test]

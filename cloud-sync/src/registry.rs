@@ -1,8 +1,11 @@
 //! Registry sync: lists the gateway's application's devices from Drogue's registry API and
 //! publishes, atomically, the set of devices this gateway may act for (contracts §5).
 //!
-//! A device is kept when `spec.gatewaySelector.matchNames` or the providers RFC's
-//! `spec.providers` names the gateway's canonical name and it is not being deleted. The listing
+//! A device is kept when it is not being deleted and `spec.gatewaySelector.matchNames` names
+//! the gateway's canonical name, as Drogue Cloud authorizes; with `providers_rfc`, also when
+//! the providers RFC's `spec.providers` names it or `spec.providerSelector` matches the labels
+//! of the gateway's own device (fetched first at each listing). The rule is
+//! [`gw_model::registry::ProxyRules`], which the dev cloud applies too. The listing
 //! is `GET {url}/api/registry/v1alpha1/apps/{app}/devices?limit=N&offset=M[&labels=..]`, page by
 //! page until a short page. The API has no continue token, so pages overlap by one device: when
 //! the first device of a page is not the last of the previous one, the registry changed under
@@ -26,7 +29,10 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use gw_model::{BasicCredentials, Identity, Secret, registry::Device};
+use gw_model::{
+    BasicCredentials, Identity, Secret,
+    registry::{Device, Metadata},
+};
 use percent_encoding::utf8_percent_encode;
 use reqwest::header::{self, HeaderValue};
 use serde_json::Value;
@@ -181,6 +187,8 @@ pub struct RegistrySync {
 
 /// One parsed listing, before it is published.
 struct Listing {
+    /// The gateway's own device as the registry has it (its name only, without the RFC).
+    gateway: Metadata,
     kept: Vec<Device>,
     listed: usize,
     invalid: usize,
@@ -385,7 +393,13 @@ impl RegistrySync {
     /// One pass over all pages; pages overlap by one device to notice a shifted listing.
     async fn list_pages(&self) -> Result<Listing, CloudError> {
         let limit = self.config.page_size;
-        let mut listing = Listing { kept: Vec::new(), listed: 0, invalid: 0, pages: 0 };
+        let mut listing =
+            Listing { gateway: Metadata::default(), kept: Vec::new(), listed: 0, invalid: 0, pages: 0 };
+        listing.gateway.name = self.gateway.clone();
+        if self.config.providers_rfc {
+            listing.gateway = self.own_device().await?;
+            listing.pages += 1;
+        }
         let mut names = BTreeSet::new();
         let mut offset = 0usize;
         let mut last: Option<(String, String)> = None;
@@ -447,9 +461,26 @@ impl RegistrySync {
                 "registry device skipped: listed under another application");
             return;
         }
-        if device.is_proxied_by(&self.gateway) && !device.is_being_deleted() {
+        if device.is_proxied_by(&listing.gateway, self.config.proxy_rules()) {
             listing.kept.push(device);
         }
+    }
+
+    /// The gateway's own device, for the labels `spec.providerSelector` matches. Absent from
+    /// the registry, it has none (only names then match).
+    async fn own_device(&self) -> Result<Metadata, CloudError> {
+        let url = format!(
+            "{}/api/registry/v1alpha1/apps/{}/devices/{}",
+            self.config.base(),
+            utf8_percent_encode(&self.app, SEGMENT),
+            utf8_percent_encode(&self.gateway, SEGMENT)
+        );
+        let Some(body) = self.get_json(&url, true).await? else {
+            return Ok(Metadata { name: self.gateway.clone(), ..Default::default() });
+        };
+        let device: Device = serde_json::from_value(body)
+            .map_err(|source| CloudError::RegistryBody { url, source })?;
+        Ok(device.metadata)
     }
 
     async fn page(&self, offset: usize, limit: usize) -> Result<Vec<Value>, CloudError> {
@@ -462,10 +493,18 @@ impl RegistrySync {
             url.push_str("&labels=");
             url.extend(utf8_percent_encode(labels, QUERY));
         }
-        let request = |source| CloudError::RegistryRequest { url: url.clone(), source };
+        let body = self.get_json(&url, false).await?;
+        let body = body.unwrap_or_default();
+        serde_json::from_value(body).map_err(|source| CloudError::RegistryBody { url, source })
+    }
+
+    /// GETs `url` as JSON with the registry's credentials; `None` for a 404 when
+    /// `missing_ok`.
+    async fn get_json(&self, url: &str, missing_ok: bool) -> Result<Option<Value>, CloudError> {
+        let request = |source| CloudError::RegistryRequest { url: url.to_owned(), source };
         let resp = self
             .client
-            .get(&url)
+            .get(url)
             .headers(
                 self.authorization.iter().map(|a| (header::AUTHORIZATION, a.clone())).collect(),
             )
@@ -474,16 +513,21 @@ impl RegistrySync {
             .await
             .map_err(request)?;
         let status = resp.status();
+        if missing_ok && status.as_u16() == 404 {
+            return Ok(None);
+        }
         if !status.is_success() {
             let hint = match status.as_u16() {
                 401 | 403 => " (check registry.token and registry.user)",
                 404 => " (does the application exist?)",
                 _ => "",
             };
-            return Err(CloudError::RegistryStatus { url, status: status.as_u16(), hint });
+            return Err(CloudError::RegistryStatus { url: url.to_owned(), status: status.as_u16(), hint });
         }
         let body = resp.bytes().await.map_err(request)?;
-        serde_json::from_slice(&body).map_err(|source| CloudError::RegistryBody { url, source })
+        serde_json::from_slice(&body)
+            .map(Some)
+            .map_err(|source| CloudError::RegistryBody { url: url.to_owned(), source })
     }
 }
 

@@ -41,7 +41,7 @@ use crate::{
     backoff::Backoff,
     commands::CommandIntake,
     drogue_http::DrogueHttp,
-    mqtt::{Connection, Inbox, Publisher},
+    mqtt::{Connection, Inbox, Publisher, inbox::CommandTopic},
 };
 
 /// What the cloud made of one record.
@@ -131,15 +131,25 @@ impl Uplink {
     }
 
     /// Takes the cloud's commands and hands them to `intake`: `drogue-mqtt` subscribes
-    /// `command/inbox/#` after every CONNACK; `drogue-http` submits the commands that come
-    /// back on publishes that waited (`ct=`). `mqtt` (a generic broker) stays publish-only.
+    /// `command/inbox/#` after every CONNACK, `mqtt` its `command_topic` if one is set;
+    /// `drogue-http` submits the commands that come back on publishes that waited (`ct=`).
     pub fn with_commands(mut self, intake: CommandIntake) -> Self {
-        match (&mut self.kind, self.config.kind) {
+        let topic = match self.config.kind {
+            CloudKind::DrogueMqtt => Some(CommandTopic::drogue(&self.gateway)),
+            // checked when the config was loaded
+            CloudKind::Mqtt => self.config.command_topic().ok().flatten().map(|t| t.for_gateway(&self.gateway)),
+            CloudKind::DrogueHttp => None,
+        };
+        match (&mut self.kind, topic) {
             (Kind::DrogueHttp(sender), _) => sender.set_commands(intake),
-            (Kind::Mqtt(_, connection), CloudKind::DrogueMqtt) => {
-                connection.set_inbox(Inbox { intake, gateway: self.gateway.clone() });
+            (Kind::Mqtt(_, connection), Some(topic)) => {
+                connection.set_inbox(Inbox {
+                    intake,
+                    gateway: self.gateway.clone(),
+                    topic: Arc::new(topic),
+                });
             }
-            (Kind::Mqtt(..), _) => {}
+            (Kind::Mqtt(..), None) => {}
         }
         self
     }

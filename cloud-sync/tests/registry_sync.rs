@@ -92,6 +92,46 @@ async fn delete_device(cloud: &DevCloud, name: &str) {
     assert_eq!(resp.status().as_u16(), 204);
 }
 
+/// With `providers_rfc`, `spec.providers` and a `spec.providerSelector` matching the gateway
+/// device's labels count too; a selector for other labels does not.
+#[tokio::test]
+async fn providers_rfc_keeps_providers_and_selected_devices() {
+    let shutdown = CancellationToken::new();
+    let mut gw = device_with(APP, GW, Some("gw-secret"), &[]);
+    gw.metadata.labels.insert("group".into(), "site-b".into());
+    let mut providers = sensor("by-providers", &[]);
+    providers.spec.providers = Some(vec![GW.into()]);
+    let select = |name: &str, group: &str| {
+        let mut d = sensor(name, &[]);
+        d.spec.provider_selector =
+            Some(serde_json::json!({ "group": group }).as_object().unwrap().clone());
+        d
+    };
+    let seed = Seed::new()
+        .user(USER, TOKEN)
+        .application(APP)
+        .device(gw)
+        .device(providers)
+        .device(select("by-labels", "site-b"))
+        .device(select("other-labels", "site-c"))
+        .device(sensor("by-selector", &[GW]))
+        .providers_rfc(true);
+    let cloud = start(seed, &shutdown).await;
+    let mut cfg = config(&cloud.url());
+    cfg.providers_rfc = true;
+    let sync = RegistrySync::new(&cfg, &gateway(), Secret::new(TOKEN)).unwrap();
+    let report = sync.sync_once().await.unwrap();
+    assert_eq!(report.pages, 2, "the gateway's own device, then one page");
+    let set = sync.subscribe().borrow().clone().unwrap();
+    assert_eq!(names(&set), ["by-labels", "by-providers", "by-selector"]);
+
+    // the same registry under Drogue's rule: only matchNames
+    let sync = RegistrySync::new(&config(&cloud.url()), &gateway(), Secret::new(TOKEN)).unwrap();
+    sync.sync_once().await.unwrap();
+    assert_eq!(names(&sync.subscribe().borrow().clone().unwrap()), ["by-selector"]);
+    shutdown.cancel();
+}
+
 #[tokio::test]
 async fn keeps_devices_naming_the_gateway_across_pages() {
     let shutdown = CancellationToken::new();
@@ -115,13 +155,14 @@ async fn keeps_devices_naming_the_gateway_across_pages() {
 
     let report = sync.sync_once().await.unwrap();
     // 256 devices in pages of 100 overlapping by one: offsets 0, 99, 198
-    assert_eq!((report.listed, report.pages, report.devices), (256, 3, 252));
+    assert_eq!((report.listed, report.pages, report.devices), (256, 3, 251));
     assert!(report.published);
     let set = rx.borrow().clone().unwrap();
     assert_eq!(set.generation, 1);
     let kept = names(&set);
-    assert!(kept.contains(&"by-selector") && kept.contains(&"by-providers"), "{kept:?}");
-    for absent in ["other-gateway", "no-gateway", "being-deleted", GW] {
+    assert!(kept.contains(&"by-selector"), "{kept:?}");
+    // Drogue's rule (the default): spec.providers names nobody
+    for absent in ["by-providers", "other-gateway", "no-gateway", "being-deleted", GW] {
         assert!(!kept.contains(&absent), "{absent} kept");
     }
     assert_eq!(kept.iter().filter(|n| n.starts_with("bulk-")).count(), 250);
@@ -133,7 +174,7 @@ async fn keeps_devices_naming_the_gateway_across_pages() {
     assert!(!again.published);
     assert!(Arc::ptr_eq(&set, rx.borrow().as_ref().unwrap()));
     let status = sync.status().snapshot();
-    assert_eq!((status.state, status.devices, status.syncs), (RegistryState::Synced, 252, 2));
+    assert_eq!((status.state, status.devices, status.syncs), (RegistryState::Synced, 251, 2));
     assert!(status.last_sync_at_ms.is_some() && status.last_error.is_none());
     shutdown.cancel();
 }

@@ -44,8 +44,10 @@ const INBOX_QUEUE: usize = 256;
 #[derive(Clone)]
 pub(crate) struct Inbox {
     pub(crate) intake: CommandIntake,
-    /// The gateway: its app is every command's, its name the device of `command/inbox//<cmd>`.
+    /// The gateway: its app is every command's, its name the device of an empty device level.
     pub(crate) gateway: Identity,
+    /// Where commands are published, and the filter subscribed.
+    pub(crate) topic: std::sync::Arc<inbox::CommandTopic>,
 }
 
 /// The largest packet accepted from the broker (CONNACK, PUBACK, PINGRESP are 2-4 bytes).
@@ -143,7 +145,7 @@ impl Connection {
     /// Takes commands the broker publishes (subscribing `command/inbox/#` after every
     /// CONNACK) and hands them to `intake`.
     pub(crate) fn set_inbox(&mut self, inbox: Inbox) {
-        self.link.session.set_subscription(inbox::FILTER);
+        self.link.session.set_subscription(inbox.topic.filter());
         self.link.inbox = Some(inbox);
     }
 }
@@ -364,19 +366,19 @@ impl Link {
                     Ok(Packet::SubAck(ack)) => match self.session.suback(&ack) {
                         Some(Subscribed::Granted(qos)) => {
                             tracing::info!(
-                                filter = inbox::FILTER,
+                                filter = self.session.subscription().unwrap_or_default(),
                                 ?qos,
                                 "MQTT uplink subscribed to commands"
                             );
                         }
                         Some(Subscribed::Refused) => {
                             tracing::error!(
-                                filter = inbox::FILTER,
+                                filter = self.session.subscription().unwrap_or_default(),
                                 "the broker refused the command subscription; no commands arrive over MQTT"
                             );
                             self.status.record_failure(format!(
                                 "the broker refused the subscription to {}",
-                                inbox::FILTER
+                                self.session.subscription().unwrap_or_default()
                             ));
                         }
                         None => tracing::debug!(pkid = ack.pkid, "SUBACK for no SUBSCRIBE"),
@@ -452,7 +454,7 @@ async fn submit_commands(
     acks: mpsc::UnboundedSender<u16>,
 ) {
     while let Some(publish) = commands.recv().await {
-        let route = match inbox::parse(&publish.topic, inbox.gateway.device()) {
+        let route = match inbox.topic.parse(&publish.topic, inbox.gateway.device()) {
             Ok(route) => route,
             Err(why) => {
                 tracing::warn!(cause = %why, "command on an unexpected topic; not acknowledged");

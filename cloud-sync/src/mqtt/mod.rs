@@ -6,9 +6,9 @@
 //! on a oneshot when its PUBACK arrives (or as transient when the connection drops).
 //! [`session`] holds the protocol state, [`connection`] the thin socket loop around it.
 //!
-//! The Drogue kind also takes commands: given a command intake it subscribes
-//! `command/inbox/#` after every CONNACK and routes `command/inbox/<device>/<cmd>` ([`inbox`]).
-//! The generic kind stays publish-only: a generic broker has no command convention to follow.
+//! Both take commands given a command intake: the Drogue kind subscribes `command/inbox/#`
+//! after every CONNACK and routes `command/inbox/<device>/<cmd>`; the generic kind does the
+//! same with its `command_topic` template, if one is set ([`inbox`]).
 
 pub mod connection;
 pub mod inbox;

@@ -122,6 +122,11 @@ impl<T> Session<T> {
         self.subscription = Some(filter.into());
     }
 
+    /// The filter subscribed after every CONNACK, if any.
+    pub fn subscription(&self) -> Option<&str> {
+        self.subscription.as_deref()
+    }
+
     pub fn is_up(&self) -> bool {
         self.up
     }

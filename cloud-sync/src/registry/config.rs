@@ -46,6 +46,13 @@ pub struct RegistryConfig {
     /// its MQTT and WebSocket integrations; consuming those is future work.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub events_url: Option<String>,
+    /// Also keep devices that name the gateway through the providers RFC: `spec.providers`
+    /// (gateway names) or `spec.providerSelector` (labels of the gateway's own device, read
+    /// from the registry at each listing). Only for a cloud that implements the RFC: Drogue
+    /// Cloud authorizes `as=` and routes commands by `spec.gatewaySelector.matchNames` alone,
+    /// so with this on against Drogue, their messages would be acknowledged and then refused.
+    #[serde(default)]
+    pub providers_rfc: bool,
 }
 
 fn default_interval() -> Duration {
@@ -91,7 +98,13 @@ impl RegistryConfig {
             ca_file: None,
             timeout: default_timeout(),
             events_url: None,
+            providers_rfc: false,
         }
+    }
+
+    /// The rule deciding which listed devices the gateway may act for.
+    pub fn proxy_rules(&self) -> gw_model::registry::ProxyRules {
+        gw_model::registry::ProxyRules { providers_rfc: self.providers_rfc }
     }
 
     /// Checks what serde cannot; errors name the key, `registry.<key>`.
@@ -165,9 +178,11 @@ mod tests {
             ca_file = "/etc/gatewayd/ca.pem"
             timeout = "5s"
             events_url = "http://127.0.0.1:8080/api/devcloud/v1/events"
+            providers_rfc = true
         "#;
         let c: RegistryConfig = toml::from_str(full).unwrap();
         c.validate().unwrap();
+        assert!(c.proxy_rules().providers_rfc);
         assert_eq!(c.base(), "http://127.0.0.1:8080");
         assert!(toml::from_str::<RegistryConfig>("url = \"http://x\"\ntokens = \"t\"\n").is_err());
     }

@@ -36,6 +36,9 @@ enum Uplink {
     Mqtt,
     /// `[cloud] kind = "drogue-http"`: the gateway's publishes wait upstream with `ct=`.
     Http,
+    /// `[cloud] kind = "mqtt"` (a generic broker: here the dev cloud's MQTT endpoint) with a
+    /// `command_topic` the broker publishes commands on.
+    Generic,
 }
 
 /// The dev cloud, with a gateway `gw1` proxying `mqtt-sensor`, `http-sensor` and
@@ -59,9 +62,38 @@ struct Extra {
     commands: &'static str,
     /// `[web] push_token`: the cloud may push commands (and then no `ct=` is relayed).
     push: bool,
+    /// How the sensors name `gw1`: `gatewaySelector.matchNames`, or (with the providers RFC
+    /// enabled in the dev cloud and in `[registry]`) one of the RFC's rules.
+    proxy: Proxy,
 }
 
-const DEFAULT: Extra = Extra { registry_interval: "200ms", commands: "", push: true };
+/// How a sensor names the gateway that may act for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Proxy {
+    MatchNames,
+    /// `spec.providers: ["gw1"]`.
+    Providers,
+    /// `spec.providerSelector: {"group": "site-b"}`, `gw1` labelled `group=site-b`.
+    Selector,
+}
+
+const DEFAULT: Extra =
+    Extra { registry_interval: "200ms", commands: "", push: true, proxy: Proxy::MatchNames };
+
+/// A sensor of `gw1` by `proxy`'s rule.
+fn sensor(name: &str, proxy: Proxy) -> gw_model::registry::Device {
+    let gateways: &[&str] = if proxy == Proxy::MatchNames { &["gw1"] } else { &[] };
+    let mut d = gw_devcloud::seed::device_with(APP, name, Some("pw"), gateways);
+    match proxy {
+        Proxy::MatchNames => {}
+        Proxy::Providers => d.spec.providers = Some(vec!["gw1".into()]),
+        Proxy::Selector => {
+            let selector = serde_json::json!({"group": "site-b"});
+            d.spec.provider_selector = selector.as_object().cloned();
+        }
+    }
+    d
+}
 
 impl Site {
     async fn start(uplink: Uplink) -> Site {
@@ -69,13 +101,16 @@ impl Site {
     }
 
     async fn start_with(uplink: Uplink, extra: Extra) -> Site {
+        let mut gw1 = gw_devcloud::seed::device_with(APP, "gw1", Some("gw-secret"), &[]);
+        gw1.metadata.labels.insert("group".into(), "site-b".into());
         let seed = Seed::new()
             .user("admin", "api-token")
             .application(APP)
-            .password_device(APP, "gw1", "gw-secret")
-            .sensor(APP, "mqtt-sensor", Some("pw"), &["gw1"])
-            .sensor(APP, "http-sensor", Some("pw"), &["gw1"])
-            .sensor(APP, "coap-sensor", Some("pw"), &["gw1"]);
+            .device(gw1)
+            .device(sensor("mqtt-sensor", extra.proxy))
+            .device(sensor("http-sensor", extra.proxy))
+            .device(sensor("coap-sensor", extra.proxy))
+            .providers_rfc(extra.proxy != Proxy::MatchNames);
         let stop_cloud = CancellationToken::new();
         let cloud = DevCloud::start("127.0.0.1:0".parse().unwrap(), seed, stop_cloud.clone())
             .await
@@ -106,7 +141,7 @@ impl Site {
             let s = status(&self.client, &self.web).await;
             // listed by the sync and taken into the credential cache
             let synced = s["registry"]["devices"] == 3 && s["credentials"]["registry_devices"] == 3;
-            let subscribed = self.uplink != Uplink::Mqtt || self.cloud.command_subscribers() > 0;
+            let subscribed = self.uplink == Uplink::Http || self.cloud.command_subscribers() > 0;
             if synced && subscribed {
                 return;
             }
@@ -243,20 +278,29 @@ async fn start_gateway(
     uplink: Uplink,
     extra: Extra,
 ) -> (Running, String) {
-    let (kind, url) = match uplink {
-        Uplink::Mqtt => ("drogue-mqtt", cloud.mqtt_url()),
-        Uplink::Http => ("drogue-http", cloud.url()),
+    let (kind, url, generic) = match uplink {
+        Uplink::Mqtt => ("drogue-mqtt", cloud.mqtt_url(), ""),
+        Uplink::Http => ("drogue-http", cloud.url(), ""),
+        // the dev cloud's drogue/v1 topics, written as a generic broker's templates
+        Uplink::Generic => (
+            "mqtt",
+            cloud.mqtt_url(),
+            "username = \"gw1@my-app\"\ntopic = \"{channel}/{device}\"\n\
+             command_topic = \"command/inbox/{device}/{command}\"\n",
+        ),
     };
     let text = format!(
         "[gateway]\nname = \"gw1\"\napplication = \"{APP}\"\ndata_dir = {:?}\n\n\
-         [cloud]\nkind = \"{kind}\"\nurl = {url:?}\npassword = \"gw-secret\"\n\n\
-         [registry]\nurl = {:?}\ntoken = \"api-token\"\ninterval = \"{}\"\ntimeout = \"2s\"\n\n\
+         [cloud]\nkind = \"{kind}\"\nurl = {url:?}\npassword = \"gw-secret\"\n{generic}\n\
+         [registry]\nurl = {:?}\ntoken = \"api-token\"\ninterval = \"{}\"\ntimeout = \"2s\"\n\
+         providers_rfc = {}\n\n\
          [mqtt]\nlisten = \"127.0.0.1:0\"\n\n[coap]\nlisten = \"127.0.0.1:0\"\n\n\
          [web]\nlisten = \"127.0.0.1:0\"\napi_token = \"test-api-token-0123\"\n{}\n\
          [commands]\nttl = \"1h\"\n{}\n[log]\nformat = \"json\"\n",
         dir.join("data").display().to_string(),
         cloud.url(),
         extra.registry_interval,
+        extra.proxy != Proxy::MatchNames,
         if extra.push { format!("push_token = \"{PUSH_TOKEN}\"\n") } else { String::new() },
         extra.commands,
     );
@@ -612,8 +656,8 @@ async fn outcomes_are_reported_upstream_on_the_report_channel() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_gateways_own_commands_reach_it_over_every_drogue_uplink() {
-    for uplink in [Uplink::Http, Uplink::Mqtt] {
+async fn the_gateways_own_commands_reach_it_over_every_uplink_kind() {
+    for uplink in [Uplink::Http, Uplink::Mqtt, Uplink::Generic] {
         // a slow registry poll, so that a listing can only come from the resync command
         let extra = Extra { registry_interval: "1h", ..DEFAULT };
         let site = Site::start_with(uplink, extra).await;
@@ -673,4 +717,61 @@ async fn a_command_for_a_device_created_a_moment_ago_is_queued_and_delivered() {
         .unwrap();
     let (code, command, payload) = http_answer(&output(out).await);
     assert_eq!((code, command.as_deref(), payload.as_str()), (200, Some("hello"), "hi"));
+}
+
+/// With the providers RFC enabled in the cloud and in `[registry]`, a sensor naming `gw1` in
+/// `spec.providers` and one selecting its labels with `spec.providerSelector` are synced,
+/// publish as themselves through gw1 over MQTT, HTTP and CoAP, and receive commands on each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn providers_rfc_sensors_publish_and_get_commands_over_mqtt_http_and_coap() {
+    if !have_mosquitto_clients() || !have_coap_client() {
+        return;
+    }
+    for proxy in [Proxy::Providers, Proxy::Selector] {
+        let site = Site::start_with(Uplink::Mqtt, Extra { proxy, ..DEFAULT }).await;
+        // MQTT: a command on the sensor's subscription, and a publish as the sensor
+        let sub = site.mosquitto_sub(1).await;
+        site.until("mqtt-sensor subscribed", |s| s["mqtt"]["sessions"] == 1).await;
+        assert_eq!(site.send("mqtt-sensor", "set-led", "{\"on\":true}").await, 202, "{proxy:?}");
+        let out = output(sub).await;
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "command/inbox//set-led {\"on\":true}",
+            "{proxy:?}"
+        );
+        let port = site.listener("mqtt").await.rsplit_once(':').unwrap().1.to_owned();
+        let published = std::process::Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &port, "-q", "1"])
+            .args(["-u", "mqtt-sensor@my-app", "-P", "pw", "-t", "telemetry", "-m", "{}"])
+            .output()
+            .unwrap();
+        assert!(published.status.success(), "{proxy:?}: {published:?}");
+        // HTTP: curl waits with ct= and gets the command
+        let curl = site.curl(Some(5));
+        site.until_waiting(1).await;
+        assert_eq!(site.send("http-sensor", "open-valve", "{}").await, 202, "{proxy:?}");
+        let (code, command, _) = http_answer(&output(curl).await);
+        assert_eq!((code, command.as_deref()), (200, Some("open-valve")), "{proxy:?}");
+        // CoAP: coap-client waits with ct= and gets 2.05 with option 4210
+        let client = site.coap_client(5).await;
+        site.until_waiting(1).await;
+        assert_eq!(site.send("coap-sensor", "blink", "{\"n\":3}").await, 202, "{proxy:?}");
+        assert_coap_command(output(client).await, "blink", "{\"n\":3}");
+        // every publish reached the cloud as its sensor, sent by gw1
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let events = site.cloud.events();
+            let from = |d: &str| {
+                events.iter().any(|e| e.device.as_deref() == Some(d) && e.sender.as_deref() == Some("gw1"))
+            };
+            if ["mqtt-sensor", "http-sensor", "coap-sensor"].iter().all(|d| from(d)) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{proxy:?}: not every sensor's data arrived");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let s = site.status().await;
+        let parked = s["uplink"]["parked"].as_array().map_or(0, Vec::len);
+        assert_eq!(parked, 0, "{proxy:?}: nothing refused upstream: {}", s["uplink"]);
+    }
 }

@@ -299,3 +299,68 @@ async fn order_holds_into_the_drogue_mqtt_and_the_generic_mqtt_uplink() {
     let got: Vec<u64> = out.lines().filter_map(|l| l.trim().parse().ok()).collect();
     assert_eq!(got, (0..N).collect::<Vec<_>>(), "mqtt: in order, each once");
 }
+
+/// The generic uplink into a real mosquitto with a `command_topic`: a command published there
+/// for a sensor reaches the sensor's `mosquitto_sub`, and one for the gateway's own name
+/// (`set-log-level`) changes its log filter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_generic_mqtt_uplink_takes_commands_on_its_command_topic() {
+    if !have_mosquitto_clients() || !broker::have_mosquitto("generic_command_topic") {
+        return;
+    }
+    let site_dir = tempfile::tempdir().unwrap();
+    let upstream = broker::Mosquitto::start(site_dir.path(), "allow_anonymous true\nlog_type all");
+    let dir = tempfile::tempdir().unwrap();
+    let section = format!(
+        "[cloud]\nkind = \"mqtt\"\nurl = {:?}\ntopic = \"site/{{gateway}}/data/{{device}}/{{channel}}\"\n\
+         command_topic = \"site/{{gateway}}/command/{{device}}/{{command}}\"\nretry_min = \"50ms\"",
+        upstream.url()
+    );
+    let gw = Running::start(&config_with_cloud(dir.path(), &section), None);
+    let web = gw.web_addr();
+    let port = gw.listener_addr("mqtt").rsplit_once(':').unwrap().1.to_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !upstream.log().contains("site/gw1/command/#") {
+        assert!(Instant::now() < deadline, "the gateway did not subscribe: {}", upstream.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let sub = tokio::process::Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &port, "-q", "1", "-i", "sensor1@my-app"])
+        .args(["-u", "sensor1@my-app", "-P", "pw1", "-t", "command/inbox//#", "-v"])
+        .args(["-C", "1", "-W", "20"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status(&client, &web).await["mqtt"]["sessions"] != 1 {
+        assert!(Instant::now() < deadline, "the sensor never subscribed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let site_pub = |topic: &str, payload: &str| {
+        let out = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &upstream.addr.port().to_string(), "-q", "1"])
+            .args(["-t", topic, "-m", payload])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    site_pub("site/gw1/command/sensor1/set-led", "{\"on\":true}");
+    let out = tokio::time::timeout(Duration::from_secs(25), sub.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "command/inbox//set-led {\"on\":true}");
+
+    site_pub("site/gw1/command/gw1/set-log-level", "debug");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = status(&client, &web).await;
+        if s["commands"]["log_filter"] == "debug" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "set-log-level never arrived: {}", s["commands"]);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -75,9 +75,16 @@ pub struct DeviceSpec {
     pub alias: Option<Vec<String>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commands: Option<CommandsSpec>,
-    /// The providers RFC's list of gateways a device may connect through.
+    /// The providers RFC's list of gateways a device may connect through. Read only under
+    /// [`ProxyRules::providers_rfc`]: Drogue Cloud does not implement it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub providers: Option<Vec<String>>,
+    /// The providers RFC's label selector, `{"group": "my-gateways"}`: every gateway device
+    /// carrying all these labels may act for the device. Read only under
+    /// [`ProxyRules::providers_rfc`]; kept verbatim (a value that is not a string matches
+    /// nothing, and so does an empty selector).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_selector: Option<Map<String, Value>>,
     /// Every section the gateway does not act on (`mqtt`, `core`, ...), kept verbatim.
     #[serde(flatten)]
     pub other: Map<String, Value>,
@@ -196,6 +203,27 @@ pub struct ExternalEndpoint {
     pub other: Map<String, Value>,
 }
 
+/// Which parts of a device's spec let a gateway act for it (publish `as=` it, receive its
+/// commands). One rule, shared by the gateway's registry sync and the dev cloud's `as=`
+/// authorization and command routing, so the gateway never accepts what its cloud refuses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyRules {
+    /// `spec.gatewaySelector.matchNames` always counts (all Drogue Cloud implements). With
+    /// this set, the providers RFC's `spec.providers` (gateway names) and
+    /// `spec.providerSelector` (labels of the gateway's own device) count too: only for a
+    /// cloud that implements the RFC. Off by default, as in Drogue Cloud.
+    #[serde(default)]
+    pub providers_rfc: bool,
+}
+
+impl ProxyRules {
+    /// Drogue Cloud's rule: `gatewaySelector.matchNames` only.
+    pub const DROGUE: Self = Self { providers_rfc: false };
+    /// Drogue's rule plus the providers RFC's `providers` and `providerSelector`.
+    pub const PROVIDERS_RFC: Self = Self { providers_rfc: true };
+}
+
 impl Device {
     /// The device's credentials: `spec.authentication`, else the legacy `spec.credentials`.
     pub fn credentials(&self) -> &[Credential] {
@@ -207,22 +235,39 @@ impl Device {
             .unwrap_or_default()
     }
 
-    /// Whether the gateway with this canonical name may act for the device:
-    /// `spec.gatewaySelector.matchNames` or the RFC's `spec.providers` names it.
-    pub fn is_proxied_by(&self, gateway: &str) -> bool {
-        let by_selector = self
-            .spec
-            .gateway_selector
-            .as_ref()
-            .is_some_and(|s| s.match_names.iter().any(|n| n == gateway));
-        let by_providers =
-            self.spec.providers.as_ref().is_some_and(|p| p.iter().any(|n| n == gateway));
-        by_selector || by_providers
+    /// Whether the gateway device `gateway` (its canonical name and labels) may act for this
+    /// device under `rules`. A device being deleted is proxied by nobody; neither is a device
+    /// by itself.
+    pub fn is_proxied_by(&self, gateway: &Metadata, rules: ProxyRules) -> bool {
+        if self.is_being_deleted() || gateway.name == self.metadata.name {
+            return false;
+        }
+        self.named_gateways(rules).any(|n| n == gateway.name)
+            || (rules.providers_rfc && self.selects_provider(&gateway.labels))
     }
 
-    /// The gateways named in `spec.gatewaySelector.matchNames`, in order.
-    pub fn gateways(&self) -> &[String] {
-        self.spec.gateway_selector.as_ref().map(|s| s.match_names.as_slice()).unwrap_or_default()
+    /// The gateways this device names under `rules`: `spec.gatewaySelector.matchNames` in
+    /// order, then (RFC) `spec.providers`; a name may repeat. Gateways chosen by
+    /// `spec.providerSelector` are not named: match them with [`Device::selects_provider`].
+    pub fn named_gateways(&self, rules: ProxyRules) -> impl Iterator<Item = &str> {
+        let selector =
+            self.spec.gateway_selector.as_ref().map(|s| s.match_names.as_slice()).unwrap_or_default();
+        let providers = match (rules.providers_rfc, &self.spec.providers) {
+            (true, Some(p)) => p.as_slice(),
+            _ => &[],
+        };
+        selector.iter().chain(providers).map(String::as_str)
+    }
+
+    /// Whether a gateway device with these labels matches `spec.providerSelector`: the
+    /// selector is not empty and every entry is a string label the gateway carries.
+    pub fn selects_provider(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.spec.provider_selector.as_ref().is_some_and(|selector| {
+            !selector.is_empty()
+                && selector.iter().all(|(k, v)| {
+                    v.as_str().is_some_and(|v| labels.get(k).is_some_and(|l| l == v))
+                })
+        })
     }
 
     /// Whether `name` identifies this device: its name, an alias, or a unique username.
@@ -303,8 +348,8 @@ mod tests {
         let v = full_example();
         let d: Device = serde_json::from_value(v.clone()).unwrap();
         assert_eq!(d.credentials().len(), 7);
-        assert!(d.is_proxied_by("gw1"));
-        assert!(!d.is_proxied_by("gw2"));
+        assert!(d.is_proxied_by(&gateway("gw1", &[]), ProxyRules::DROGUE));
+        assert!(!d.is_proxied_by(&gateway("gw2", &[]), ProxyRules::PROVIDERS_RFC));
         assert!(d.is_known_as("alt-id-1"));
         assert!(d.is_known_as("u"), "unique username is an alias");
         assert!(!d.is_known_as("v"), "non-unique username is not");
@@ -322,12 +367,59 @@ mod tests {
         assert_eq!(serde_json::to_value(&d).unwrap(), v);
     }
 
+    fn gateway(name: &str, labels: &[(&str, &str)]) -> Metadata {
+        Metadata {
+            application: Some("a".into()),
+            name: name.into(),
+            labels: labels.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn spec(spec: Value) -> Device {
+        serde_json::from_value(json!({"metadata":{"application":"a","name":"d"},"spec":spec}))
+            .unwrap()
+    }
+
     #[test]
-    fn providers_list_counts_as_proxying() {
-        let d: Device = serde_json::from_value(json!({"metadata":{"application":"a","name":"d"},
-            "spec":{"providers":["gateway1","gateway2"]}}))
-        .unwrap();
-        assert!(d.is_proxied_by("gateway2"));
+    fn providers_count_only_under_the_rfc_rules() {
+        let d = spec(json!({"providers":["gateway1","gateway2"]}));
+        let gw2 = gateway("gateway2", &[]);
+        assert!(!d.is_proxied_by(&gw2, ProxyRules::DROGUE), "Drogue ignores spec.providers");
+        assert!(d.is_proxied_by(&gw2, ProxyRules::PROVIDERS_RFC));
+        assert!(!d.is_proxied_by(&gateway("gateway3", &[]), ProxyRules::PROVIDERS_RFC));
+        assert_eq!(d.named_gateways(ProxyRules::DROGUE).count(), 0);
+        assert_eq!(d.named_gateways(ProxyRules::PROVIDERS_RFC).collect::<Vec<_>>(), [
+            "gateway1", "gateway2"
+        ]);
+    }
+
+    #[test]
+    fn provider_selector_matches_every_label_under_the_rfc_rules() {
+        let d = spec(json!({"providerSelector":{"group":"my-gateways","site":"b"}}));
+        let both = gateway("gw", &[("group", "my-gateways"), ("site", "b"), ("x", "y")]);
+        let one = gateway("gw", &[("group", "my-gateways")]);
+        assert!(d.is_proxied_by(&both, ProxyRules::PROVIDERS_RFC));
+        assert!(!d.is_proxied_by(&both, ProxyRules::DROGUE));
+        assert!(!d.is_proxied_by(&one, ProxyRules::PROVIDERS_RFC), "all labels must match");
+        for odd in [json!({}), json!({"group": 1}), json!({"group": null})] {
+            let d = spec(json!({ "providerSelector": odd }));
+            assert!(!d.is_proxied_by(&both, ProxyRules::PROVIDERS_RFC), "{odd}");
+        }
+        // kept verbatim through a round trip
+        let v = json!({"metadata":{"application":"a","name":"d"},
+            "spec":{"providerSelector":{"group": 1, "k": "v"}}});
+        let d: Device = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(serde_json::to_value(&d).unwrap(), v);
+    }
+
+    #[test]
+    fn nobody_proxies_a_device_being_deleted_or_itself() {
+        let mut d = spec(json!({"gatewaySelector":{"matchNames":["gw","d"]}}));
+        assert!(!d.is_proxied_by(&gateway("d", &[]), ProxyRules::DROGUE));
+        assert!(d.is_proxied_by(&gateway("gw", &[]), ProxyRules::DROGUE));
+        d.metadata.deletion_timestamp = Some("2024-01-01T00:00:00Z".into());
+        assert!(!d.is_proxied_by(&gateway("gw", &[]), ProxyRules::DROGUE));
     }
 
     #[test]

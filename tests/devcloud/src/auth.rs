@@ -1,12 +1,13 @@
 //! Device authentication with Drogue's semantics (contracts/drogue-cloud.md §6): the
 //! application must exist and be enabled, the device is looked up by alias, the presented
 //! credential is matched against the stored ones, and `as` is authorized only for a device
-//! whose `spec.gatewaySelector.matchNames` (or the RFC's `spec.providers`) names the
-//! gateway's canonical name.
+//! whose `spec.gatewaySelector.matchNames` names the gateway's canonical name (with the
+//! seed's `providers_rfc`, also the RFC's `spec.providers` and `spec.providerSelector`): the
+//! rule is [`gw_model::registry::ProxyRules`], the one the gateway's sync applies.
 
 use gw_model::{
     AuthRequest, PresentedCredential,
-    registry::{Application, Credential, Device, PasswordSpec, TaggedPassword},
+    registry::{Application, Credential, Device, PasswordSpec, ProxyRules, TaggedPassword},
 };
 use sha_crypt::{PasswordVerifier, ShaCrypt};
 
@@ -50,7 +51,7 @@ pub(crate) async fn authenticate(
         Some(id) if id == device.metadata.name => device.clone(),
         Some(id) => {
             let target = registry.find_device(app.metadata.name.as_str(), id)?;
-            if !may_act_as(&device, &target) {
+            if !may_act_as(&device, &target, registry.rules()) {
                 return None;
             }
             target
@@ -68,10 +69,11 @@ fn app_disabled(app: &Application) -> bool {
         .unwrap_or(false)
 }
 
-/// Whether `gateway` may publish as `target`: the target is not being deleted and lists the
-/// gateway's canonical name (aliases do not count).
-pub(crate) fn may_act_as(gateway: &Device, target: &Device) -> bool {
-    !target.is_being_deleted() && target.is_proxied_by(&gateway.metadata.name)
+/// Whether `gateway` may publish as `target` under `rules`: the target is not being deleted
+/// and names the gateway's canonical name (aliases do not count) or, under the RFC, selects
+/// its labels.
+pub(crate) fn may_act_as(gateway: &Device, target: &Device, rules: ProxyRules) -> bool {
+    target.is_proxied_by(&gateway.metadata, rules)
 }
 
 /// Matches a presented credential against the device's stored ones. `presented_id` is the
@@ -131,7 +133,11 @@ mod tests {
     const SHA512_HELLO: &str = "$6$saltstring$svn8UoSVapNtMuq1ukKS4tPQd8iKwSMHWjl/O817G3uBnIFNjnQJuesI68u4OTLiBFdcbYEdFCoEOfaS35inz1";
 
     fn registry(devices: serde_json::Value) -> Registry {
-        let r = Registry::new(Arc::new(EventLog::new(10)));
+        registry_with(devices, ProxyRules::DROGUE)
+    }
+
+    fn registry_with(devices: serde_json::Value, rules: ProxyRules) -> Registry {
+        let r = Registry::new(Arc::new(EventLog::new(10))).with_rules(rules);
         let apps = vec![serde_json::from_value(json!({"metadata":{"name":"app"}})).unwrap()];
         r.seed(apps, serde_json::from_value(devices).unwrap()).unwrap();
         r
@@ -254,16 +260,22 @@ mod tests {
 
     #[tokio::test]
     async fn as_requires_match_names_with_canonical_gateway_name() {
-        let r = registry(json!([
-            dev(
-                "gw",
-                json!({"alias":["gw-alias"],"authentication":{"credentials":[{"pass":"pw"}]}})
-            ),
+        let devices = json!([
+            {"metadata":{"application":"app","name":"gw","labels":{"group":"site-b"}},
+             "spec":{"alias":["gw-alias"],"authentication":{"credentials":[{"pass":"pw"}]}}},
             dev("s1", json!({"gatewaySelector":{"matchNames":["gw"]}})),
             dev("s2", json!({"gatewaySelector":{"matchNames":["gw-alias"]}})),
             dev("s3", json!({"providers":["gw"]})),
             dev("s4", json!({})),
-        ]));
+            dev("s5", json!({"providerSelector":{"group":"site-b"}})),
+            dev("s6", json!({"providerSelector":{"group":"site-c"}})),
+        ]);
+        let rfc = registry_with(devices.clone(), ProxyRules::PROVIDERS_RFC);
+        assert!(authenticate(&rfc, pw("gw", "pw"), Some("s3")).await.is_some(), "RFC providers");
+        assert!(authenticate(&rfc, pw("gw", "pw"), Some("s5")).await.is_some(), "RFC selector");
+        assert!(authenticate(&rfc, pw("gw", "pw"), Some("s6")).await.is_none(), "other labels");
+        assert!(authenticate(&rfc, pw("gw", "pw"), Some("s4")).await.is_none());
+        let r = registry(devices);
         let a = authenticate(&r, pw("gw", "pw"), Some("s1")).await.unwrap();
         assert_eq!(
             (a.device.metadata.name.as_str(), a.as_device.metadata.name.as_str()),
@@ -273,7 +285,9 @@ mod tests {
             authenticate(&r, pw("gw", "pw"), Some("s2")).await.is_none(),
             "alias in matchNames"
         );
-        assert!(authenticate(&r, pw("gw", "pw"), Some("s3")).await.is_some(), "RFC providers");
+        for rfc_only in ["s3", "s5"] {
+            assert!(authenticate(&r, pw("gw", "pw"), Some(rfc_only)).await.is_none(), "{rfc_only}");
+        }
         assert!(authenticate(&r, pw("gw", "pw"), Some("s4")).await.is_none());
         assert!(authenticate(&r, pw("gw", "pw"), Some("nobody")).await.is_none());
         assert!(authenticate(&r, pw("gw", "bad"), Some("s1")).await.is_none());

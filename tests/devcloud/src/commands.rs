@@ -143,8 +143,8 @@ pub(crate) async fn route(
         return Err(DevCloudError::NotEnabled { device: req.device.to_owned() });
     }
     let mut targets = vec![device.metadata.name.clone()];
-    for name in device.gateways() {
-        let Some(gateway) = registry.get_device(req.app, name) else { continue };
+    for gateway in registry.gateways_of(req.app, &device) {
+        let name = &gateway.metadata.name;
         if !command_enabled(&gateway) {
             continue;
         }

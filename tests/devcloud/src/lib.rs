@@ -99,7 +99,8 @@ impl DevCloud {
             .local_addr()
             .map_err(|source| DevCloudError::Bind { addr: mqtt_listen, source })?;
         let events = Arc::new(EventLog::new(DEFAULT_EVENT_CAPACITY));
-        let registry = Registry::new(events.clone());
+        let rules = gw_model::registry::ProxyRules { providers_rfc: seed.providers_rfc };
+        let registry = Registry::new(events.clone()).with_rules(rules);
         registry.seed(seed.applications, seed.devices)?;
         let shared = Arc::new(Shared {
             registry,

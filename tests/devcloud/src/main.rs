@@ -25,6 +25,10 @@ struct Args {
     /// An extra API user, `name:token`; may be repeated.
     #[arg(long = "user", value_name = "NAME:TOKEN")]
     users: Vec<String>,
+    /// Also honour the providers RFC (`spec.providers`, `spec.providerSelector`) for `as=`
+    /// and command routing; Drogue Cloud reads only `spec.gatewaySelector.matchNames`.
+    #[arg(long)]
+    providers_rfc: bool,
 }
 
 #[tokio::main]
@@ -41,6 +45,9 @@ async fn main() -> anyhow::Result<()> {
         Some(path) => Seed::load(path)?,
         None => Seed::new(),
     };
+    if args.providers_rfc {
+        seed = seed.providers_rfc(true);
+    }
     for user in &args.users {
         let (name, token) =
             user.split_once(':').with_context(|| format!("--user {user:?} is not NAME:TOKEN"))?;

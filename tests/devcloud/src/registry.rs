@@ -8,7 +8,7 @@ use std::{
     time::SystemTime,
 };
 
-use gw_model::registry::{Application, Device, Metadata};
+use gw_model::registry::{Application, Device, Metadata, ProxyRules};
 use serde::Deserialize;
 
 use crate::{
@@ -45,6 +45,8 @@ struct AppEntry {
 pub(crate) struct Registry {
     apps: Mutex<BTreeMap<String, AppEntry>>,
     events: Arc<EventLog>,
+    /// Which devices a gateway may act for: `as=` authorization and command routing.
+    rules: ProxyRules,
 }
 
 const APP: &str = "application";
@@ -106,7 +108,43 @@ fn page<T: Clone>(
 
 impl Registry {
     pub(crate) fn new(events: Arc<EventLog>) -> Self {
-        Self { apps: Mutex::new(BTreeMap::new()), events }
+        Self { apps: Mutex::new(BTreeMap::new()), events, rules: ProxyRules::DROGUE }
+    }
+
+    /// The same registry applying `rules` (Drogue's, unless the seed enables the RFC's).
+    pub(crate) fn with_rules(mut self, rules: ProxyRules) -> Self {
+        self.rules = rules;
+        self
+    }
+
+    pub(crate) fn rules(&self) -> ProxyRules {
+        self.rules
+    }
+
+    /// The gateways that may act for `device`, in routing order: those it names
+    /// (`gatewaySelector.matchNames`, then the RFC's `providers`), then, under the RFC, every
+    /// device of the application whose labels its `providerSelector` matches, by name. Names
+    /// that do not exist are skipped; none repeats.
+    pub(crate) fn gateways_of(&self, app: &str, device: &Device) -> Vec<Device> {
+        let map = self.lock();
+        let Some(entry) = map.get(app) else { return Vec::new() };
+        let mut out: Vec<Device> = Vec::new();
+        let mut add = |gw: &Device| {
+            if device.is_proxied_by(&gw.metadata, self.rules)
+                && !out.iter().any(|o| o.metadata.name == gw.metadata.name)
+            {
+                out.push(gw.clone());
+            }
+        };
+        for name in device.named_gateways(self.rules) {
+            if let Some(gw) = entry.devices.get(name) {
+                add(gw);
+            }
+        }
+        if self.rules.providers_rfc && device.spec.provider_selector.is_some() {
+            entry.devices.values().for_each(&mut add);
+        }
+        out
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<String, AppEntry>> {

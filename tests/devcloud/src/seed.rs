@@ -19,6 +19,11 @@
 //! ```
 //!
 //! Devices have Drogue's device JSON shape (in TOML, the same structure).
+//!
+//! `providers_rfc = true` (top level) makes the cloud also honour the providers RFC's
+//! `spec.providers` and `spec.providerSelector` for `as=` and command routing, as a cloud
+//! implementing the RFC would; off by default, as in Drogue Cloud, which reads only
+//! `spec.gatewaySelector.matchNames`.
 
 use std::{collections::BTreeMap, path::Path};
 
@@ -49,6 +54,10 @@ pub struct Seed {
     pub applications: Vec<Application>,
     #[serde(default)]
     pub devices: Vec<Device>,
+    /// Honour the providers RFC (`spec.providers`, `spec.providerSelector`) besides
+    /// `spec.gatewaySelector.matchNames`. Drogue Cloud does not.
+    #[serde(default)]
+    pub providers_rfc: bool,
 }
 
 impl Seed {
@@ -76,6 +85,12 @@ impl Seed {
             serde_json::to_value(toml).map_err(|e| e.to_string())?
         };
         serde_json::from_value(value).map_err(|e| e.to_string())
+    }
+
+    /// Makes the cloud honour the providers RFC (see the module docs).
+    pub fn providers_rfc(mut self, on: bool) -> Self {
+        self.providers_rfc = on;
+        self
     }
 
     /// Adds an API user.
@@ -184,7 +199,7 @@ spec.gatewaySelector.matchNames = ["gw1"]
         let from_json = Seed::parse(&json, true).unwrap();
         assert_eq!(from_toml, from_json);
         assert_eq!(from_toml.devices[0].credentials().len(), 2);
-        assert!(from_toml.devices[1].is_proxied_by("gw1"));
+        assert!(from_toml.devices[1].named_gateways(gw_model::registry::ProxyRules::DROGUE).any(|n| n == "gw1"));
     }
 
     #[test]
@@ -195,7 +210,7 @@ spec.gatewaySelector.matchNames = ["gw1"]
             .password_device("my-app", "gw1", "pw")
             .sensor("my-app", "sensor1", None, &["gw1"])
             .push_endpoint("my-app", "gw1", "http://127.0.0.1:1/push");
-        assert!(built.devices[1].is_proxied_by("gw1"));
+        assert!(built.devices[1].named_gateways(gw_model::registry::ProxyRules::DROGUE).any(|n| n == "gw1"));
         assert_eq!(built.devices[0].external_endpoint().unwrap().url, "http://127.0.0.1:1/push");
         let text = serde_json::to_string(&built).unwrap();
         assert_eq!(Seed::parse(&text, true).unwrap(), built);

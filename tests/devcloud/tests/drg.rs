@@ -87,7 +87,7 @@ async fn real_drg_manages_devices_and_sends_a_pushed_command() {
     let (ok, out) = drg(&bin, d, &["get", "devices", "--application", "demo"]).await;
     assert!(ok && out.contains("gw1") && out.contains("sensor1"), "get devices: {out}");
     let stored = c.cloud.device("demo", "sensor1").unwrap();
-    assert!(stored.is_proxied_by("gw1"));
+    assert!(stored.named_gateways(gw_model::registry::ProxyRules::DROGUE).any(|n| n == "gw1"));
 
     // A successful push answers 200 with an empty body, as Drogue does; drg 0.11 then tries to
     // decode a JSON body and reports "error decoding response body", so its exit status is not

@@ -7,7 +7,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(device) = serde_json::from_slice::<Device>(data) else { return };
-    let _ = device.is_proxied_by("gw1");
+    let _ = device.named_gateways(gw_model::registry::ProxyRules::PROVIDERS_RFC).any(|n| n == "gw1");
     let _ = device.is_known_as("sensor1");
     let _ = device.external_endpoint();
     // a parsed device round-trips
