@@ -20,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 pub(crate) struct PushedCommand {
     pub name: CommandName,
     pub payload: Bytes,
+    /// Sent when the sensor has it; dropped unsent when it is lost on the way.
+    pub receipt: Option<crate::session::Receipt>,
 }
 
 /// One live session, as the registry knows it.
@@ -203,12 +205,25 @@ impl Commands {
 
     /// Pushes command `name` with `payload` to `device`'s live session.
     pub fn push(&self, device: &Identity, name: CommandName, payload: Bytes) -> Delivery {
+        self.push_with_receipt(device, name, payload, None)
+    }
+
+    /// As [`push`](Self::push); when it is [`Delivery::Queued`], `receipt` is sent once the
+    /// sensor has the command (its PUBACK at QoS 1, handed to the socket at QoS 0) and dropped
+    /// unsent if the session ends first, so the caller can keep the command until then.
+    pub fn push_with_receipt(
+        &self,
+        device: &Identity,
+        name: CommandName,
+        payload: Bytes,
+        receipt: Option<crate::session::Receipt>,
+    ) -> Delivery {
         let live = lock(&self.registry.live);
         let Some(entry) = live.get(device) else { return Delivery::NotConnected };
         if !entry.subscribed.load(Ordering::Relaxed) {
             return Delivery::NotSubscribed;
         }
-        match entry.commands.try_send(PushedCommand { name, payload }) {
+        match entry.commands.try_send(PushedCommand { name, payload, receipt }) {
             Ok(()) => Delivery::Queued,
             Err(mpsc::error::TrySendError::Full(_)) => Delivery::Full,
             Err(mpsc::error::TrySendError::Closed(_)) => Delivery::NotConnected,

@@ -508,7 +508,7 @@ impl<A: Authenticate, I: Ingest> Conn<A, I> {
                     session.ingest_done(token, result, Instant::now())
                 }
                 Some(cmd) = recv(&mut commands), if accepts_commands => {
-                    session.command(&cmd.name, cmd.payload)
+                    session.command(&cmd.name, cmd.payload, cmd.receipt)
                 }
                 () = sleep_until(deadline), if deadline.is_some() => session.tick(Instant::now()),
                 () = kick.cancelled() => {

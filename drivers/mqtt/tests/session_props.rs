@@ -224,7 +224,7 @@ fn run(version: Version, clean: bool, ops: Vec<Op>) -> Result<(), TestCaseError>
             }
             Op::Command => {
                 if s.accepts_commands() {
-                    s.command(&led, Bytes::from_static(b"on"))
+                    s.command(&led, Bytes::from_static(b"on"), None)
                 } else {
                     Vec::new()
                 }

@@ -775,3 +775,68 @@ async fn providers_rfc_sensors_publish_and_get_commands_over_mqtt_http_and_coap(
         assert_eq!(parked, 0, "{proxy:?}: nothing refused upstream: {}", s["uplink"]);
     }
 }
+
+/// A paho-mqtt sensor on `command/inbox//#` at QoS 1. With `die_unacked` it takes the command
+/// without acknowledging it (paho's `manual_ack`) and kills itself with SIGKILL; otherwise it
+/// acknowledges it. It prints the command's topic and payload first.
+const PAHO_COMMAND_SENSOR: &str = r#"
+import os, signal, sys, threading
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+port, die_unacked = int(sys.argv[1]), sys.argv[2] == "die"
+got = threading.Event()
+c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="mqtt-sensor@my-app", manual_ack=die_unacked)
+c.username_pw_set("mqtt-sensor@my-app", "pw")
+def on_connect(client, userdata, flags, reason_code, properties):
+    client.subscribe("command/inbox//#", qos=1)
+def on_message(client, userdata, msg):
+    print(msg.topic, msg.payload.decode(), flush=True)
+    if die_unacked:
+        os.kill(os.getpid(), signal.SIGKILL)
+    got.set()
+c.on_connect = on_connect
+c.on_message = on_message
+c.connect("127.0.0.1", port)
+c.loop_start()
+ok = got.wait(20)
+c.disconnect()
+c.loop_stop()
+sys.exit(0 if ok else 3)
+"#;
+
+/// A sensor killed after the command's publish reached it but before its PUBACK gets the
+/// command again after it reconnects: it left the queue only with the PUBACK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sensor_killed_before_its_puback_gets_the_command_after_reconnecting() {
+    let Some(python) = common::paho_python() else { return };
+    let site = Site::start(Uplink::Mqtt).await;
+    let port = site.listener("mqtt").await.rsplit_once(':').unwrap().1.to_owned();
+    let paho = |mode: &str| {
+        Command::new(&python)
+            .args(["-c", PAHO_COMMAND_SENSOR, &port, mode])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let first = paho("die");
+    site.until("the sensor subscribed", |s| s["mqtt"]["sessions"] == 1).await;
+    assert_eq!(site.send("mqtt-sensor", "set-led", "{\"on\":true}").await, 202);
+    let out = output(first).await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "command/inbox//set-led {\"on\":true}");
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(out.status.signal(), Some(9), "killed before its PUBACK: {out:?}");
+    // still queued, not counted as delivered
+    let s = site.until("the session ended", |s| s["mqtt"]["sessions"] == 0).await;
+    assert_eq!(s["commands"]["queued"], 1, "{}", s["commands"]);
+    assert_eq!(counts(&s)["delivered"], 0, "{}", s["commands"]);
+
+    let second = paho("ack");
+    let out = output(second).await;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "command/inbox//set-led {\"on\":true}");
+    let s = site.until("delivered once acknowledged", |s| counts(s)["delivered"] == 1).await;
+    assert_eq!(s["commands"]["queued"], 0, "{}", s["commands"]);
+    assert_eq!(s["commands"]["recent"][0]["via"], "mqtt");
+}

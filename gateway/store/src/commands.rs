@@ -17,6 +17,12 @@
 //! [`COMPACT_MIN_BYTES`]), it is rewritten with only the live commands: temp file, fsync,
 //! rename, fsync of the directory.
 //!
+//! A command handed to a channel that confirms receipt (an MQTT session: the sensor's PUBACK)
+//! is [`lend`](CommandQueue::lend)t instead: it stays on disk, marked in memory so it is not
+//! handed out twice, until [`settle`](CommandQueue::settle) removes it (the sensor has it) or
+//! [`unlend`](CommandQueue::unlend) makes it available again in its place (the session ended
+//! first). A restart forgets the marks: what was lent is delivered again (at least once).
+//!
 //! Bounds: `max_per_device` commands per device, `max_total` and `max_bytes` (payload bytes)
 //! over all devices; memory holds exactly the live commands. Time is an argument: every call
 //! that may drop expired commands takes `now` and returns what it dropped, so the caller can
@@ -113,6 +119,8 @@ struct Inner {
     /// Set after a failed write: the file may end in a partial record; nothing more is
     /// appended until the queue is reopened (which cuts it).
     failed: Option<String>,
+    /// Ids lent out and not yet settled or given back (memory only).
+    lent: std::collections::HashSet<u64>,
 }
 
 impl std::fmt::Debug for CommandQueue {
@@ -202,6 +210,7 @@ impl CommandQueue {
             live_log_bytes: 0,
             index: HashMap::new(),
             failed: None,
+            lent: std::collections::HashSet::new(),
             path,
         };
         for (entry, size) in entries {
@@ -256,25 +265,48 @@ impl CommandQueue {
         Ok(id)
     }
 
-    /// Takes the oldest unexpired command of `device`, removing it durably, and drops (also
-    /// durably) the expired ones in front of it.
+    /// Takes the oldest unexpired command of `device` that is not lent out, removing it
+    /// durably, and drops (also durably) the expired ones in front of it.
     pub fn take(&self, device: &Identity, now: Timestamp) -> Result<Taken, StoreError> {
         let mut inner = self.lock();
-        let mut taken = Taken::default();
-        let mut removed = Vec::new();
-        if let Some(queue) = inner.devices.get(device) {
-            for q in queue {
-                removed.push(q.id);
-                if q.command.is_expired(now) {
-                    taken.expired.push(q.command.clone());
-                } else {
-                    taken.command = Some(q.clone());
-                    break;
-                }
-            }
-        }
+        let taken = inner.oldest(device, now);
+        let mut removed: Vec<u64> = taken.1.iter().map(|q| q.id).collect();
+        removed.extend(taken.0.as_ref().map(|q| q.id));
         inner.remove_durably(&removed)?;
-        Ok(taken)
+        Ok(Taken { command: taken.0, expired: taken.1.into_iter().map(|q| q.command).collect() })
+    }
+
+    /// Lends the oldest unexpired command of `device` that is not lent out already: it stays
+    /// queued (on disk) until [`settle`](Self::settle) or [`unlend`](Self::unlend). Expired
+    /// commands in front of it are dropped durably.
+    pub fn lend(&self, device: &Identity, now: Timestamp) -> Result<Taken, StoreError> {
+        let mut inner = self.lock();
+        let (command, expired) = inner.oldest(device, now);
+        let ids: Vec<u64> = expired.iter().map(|q| q.id).collect();
+        inner.remove_durably(&ids)?;
+        if let Some(q) = &command {
+            inner.lent.insert(q.id);
+        }
+        Ok(Taken { command, expired: expired.into_iter().map(|q| q.command).collect() })
+    }
+
+    /// The lent command `id` reached its sensor: removed durably. Nothing happens for an id
+    /// that is no longer queued.
+    pub fn settle(&self, id: u64) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        inner.lent.remove(&id);
+        if inner.index.contains_key(&id) { inner.remove_durably(&[id]) } else { Ok(()) }
+    }
+
+    /// The lent command `id` did not reach its sensor: available again, in its place.
+    pub fn unlend(&self, id: u64) {
+        self.lock().lent.remove(&id);
+    }
+
+    /// Commands of `device` that can be handed out now (queued and not lent out).
+    pub fn available_of(&self, device: &Identity) -> usize {
+        let inner = self.lock();
+        inner.devices.get(device).map_or(0, |q| q.iter().filter(|c| !inner.lent.contains(&c.id)).count())
     }
 
     /// Puts back a command [`take`](Self::take) handed out that could not be delivered after
@@ -287,13 +319,13 @@ impl CommandQueue {
         inner.add(command)
     }
 
-    /// Drops (durably) every command expired at `now` and returns them.
+    /// Drops (durably) every command expired at `now` that is not lent out, and returns them.
     pub fn expire(&self, now: Timestamp) -> Result<Vec<Command>, StoreError> {
         let mut inner = self.lock();
         let mut expired = Vec::new();
         let mut ids = Vec::new();
         for queue in inner.devices.values() {
-            for q in queue.iter().filter(|q| q.command.is_expired(now)) {
+            for q in queue.iter().filter(|q| q.command.is_expired(now) && !inner.lent.contains(&q.id)) {
                 ids.push(q.id);
                 expired.push(q.command.clone());
             }
@@ -342,6 +374,23 @@ impl CommandQueue {
 }
 
 impl Inner {
+    /// The oldest unexpired command of `device` not lent out, and the expired ones (not lent
+    /// out) in front of it; nothing is removed.
+    fn oldest(&self, device: &Identity, now: Timestamp) -> (Option<QueuedCommand>, Vec<QueuedCommand>) {
+        let mut expired = Vec::new();
+        for q in self.devices.get(device).into_iter().flatten() {
+            if self.lent.contains(&q.id) {
+                continue;
+            }
+            if q.command.is_expired(now) {
+                expired.push(q.clone());
+            } else {
+                return (Some(q.clone()), expired);
+            }
+        }
+        (None, expired)
+    }
+
     /// Inserts into memory in id order (`record` is the size of its `Add` record); nothing
     /// happens if the id is live already.
     fn insert(&mut self, q: QueuedCommand, record: u64) {
@@ -359,6 +408,7 @@ impl Inner {
     }
 
     fn remove_id(&mut self, id: u64) -> Option<QueuedCommand> {
+        self.lent.remove(&id);
         let (device, record) = self.index.remove(&id)?;
         let queue = self.devices.get_mut(&device)?;
         let at = queue.partition_point(|c| c.id < id);

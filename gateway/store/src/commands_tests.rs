@@ -44,6 +44,51 @@ fn takes_oldest_first_per_device_and_removes_it() {
 }
 
 #[test]
+fn a_lent_command_stays_queued_until_settled_and_comes_back_in_place_when_unlent() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let q = CommandQueue::open(dir.path(), LIMITS).unwrap();
+        q.push(cmd("s1", "a", b"1", None), NOW).unwrap();
+        q.push(cmd("s1", "b", b"2", None), NOW).unwrap();
+        q.push(cmd("s1", "c", b"3", None), NOW).unwrap();
+        let a = q.lend(&dev("s1"), NOW).unwrap().command.unwrap();
+        let b = q.lend(&dev("s1"), NOW).unwrap().command.unwrap();
+        assert_eq!((a.command.name.as_str(), b.command.name.as_str()), ("a", "b"));
+        assert_eq!((q.len_of(&dev("s1")), q.available_of(&dev("s1"))), (3, 1));
+        // a contact takes what is not lent out
+        assert_eq!(q.take(&dev("s1"), NOW).unwrap().command.unwrap().command.name, "c");
+        // the session that had a and b ended: b reached the sensor, a did not
+        q.settle(b.id).unwrap();
+        q.unlend(a.id);
+        q.settle(b.id).unwrap(); // twice: nothing happens
+        assert_eq!(q.available_of(&dev("s1")), 1);
+        assert_eq!(q.lend(&dev("s1"), NOW).unwrap().command.unwrap().id, a.id);
+        // lent out when the gateway stops: delivered again after the restart
+    }
+    let q = CommandQueue::open(dir.path(), LIMITS).unwrap();
+    let names: Vec<_> =
+        q.peek_all(&dev("s1")).into_iter().map(|c| c.command.name.to_string()).collect();
+    assert_eq!(names, ["a"]);
+    assert_eq!(q.available_of(&dev("s1")), 1);
+}
+
+#[test]
+fn lent_commands_are_not_expired_under_their_sensor() {
+    let dir = tempfile::tempdir().unwrap();
+    let q = CommandQueue::open(dir.path(), LIMITS).unwrap();
+    q.push(cmd("s1", "a", b"1", Some(2000)), NOW).unwrap();
+    q.push(cmd("s1", "b", b"2", Some(2000)), NOW).unwrap();
+    let a = q.lend(&dev("s1"), NOW).unwrap().command.unwrap();
+    let later = Timestamp::from_millis(3000);
+    let expired = q.expire(later).unwrap();
+    assert_eq!(expired.iter().map(|c| c.name.as_str()).collect::<Vec<_>>(), ["b"]);
+    assert_eq!(q.len_of(&dev("s1")), 1, "a is with the sensor's session");
+    q.unlend(a.id);
+    assert_eq!(q.expire(later).unwrap().len(), 1);
+    assert!(q.is_empty());
+}
+
+#[test]
 fn survives_reopen_and_does_not_hand_out_taken_commands_again() {
     let dir = tempfile::tempdir().unwrap();
     {

@@ -47,7 +47,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         if session.accepts_commands() {
-            session.command(&cmd, Bytes::from_static(b"on"));
+            session.command(&cmd, Bytes::from_static(b"on"), None);
         }
         if !session.wants_read() {
             for t in tokens.drain(..).rev() {

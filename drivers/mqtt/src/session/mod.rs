@@ -54,7 +54,7 @@
 //!   flag is ignored.
 
 use std::{
-    collections::{BTreeSet, HashMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     time::{Duration, Instant},
 };
 
@@ -71,6 +71,10 @@ use crate::{
         Publish, QoS, SubAck, SubAckCode, Subscribe, UnsubAck, Version, Will,
     },
 };
+
+/// Sent once the sensor has a pushed command (see [`Session::command`]); dropped unsent when
+/// the command or its session is lost first, so its sender can put the command back.
+pub type Receipt = tokio::sync::oneshot::Sender<()>;
 
 #[cfg(test)]
 mod tests;
@@ -185,8 +189,9 @@ struct Live {
     inflight: VecDeque<Inflight>,
     /// Granted command subscriptions: filter → QoS.
     subscriptions: HashMap<String, QoS>,
-    /// Packet ids of QoS 1 commands awaiting the client's PUBACK.
-    outgoing: BTreeSet<u16>,
+    /// Packet ids of QoS 1 commands awaiting the client's PUBACK, with the receipt each
+    /// command's sender waits for (dropped unsent if the session ends first).
+    outgoing: BTreeMap<u16, Option<Receipt>>,
     next_pkid: u16,
 }
 
@@ -335,7 +340,9 @@ impl Session {
                     }
                     Packet::PingReq => vec![Action::Send(Packet::PingResp)],
                     Packet::PubAck(ack) => {
-                        live.outgoing.remove(&ack.pkid);
+                        if let Some(Some(receipt)) = live.outgoing.remove(&ack.pkid) {
+                            let _ = receipt.send(());
+                        }
                         Vec::new()
                     }
                     Packet::Disconnect(d) => {
@@ -414,8 +421,15 @@ impl Session {
 
     /// A command for the connected device, pushed by the daemon. Dropped (with a log line)
     /// when the session has no command subscription or no room; check
-    /// [`Session::accepts_commands`] first.
-    pub fn command(&mut self, name: &CommandName, payload: Bytes) -> Vec<Action> {
+    /// [`Session::accepts_commands`] first. `receipt` is sent once the sensor has it: its
+    /// PUBACK at QoS 1, at once for a QoS 0 subscription (the publish is handed to the
+    /// socket); it is dropped unsent when the command is dropped or the session ends first.
+    pub fn command(
+        &mut self,
+        name: &CommandName,
+        payload: Bytes,
+        receipt: Option<Receipt>,
+    ) -> Vec<Action> {
         let max_inflight = self.config.max_inflight;
         let State::Connected(live) = &mut self.state else { return Vec::new() };
         let Some(qos) = live.subscriptions.values().copied().max() else {
@@ -424,21 +438,22 @@ impl Session {
             return Vec::new();
         };
         let mut publish = Publish::new(format!("command/inbox//{name}"), qos, payload);
-        if qos == QoS::AtLeastOnce {
-            if live.outgoing.len() >= max_inflight {
-                tracing::warn!(device = %live.identity, command = %name,
-                    "MQTT command dropped: too many unacknowledged commands");
-                return Vec::new();
-            }
-            publish.pkid = live.allocate_pkid();
+        if qos == QoS::AtLeastOnce && live.outgoing.len() >= max_inflight {
+            tracing::warn!(device = %live.identity, command = %name,
+                "MQTT command dropped: too many unacknowledged commands");
+            return Vec::new();
         }
         // topic, packet id, remaining length: a few bytes above topic + payload
         let size = publish.topic.len() + publish.payload.len() + 16;
         if live.client_max_packet.is_some_and(|max| size > max) {
-            live.outgoing.remove(&publish.pkid);
             tracing::warn!(device = %live.identity, command = %name,
                 "MQTT command dropped: larger than the client accepts");
             return Vec::new();
+        }
+        if qos == QoS::AtLeastOnce {
+            publish.pkid = live.allocate_pkid(receipt);
+        } else if let Some(receipt) = receipt {
+            let _ = receipt.send(());
         }
         vec![Action::Send(Packet::Publish(publish))]
     }
@@ -545,7 +560,7 @@ impl Session {
             client_max_packet: c.max_packet_size.and_then(|m| usize::try_from(m).ok()),
             inflight: VecDeque::new(),
             subscriptions: HashMap::new(),
-            outgoing: BTreeSet::new(),
+            outgoing: BTreeMap::new(),
             next_pkid: 1,
         };
         self.state = State::Connected(Box::new(live));
@@ -711,12 +726,13 @@ impl Live {
         SubAck { pkid: s.pkid, codes }
     }
 
-    /// A packet id not in use by an outstanding QoS 1 command.
-    fn allocate_pkid(&mut self) -> u16 {
+    /// A packet id not in use by an outstanding QoS 1 command, taken for one with `receipt`.
+    fn allocate_pkid(&mut self, receipt: Option<Receipt>) -> u16 {
         loop {
             let id = self.next_pkid;
             self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
-            if self.outgoing.insert(id) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = self.outgoing.entry(id) {
+                slot.insert(receipt);
                 return id;
             }
         }

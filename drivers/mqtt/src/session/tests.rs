@@ -410,7 +410,8 @@ fn subscriptions_and_command_delivery() {
     };
     assert_eq!(a, vec![Action::Send(Packet::SubAck(expected))]);
     assert!(s.accepts_commands());
-    let a = s.command(&name, Bytes::from_static(b"on"));
+    let (receipt, mut has_it) = tokio::sync::oneshot::channel();
+    let a = s.command(&name, Bytes::from_static(b"on"), Some(receipt));
     let [Action::Send(Packet::Publish(p))] = &a[..] else { panic!("{a:?}") };
     assert_eq!(
         (p.topic.as_str(), p.qos, &p.payload[..]),
@@ -419,10 +420,12 @@ fn subscriptions_and_command_delivery() {
     let first = p.pkid;
     // four unacknowledged QoS 1 commands fill the window
     for _ in 0..3 {
-        s.command(&name, Bytes::new());
+        s.command(&name, Bytes::new(), None);
     }
     assert!(!s.accepts_commands());
+    assert!(has_it.try_recv().is_err(), "no receipt before the sensor's PUBACK");
     s.handle_packet(Packet::PubAck(PubAck { pkid: first, reason: PubAckReason::Success }), t0);
+    assert_eq!(has_it.try_recv(), Ok(()), "the receipt comes with the PUBACK");
     assert!(s.accepts_commands());
     // QoS 0 once only the QoS 0 subscription is left
     let unsub = Unsubscribe {
@@ -430,8 +433,28 @@ fn subscriptions_and_command_delivery() {
         filters: vec!["command/inbox//#".into(), "command/inbox/+/#".into()],
     };
     s.handle_packet(Packet::Unsubscribe(unsub), t0);
-    let a = s.command(&name, Bytes::new());
+    let (receipt, mut has_it) = tokio::sync::oneshot::channel();
+    let a = s.command(&name, Bytes::new(), Some(receipt));
     assert!(matches!(&a[..], [Action::Send(Packet::Publish(p))] if p.qos == QoS::AtMostOnce));
+    assert_eq!(has_it.try_recv(), Ok(()), "QoS 0: handed to the socket");
+}
+
+#[test]
+fn a_command_unacknowledged_when_the_session_ends_loses_its_receipt() {
+    let t0 = Instant::now();
+    let mut s = connected(Version::V311, t0);
+    let sub = Subscribe {
+        pkid: 1,
+        filters: vec![SubscribeFilter { path: "command/inbox//#".into(), qos: QoS::AtLeastOnce }],
+        subscription_id: None,
+    };
+    s.handle_packet(Packet::Subscribe(sub), t0);
+    let (receipt, mut has_it) = tokio::sync::oneshot::channel();
+    let a = s.command(&CommandName::new("c").unwrap(), Bytes::new(), Some(receipt));
+    assert!(matches!(&a[..], [Action::Send(Packet::Publish(_))]), "{a:?}");
+    s.connection_lost(t0);
+    drop(s);
+    assert_eq!(has_it.try_recv(), Err(tokio::sync::oneshot::error::TryRecvError::Closed));
 }
 
 #[test]

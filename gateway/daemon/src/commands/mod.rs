@@ -7,15 +7,19 @@
 //! 2. a device this gateway does not proxy (registry cache, `[[devices]]`, local accounts) is
 //!    refused ([`CommandOutcome::UnknownDevice`]);
 //! 3. when nothing is queued for the sensor yet: a request of the sensor waiting for a command
-//!    (HTTP/CoAP `ct`) gets it in its answer; else its MQTT session, if subscribed to
-//!    `command/inbox/...`, publishes it ([`CommandOutcome::Delivered`]);
+//!    (HTTP/CoAP `ct`) gets it in its answer, or its bridge publishes it
+//!    ([`CommandOutcome::Delivered`]);
 //! 4. otherwise it goes into the durable [`CommandQueue`] with its expiry (the command's own,
 //!    or now + `[commands] ttl`) ([`CommandOutcome::Queued`]), on disk before the answer.
 //!
 //! Queued commands leave on the sensor's next contact: an MQTT subscription to its commands
 //! (the endpoint reports it), its next HTTP/CoAP request ([`CommandSource::next_command`],
-//! even without `ct`), or a waiting request. A sweeper drops expired commands and retries MQTT
-//! sessions whose command queue was full. Every fate is recorded in [`Outcomes`].
+//! even without `ct`), or a waiting request. An MQTT session gets a command *lent*: it stays
+//! in the queue until the session's receipt says the sensor has it (its PUBACK at QoS 1), and
+//! is available again, in its place, when the session ends first; so a command for a
+//! subscribed sensor is queued (durably) too, then published at once. A sweeper drops expired
+//! commands and retries MQTT sessions whose command queue was full. Every fate is recorded in
+//! [`Outcomes`].
 //!
 //! # Layout
 //! - [`config`]: the `[commands]` section.
@@ -266,11 +270,14 @@ impl CommandRouter {
     }
 
     /// Takes the oldest queued command of `device` (blocking I/O off the async threads),
-    /// recording the expired ones dropped on the way.
-    async fn take(&self, device: &Identity) -> Option<QueuedCommand> {
+    /// recording the expired ones dropped on the way; with `lend`, it stays queued (lent out).
+    async fn take_or_lend(&self, device: &Identity, lend: bool) -> Option<QueuedCommand> {
         let (queue, id) = (self.inner.queue.clone(), device.clone());
         let at = now();
-        let taken = match tokio::task::spawn_blocking(move || queue.take(&id, at)).await {
+        let taken = tokio::task::spawn_blocking(move || {
+            if lend { queue.lend(&id, at) } else { queue.take(&id, at) }
+        });
+        let taken = match taken.await {
             Ok(Ok(taken)) => taken,
             Ok(Err(e)) => {
                 tracing::error!(device = %device, cause = %e, "cannot take a queued command");
@@ -287,6 +294,34 @@ impl CommandRouter {
         taken.command
     }
 
+    async fn take(&self, device: &Identity) -> Option<QueuedCommand> {
+        self.take_or_lend(device, false).await
+    }
+
+    /// Waits for the receipt of a command lent to an MQTT session: removes it from the queue
+    /// once the sensor has it, or makes it available again (in its place) when the session
+    /// ended first; it then leaves at the sensor's next subscription.
+    fn watch_receipt(&self, lent: QueuedCommand, receipt: tokio::sync::oneshot::Receiver<()>) {
+        let router = self.clone();
+        tokio::spawn(async move {
+            let queue = router.inner.queue.clone();
+            let device = format!("{}@{}", lent.command.device, lent.command.app);
+            if receipt.await.is_err() {
+                queue.unlend(lent.id);
+                tracing::info!(%device, command = %lent.command.name,
+                    "MQTT session ended before the sensor acknowledged the command; kept queued");
+                return;
+            }
+            let id = lent.id;
+            match tokio::task::spawn_blocking(move || queue.settle(id)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(%device, cause = %e, "cannot remove a delivered command"),
+                Err(e) => tracing::error!(%device, cause = %e, "removing a delivered command panicked"),
+            }
+            router.inner.outcomes.record(&lent.command, Fate::Delivered { via: Via::Mqtt });
+        });
+    }
+
     async fn restore(&self, command: QueuedCommand) {
         let queue = self.inner.queue.clone();
         let device = format!("{}@{}", command.command.device, command.command.app);
@@ -298,55 +333,59 @@ impl CommandRouter {
     }
 
     /// Moves queued commands of `device` into its live channels: waiting requests first, then
-    /// a subscribed MQTT session, then its bridge, until the queue is empty or no channel takes
-    /// more.
+    /// a subscribed MQTT session (lent until its receipt), then its bridge, until nothing is
+    /// left to hand out or no channel takes more.
     async fn pump(&self, device: &Identity) {
         let _order = self.inner.pump.lock().await;
-        while self.inner.queue.len_of(device) > 0 {
+        while self.inner.queue.available_of(device) > 0 {
             let waiting = self.inner.waiters.has(device);
             let mqtt = self.inner.mqtt.get().filter(|m| m.is_subscribed(device));
             let bridge = self.inner.bridge.get().filter(|b| b.is_bridged(device));
-            if !waiting && mqtt.is_none() && bridge.is_none() {
-                return;
-            }
-            let Some(q) = self.take(device).await else { return };
-            let mut command = q.command;
             if waiting {
-                let delivered = command.clone();
-                match self.inner.waiters.hand(device, command) {
-                    None => {
-                        self.inner.outcomes.record(&delivered, Fate::Delivered { via: Via::Wait });
+                let Some(q) = self.take(device).await else { return };
+                let delivered = q.command.clone();
+                match self.inner.waiters.hand(device, q.command) {
+                    None => self.inner.outcomes.record(&delivered, Fate::Delivered { via: Via::Wait }),
+                    // the request went away meanwhile: back in its place, and on
+                    Some(back) => self.restore(QueuedCommand { id: q.id, command: back }).await,
+                }
+                continue;
+            }
+            if let Some(mqtt) = mqtt {
+                let Some(q) = self.take_or_lend(device, true).await else { return };
+                let (receipt, has_it) = tokio::sync::oneshot::channel();
+                let (name, payload) = (q.command.name.clone(), q.command.payload.clone());
+                match mqtt.push_with_receipt(device, name, payload, Some(receipt)) {
+                    gw_driver_mqtt::Delivery::Queued => {
+                        self.watch_receipt(q, has_it);
                         continue;
                     }
-                    Some(back) => command = back,
+                    other => {
+                        self.inner.queue.unlend(q.id);
+                        tracing::debug!(%device, delivery = ?other,
+                            "MQTT session cannot take the command now");
+                    }
                 }
             }
-            match self.live(device, &command, mqtt, bridge).await {
-                Some(via) => self.inner.outcomes.record(&command, Fate::Delivered { via }),
+            let Some(bridge) = bridge else { return };
+            let Some(q) = self.take(device).await else { return };
+            match self.live(device, &q.command, Some(bridge)).await {
+                Some(via) => self.inner.outcomes.record(&q.command, Fate::Delivered { via }),
                 None => {
-                    self.restore(QueuedCommand { id: q.id, command }).await;
+                    self.restore(q).await;
                     return;
                 }
             }
         }
     }
 
-    /// Offers `command` to the device's MQTT session, then to its bridge; how it left, if it
-    /// did.
+    /// Offers `command` to the device's bridge; how it left, if it did.
     async fn live(
         &self,
         device: &Identity,
         command: &Command,
-        mqtt: Option<&gw_driver_mqtt::Commands>,
         bridge: Option<&gw_driver_mqtt::BridgeCommands>,
     ) -> Option<Via> {
-        if let Some(mqtt) = mqtt {
-            match mqtt.push(device, command.name.clone(), command.payload.clone()) {
-                gw_driver_mqtt::Delivery::Queued => return Some(Via::Mqtt),
-                other => tracing::debug!(%device, delivery = ?other,
-                    "MQTT session cannot take the command now"),
-            }
-        }
         if let Some(bridge) = bridge {
             match bridge.push(device, &command.name, command.payload.clone()).await {
                 gw_driver_mqtt::BridgePush::Published { .. } => return Some(Via::Bridge),
@@ -432,9 +471,10 @@ impl CommandRouter {
                 None => return Fate::Delivered { via: Via::Wait },
                 Some(back) => back,
             };
-            let mqtt = self.inner.mqtt.get().filter(|m| m.is_subscribed(&target));
+            // a subscribed MQTT session gets it from the queue (lent until the sensor's PUBACK)
+            let mqtt = self.inner.mqtt.get().is_some_and(|m| m.is_subscribed(&target));
             let bridge = self.inner.bridge.get().filter(|b| b.is_bridged(&target));
-            if let Some(via) = self.live(&target, &command, mqtt, bridge).await {
+            if !mqtt && let Some(via) = self.live(&target, &command, bridge).await {
                 return Fate::Delivered { via };
             }
         }

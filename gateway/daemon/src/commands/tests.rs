@@ -260,7 +260,7 @@ async fn next_publish(ev: &mut rumqttc::EventLoop) -> (String, Vec<u8>) {
 }
 
 #[tokio::test]
-async fn mqtt_sessions_get_commands_at_once_or_as_soon_as_they_subscribe() {
+async fn mqtt_sessions_get_commands_at_once_or_as_soon_as_they_subscribe_kept_until_puback() {
     let dir = tempfile::tempdir().unwrap();
     let r = router(dir.path(), &small());
     let config: gw_driver_mqtt::MqttConfig = toml::from_str("listen = \"127.0.0.1:0\"").unwrap();
@@ -288,11 +288,17 @@ async fn mqtt_sessions_get_commands_at_once_or_as_soon_as_they_subscribe() {
     let (topic, payload) = next_publish(&mut ev).await;
     assert_eq!(topic, "command/inbox//while-away");
     assert_eq!(payload, b"{\"on\":true}");
-    // subscribed: delivered at once
-    assert_eq!(r.submit(command("s1", "now", None)).await, CommandOutcome::Delivered);
+    // subscribed: queued (durably) and published at once
+    assert_eq!(r.submit(command("s1", "now", None)).await, CommandOutcome::Queued);
     assert_eq!(next_publish(&mut ev).await.0, "command/inbox//now");
+    // delivered only with the sensor's PUBACK (rumqttc sends it as the event loop runs on)
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while r.status().counts.delivered < 2 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", r.status().counts);
+        let _ = tokio::time::timeout(Duration::from_millis(20), ev.poll()).await;
+    }
     let status = r.status();
-    assert_eq!((status.counts.queued, status.counts.delivered), (1, 2));
+    assert_eq!((status.counts.queued, status.counts.delivered), (2, 2));
     assert_eq!(status.queued, 0);
     assert!(status.recent.iter().take(2).all(|o| o.via == Some(Via::Mqtt)), "{:?}", status.recent);
 
