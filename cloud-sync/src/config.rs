@@ -71,6 +71,19 @@ pub struct CloudConfig {
     /// Unset: the uplink takes no commands.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command_topic: Option<String>,
+    /// drogue-http: add the time the gateway received a reading to JSON object payloads as
+    /// this member (`"received_at": "2026-12-07T10:00:00.123Z"`), unless the object has it
+    /// already. Drogue's HTTP endpoint stamps a message with its own arrival time and takes
+    /// no time from the sender, so this is the way a buffered reading keeps its time there.
+    /// Other payloads travel unchanged; unset (default): nothing is added.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_at_field: Option<String>,
+    /// drogue-mqtt, mqtt: the MQTT version, "3.1.1" or "5". With 5, each PUBLISH carries the
+    /// record's content type (property) and the time the gateway received it (user property
+    /// `received_at`, RFC 3339 UTC), and the broker's PUBACK reasons count (0x87 parks the
+    /// device, like a 403).
+    #[serde(default)]
+    pub protocol: crate::mqtt::wire::Protocol,
     /// mqtt: the user name to log in with (none: no login). The drogue kinds always log in
     /// as the gateway, `<gateway>@<app>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -183,6 +196,8 @@ impl CloudConfig {
             url: url.into(),
             topic: None,
             command_topic: None,
+            protocol: crate::mqtt::wire::Protocol::V311,
+            received_at_field: None,
             username: None,
             client_id: None,
             password: Some(password),
@@ -213,7 +228,10 @@ impl CloudConfig {
     pub fn limits(&self) -> UplinkLimits {
         let max = usize::try_from(self.max_message()).unwrap_or(usize::MAX);
         match self.kind {
-            CloudKind::DrogueHttp => UplinkLimits::payload(max),
+            // room for the receive time the uplink may add
+            CloudKind::DrogueHttp => UplinkLimits::payload(max.saturating_sub(
+                self.received_at_field.as_deref().map_or(0, crate::drogue_http::received_at_overhead),
+            )),
             // the topic is `<channel>/<device>`: the packet's size is known at ingest
             CloudKind::DrogueMqtt => UplinkLimits { max_payload: max, max_packet: Some(max) },
             // the topic comes from a template; the payload alone is checked at ingest and the
@@ -256,6 +274,26 @@ impl CloudConfig {
                     reason: format!("is for kind = \"mqtt\", not {:?}", self.kind.label()),
                 });
             }
+        }
+        if let Some(field) = &self.received_at_field {
+            if self.kind != CloudKind::DrogueHttp {
+                return Err(CloudError::Config {
+                    key: "received_at_field",
+                    reason: "is for kind = \"drogue-http\"; the MQTT kinds carry the time with protocol = \"5\"".into(),
+                });
+            }
+            if field.is_empty() || field.chars().any(|c| c.is_control() || c == '"' || c == '\\') {
+                return Err(CloudError::Config {
+                    key: "received_at_field",
+                    reason: "must be a non-empty name without control characters, quotes or backslashes".into(),
+                });
+            }
+        }
+        if self.protocol != crate::mqtt::wire::Protocol::V311 && !self.kind.is_mqtt() {
+            return Err(CloudError::Config {
+                key: "protocol",
+                reason: "is for the MQTT kinds".into(),
+            });
         }
         if self.client_id.is_some() && !self.kind.is_mqtt() {
             return Err(CloudError::Config {

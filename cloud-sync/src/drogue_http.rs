@@ -60,6 +60,8 @@ pub struct DrogueHttp {
     poll: Option<GatewayPoll>,
     gateway: Identity,
     poll_wait: Duration,
+    /// `[cloud] received_at_field`: the member that carries the receive time in JSON objects.
+    received_at_field: Option<String>,
     heartbeat_channel: String,
     retry: (Duration, Duration),
 }
@@ -117,6 +119,7 @@ impl DrogueHttp {
             poll_wait: config.command_poll,
             heartbeat_channel: config.heartbeat_channel.clone(),
             retry: (config.retry_min, config.retry_max),
+            received_at_field: config.received_at_field.clone(),
         })
     }
 
@@ -327,6 +330,46 @@ async fn command_in(
 
 /// A reqwest client builder with gatewayd's defaults: `timeout` for connect and request, the
 /// CAs of `ca_file` instead of the system's roots when given.
+/// The payload with `"<field>": "<receive time, RFC 3339>"` added as the first member, when it
+/// is a JSON object that has no such member and the time comes from a clock that was set;
+/// otherwise the payload as it is. The object's own text is kept byte for byte.
+pub fn with_received_at(payload: &bytes::Bytes, field: &str, at: Timestamp) -> bytes::Bytes {
+    let text = payload.as_ref();
+    let start = text.iter().position(|b| !b.is_ascii_whitespace());
+    let Some(start) = start.filter(|&i| text[i] == b'{') else { return payload.clone() };
+    if !at.is_trusted() {
+        return payload.clone();
+    }
+    let Ok(serde_json::Value::Object(object)) = serde_json::from_slice(text) else {
+        return payload.clone();
+    };
+    if object.contains_key(field) {
+        return payload.clone();
+    }
+    let time = humantime::format_rfc3339_millis(at.to_system()).to_string();
+    let member = serde_json::to_string(&serde_json::Map::from_iter([(
+        field.to_owned(),
+        serde_json::Value::String(time),
+    )]))
+    .unwrap_or_default();
+    // `{"field":"time"}` without its braces, then a comma unless the object is empty
+    let inner = &member[1..member.len() - 1];
+    let mut out = Vec::with_capacity(text.len() + inner.len() + 1);
+    out.extend_from_slice(&text[..=start]);
+    out.extend_from_slice(inner.as_bytes());
+    if !object.is_empty() {
+        out.push(b',');
+    }
+    out.extend_from_slice(&text[start + 1..]);
+    bytes::Bytes::from(out)
+}
+
+/// The bytes [`with_received_at`] may add to a payload: the member, its quotes, colon and
+/// comma, and a 24-character time.
+pub fn received_at_overhead(field: &str) -> usize {
+    field.len() + 6 + 24
+}
+
 pub(crate) fn client_builder(
     timeout: std::time::Duration,
     ca_file: Option<&std::path::Path>,
@@ -356,7 +399,10 @@ impl Sender for DrogueHttp {
             .client
             .post(self.url(t, ct))
             .header(header::AUTHORIZATION, &self.authorization)
-            .body(t.payload.clone());
+            .body(match &self.received_at_field {
+                Some(field) => with_received_at(&t.payload, field, t.received_at),
+                None => t.payload.clone(),
+            });
         if let Some(secs) = ct {
             // the cloud holds a waiting request open up to `ct` before it answers
             req = req.timeout(self.timeout + Duration::from_secs(secs));
@@ -414,6 +460,30 @@ pub(crate) fn describe(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod received_at_tests {
+    use super::*;
+
+    #[test]
+    fn the_receive_time_goes_first_into_json_objects_only() {
+        let at = Timestamp::from_millis(1_765_101_600_123); // 2025-12-07T10:00:00.123Z
+        let add = |p: &'static str| {
+            let out = with_received_at(&bytes::Bytes::from_static(p.as_bytes()), "received_at", at);
+            String::from_utf8(out.to_vec()).unwrap()
+        };
+        assert_eq!(add(r#"{"z":1, "a":[2]}"#), r#"{"received_at":"2025-12-07T10:00:00.123Z","z":1, "a":[2]}"#);
+        assert_eq!(add(" {}"), r#" {"received_at":"2025-12-07T10:00:00.123Z"}"#);
+        for kept in [r#"{"received_at":"mine"}"#, "[1,2]", "21.5", "{not json", "text"] {
+            assert_eq!(add(kept), kept);
+        }
+        // a clock that was never set: nothing is added
+        let p = bytes::Bytes::from_static(b"{\"t\":1}");
+        assert_eq!(with_received_at(&p, "received_at", Timestamp::from_millis(5_000)), p);
+        let longest = add("{}").len() - 2;
+        assert!(longest <= received_at_overhead("received_at"), "{longest}");
+    }
 }
 
 #[cfg(test)]

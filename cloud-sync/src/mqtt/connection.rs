@@ -27,6 +27,7 @@ use rumqttc::mqttbytes::{QoS, v4::Publish};
 use super::{
     Chain, MAX_PACKET, inbox,
     session::{Session, Subscribed},
+    wire::{Incoming, Protocol},
 };
 use crate::{
     CloudError, UplinkStatus,
@@ -152,6 +153,7 @@ impl Connection {
 
 /// What it takes to open a connection.
 struct Dial {
+    protocol: Protocol,
     broker: Broker,
     tls: Option<(TlsConnector, ServerName<'static>)>,
     connect: Packet,
@@ -160,6 +162,7 @@ struct Dial {
 
 /// The session and the chains arriving for it.
 struct Link {
+    protocol: Protocol,
     session: Session<Reply>,
     chains: mpsc::Receiver<Chain>,
     inbox: Option<Inbox>,
@@ -168,6 +171,7 @@ struct Link {
 
 impl Connection {
     pub(super) fn new(
+        protocol: Protocol,
         broker: Broker,
         tls: Option<Arc<rustls::ClientConfig>>,
         connect: mqttbytes::v4::Connect,
@@ -187,9 +191,10 @@ impl Connection {
         };
         let keep_alive = Duration::from_secs(u64::from(super::KEEP_ALIVE_SECS));
         Ok(Self {
-            dial: Dial { broker, tls, connect: Packet::Connect(connect), timeout },
+            dial: Dial { protocol, broker, tls, connect: Packet::Connect(connect), timeout },
             backoff,
             link: Link {
+                protocol,
                 session: Session::new(keep_alive, timeout),
                 chains,
                 inbox: None,
@@ -252,9 +257,9 @@ fn fail(replies: Vec<Reply>, why: &str) {
     }
 }
 
-fn encode(out: &mut Vec<Packet>, buf: &mut BytesMut) -> Result<(), String> {
+fn encode(protocol: Protocol, out: &mut Vec<Packet>, buf: &mut BytesMut) -> Result<(), String> {
     for packet in out.drain(..) {
-        packet.write(buf, MAX_PACKET).map_err(|e| format!("cannot encode {packet:?}: {e}"))?;
+        protocol.write(&packet, buf, MAX_PACKET)?;
     }
     Ok(())
 }
@@ -279,20 +284,22 @@ impl Dial {
                 ),
             };
             let mut buf = BytesMut::with_capacity(256);
-            self.connect.write(&mut buf, MAX_PACKET).map_err(|e| e.to_string())?;
+            self.protocol.write(&self.connect, &mut buf, MAX_PACKET)?;
             io.write_all(&buf).await.map_err(|e| format!("sending CONNECT: {e}"))?;
             io.flush().await.map_err(|e| format!("sending CONNECT: {e}"))?;
             buf.clear();
             loop {
-                match Packet::read(&mut buf, MAX_INCOMING) {
-                    Ok(Packet::ConnAck(ack)) if ack.code == ConnectReturnCode::Success => {
+                match self.protocol.read(&mut buf, MAX_INCOMING) {
+                    Ok(Some(Incoming::Packet(Packet::ConnAck(ack))))
+                        if ack.code == ConnectReturnCode::Success =>
+                    {
                         return Ok((io, buf));
                     }
-                    Ok(Packet::ConnAck(ack)) => {
+                    Ok(Some(Incoming::Packet(Packet::ConnAck(ack)))) => {
                         return Err(format!("the broker refused the connection: {:?}", ack.code));
                     }
-                    Ok(other) => return Err(format!("expected CONNACK, got {other:?}")),
-                    Err(mqttbytes::Error::InsufficientBytes(_)) => {}
+                    Ok(Some(other)) => return Err(format!("expected CONNACK, got {other:?}")),
+                    Ok(None) => {}
                     Err(e) => return Err(format!("bad CONNACK: {e}")),
                 }
                 match io.read_buf(&mut buf).await {
@@ -352,12 +359,27 @@ impl Link {
         let _worker = worker;
         self.session.connected(std::time::Instant::now(), &mut out);
         loop {
-            if let Err(e) = encode(&mut out, &mut wbuf) {
+            if let Err(e) = encode(self.protocol, &mut out, &mut wbuf) {
                 return Some(e);
             }
             // Packets already read (the CONNACK's tail, or a whole burst of PUBACKs).
             loop {
-                match Packet::read(&mut rbuf, MAX_INCOMING) {
+                let packet = match self.protocol.read(&mut rbuf, MAX_INCOMING) {
+                    Ok(Some(Incoming::Packet(packet))) => Ok(packet),
+                    Ok(Some(Incoming::Refused { pkid, verdict })) => {
+                        match self.session.puback(pkid) {
+                            Some(reply) => reply.send(verdict),
+                            None => tracing::debug!(pkid, "PUBACK for no record in flight"),
+                        }
+                        continue;
+                    }
+                    Ok(Some(Incoming::Disconnected(why))) => {
+                        return Some(format!("the broker disconnected: {why}"));
+                    }
+                    Ok(None) => break,
+                    Err(e) => Err(e),
+                };
+                match packet {
                     Ok(Packet::PubAck(ack)) => match self.session.puback(ack.pkid) {
                         Some(reply) => reply.send(Verdict::Accepted),
                         None => tracing::debug!(pkid = ack.pkid, "PUBACK for no record in flight"),
@@ -396,7 +418,6 @@ impl Link {
                     Ok(other) => {
                         return Some(format!("unexpected packet from the broker: {other:?}"));
                     }
-                    Err(mqttbytes::Error::InsufficientBytes(_)) => break,
                     Err(e) => return Some(format!("malformed packet from the broker: {e}")),
                 }
             }

@@ -13,6 +13,7 @@
 pub mod connection;
 pub mod inbox;
 pub mod session;
+pub mod wire;
 
 use gw_model::{Identity, Secret, Telemetry};
 use rumqttc::mqttbytes::{
@@ -48,6 +49,8 @@ enum Topics {
 
 pub struct Publisher {
     topics: Topics,
+    /// MQTT 5: each PUBLISH carries the record's content type and receive time.
+    protocol: wire::Protocol,
     /// `[cloud] max_message`: a larger PUBLISH is dead-lettered, never sent (Drogue closes the
     /// connection on one, so it would be retried forever).
     max_packet: usize,
@@ -83,6 +86,7 @@ impl Publisher {
         // Every chain holds at least one of `concurrency` permits, so this never fills.
         let (chains, rx) = mpsc::channel(config.concurrency);
         let connection = Connection::new(
+            config.protocol,
             broker,
             tls,
             connect,
@@ -93,7 +97,8 @@ impl Publisher {
         )?;
         let max_packet =
             usize::try_from(config.max_message()).unwrap_or(MAX_PACKET).min(MAX_PACKET);
-        Ok((Self { topics, max_packet, gateway: gateway.clone(), chains }, connection))
+        let protocol = config.protocol;
+        Ok((Self { topics, protocol, max_packet, gateway: gateway.clone(), chains }, connection))
     }
 
     fn topic(&self, t: &Telemetry) -> String {
@@ -110,7 +115,18 @@ impl Publisher {
         for t in records {
             let (tx, rx) = oneshot::channel();
             receivers.push(rx);
-            let publish = Publish::from_bytes(self.topic(t), QoS::AtLeastOnce, t.payload.clone());
+            let payload = match self.protocol {
+                wire::Protocol::V311 => t.payload.clone(),
+                wire::Protocol::V5 => {
+                    // the receive time only from a clock that was set (never 1970)
+                    let at = t.received_at.is_trusted().then(|| {
+                        humantime::format_rfc3339_millis(t.received_at.to_system()).to_string()
+                    });
+                    let props = wire::publish_properties(t.content_type.as_deref(), at.as_deref());
+                    wire::v5_payload(&props, &t.payload)
+                }
+            };
+            let publish = Publish::from_bytes(self.topic(t), QoS::AtLeastOnce, payload);
             if publish.size() > self.max_packet {
                 let _ = tx.send(Verdict::Rejected(format!(
                     "a {}-byte PUBLISH is larger than the cloud takes ({} bytes, [cloud] max_message)",

@@ -277,6 +277,8 @@ pub fn status_json(state: &WebState) -> serde_json::Value {
             "version": VERSION,
             "uptime_seconds": state.started.elapsed().as_secs(),
             "ready": state.readiness.is_ready(),
+            // a board without a real-time clock runs in 1970 until NTP sets it
+            "clock_set": gw_model::Timestamp::from_system(std::time::SystemTime::now()).is_trusted(),
         },
         "listeners": state.listeners().iter().map(|l| {
             let check = l.check();

@@ -529,6 +529,11 @@ impl Gateway {
             cached_devices = auth.registry().len(),
             "gateway started"
         );
+        if !gw_model::Timestamp::from_system(std::time::SystemTime::now()).is_trusted() {
+            tracing::warn!(
+                "the clock is not set (before 2024, as on a board without a real-time clock until NTP syncs): readings received now carry no receive time upstream"
+            );
+        }
         Ok(Self {
             supervisor,
             web_addr,

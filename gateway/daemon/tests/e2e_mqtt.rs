@@ -255,11 +255,12 @@ async fn order_holds_into_the_drogue_mqtt_and_the_generic_mqtt_uplink() {
         return;
     }
     const N: u64 = 300;
-    // Drogue's MQTT endpoint (the dev cloud's), as the gateway device
+    // Drogue's MQTT endpoint (the dev cloud's), as the gateway device, over MQTT 5 (3.1.1 is
+    // the default, which e2e_commands uses)
     let cloud = common::cloud_with(APP, &["sensor1"]).await;
     let dir = tempfile::tempdir().unwrap();
     let section = format!(
-        "[cloud]\nkind = \"drogue-mqtt\"\nurl = {:?}\npassword = \"gw-secret\"\nretry_min = \"50ms\"",
+        "[cloud]\nkind = \"drogue-mqtt\"\nprotocol = \"5\"\nurl = {:?}\npassword = \"gw-secret\"\nretry_min = \"50ms\"",
         cloud.mqtt_url()
     );
     let gw = Running::start(&config_with_cloud(dir.path(), &section), None);
@@ -268,6 +269,20 @@ async fn order_holds_into_the_drogue_mqtt_and_the_generic_mqtt_uplink() {
     mosquitto_pub_lines(&port, 0, N);
     let got = common::wait_numbers(&cloud, "seq", N as usize).await;
     common::assert_in_order(&got, N, "drogue-mqtt");
+    // MQTT 5 carries the sensor's content type upstream (3.1.1 cannot: it would arrive as
+    // application/octet-stream)
+    let out = mosquitto_pub(&port, "mqttv5", "pw1", &["-D", "publish", "content-type", "text/plain", "-m", "hello"]);
+    assert!(out.status.success(), "{out:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let note = loop {
+        let events = cloud.events();
+        if let Some(e) = events.into_iter().find(|e| e.subject == "temperature") {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "the text/plain reading never arrived");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(note.datacontenttype.as_deref(), Some("text/plain"), "{note:?}");
     drop(gw);
 
     // any MQTT broker: a real mosquitto, read with mosquitto_sub
@@ -363,4 +378,134 @@ async fn the_generic_mqtt_uplink_takes_commands_on_its_command_topic() {
         assert!(Instant::now() < deadline, "set-log-level never arrived: {}", s["commands"]);
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// How long the outage of the receive-time tests lasts (`GATEWAYD_OUTAGE_SECONDS`, 60 s).
+fn outage() -> Duration {
+    let secs = std::env::var("GATEWAYD_OUTAGE_SECONDS").ok().and_then(|s| s.parse().ok());
+    Duration::from_secs(secs.unwrap_or(60))
+}
+
+/// Parses the RFC 3339 time the uplinks write (`2026-12-07T10:00:00.123Z`).
+fn parse_time(text: &str) -> std::time::SystemTime {
+    humantime::parse_rfc3339(text.trim()).unwrap_or_else(|e| panic!("{text:?}: {e}"))
+}
+
+/// A reading stored while the upstream broker refused the gateway reaches it, once let in,
+/// with the time the gateway received it (MQTT 5 user property `received_at`), not the time
+/// it was forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reading_stored_during_an_outage_reaches_an_mqtt5_upstream_with_its_receive_time() {
+    if !have_mosquitto_clients() || !broker::have_mosquitto("mqtt5_receive_time") {
+        return;
+    }
+    let site_dir = tempfile::tempdir().unwrap();
+    let passwords = site_dir.path().join("passwd");
+    let passwd = |user: &str, pw: &str| {
+        let made = Command::new("mosquitto_passwd")
+            .arg("-c")
+            .arg("-b")
+            .arg(&passwords)
+            .args([user, pw])
+            .status()
+            .unwrap();
+        assert!(made.success());
+    };
+    // the gateway's login is unknown to the broker: the outage
+    passwd("someone-else", "x");
+    let upstream = broker::Mosquitto::start(
+        site_dir.path(),
+        &format!("allow_anonymous true\npassword_file {}\nlog_type all", passwords.display()),
+    );
+    let outage = outage();
+    let sub = tokio::process::Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &upstream.addr.port().to_string(), "-V", "mqttv5"])
+        .args(["-q", "1", "-t", "site/#", "-F", "%P|%p", "-C", "1"])
+        .args(["-W", &(outage.as_secs() + 60).to_string()])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !upstream.log().contains("site/#") {
+        assert!(Instant::now() < deadline, "mosquitto_sub did not subscribe");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let section = format!(
+        "[cloud]\nkind = \"mqtt\"\nprotocol = \"5\"\nurl = {:?}\nusername = \"gw\"\npassword = \"pw\"\n\
+         topic = \"site/{{device}}/{{channel}}\"\nretry_min = \"50ms\"\nretry_max = \"1s\"",
+        upstream.url()
+    );
+    let gw = Running::start(&config_with_cloud(dir.path(), &section), None);
+    let web = gw.web_addr();
+    let port = gw.listener_addr("mqtt").rsplit_once(':').unwrap().1.to_owned();
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status(&client, &web).await["uplink"]["failures"].as_u64().unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "the broker never refused the gateway");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let received = std::time::SystemTime::now();
+    let out = mosquitto_pub(&port, "mqttv5", "pw1", &["-m", r#"{"t":21.5}"#]);
+    assert!(out.status.success(), "{out:?}");
+    tokio::time::sleep(outage).await;
+    // the status shows how long the oldest reading has waited, /metrics too
+    let s = status(&client, &web).await;
+    let waited = s["outbox"]["oldest_age_seconds"].as_u64().unwrap_or_else(|| panic!("{}", s["outbox"]));
+    assert!(waited + 1 >= outage.as_secs(), "oldest waited {waited} s: {}", s["outbox"]);
+    assert_eq!(s["gateway"]["clock_set"], true);
+    let metrics = common::metrics(&client, &web).await;
+    assert!(metrics.contains("gatewayd_outbox_oldest_age_seconds "), "{metrics}");
+    // the broker lets the gateway in: the stored reading goes out now
+    passwd("gw", "pw");
+    upstream.reload();
+    let out = tokio::time::timeout(outage + Duration::from_secs(60), sub.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let forwarded = std::time::SystemTime::now();
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let (props, payload) = line.split_once('|').unwrap_or_else(|| panic!("{line:?}"));
+    assert_eq!(payload, r#"{"t":21.5}"#);
+    let at = props.strip_prefix("received_at:").unwrap_or_else(|| panic!("{line:?}"));
+    let at = parse_time(at);
+    let off = at.duration_since(received).unwrap_or_else(|e| e.duration());
+    assert!(off < Duration::from_secs(2), "received_at {at:?} is not the receive time {received:?}");
+    assert!(forwarded.duration_since(at).unwrap() >= outage, "forwarded after the outage");
+}
+
+/// The Drogue HTTP uplink, with `received_at_field`, adds the receive time to a JSON object
+/// reading stored while the cloud answered 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drogue_http_uplink_adds_the_receive_time_to_json_objects_when_asked() {
+    if !have_mosquitto_clients() {
+        return;
+    }
+    let cloud = common::cloud_with(APP, &["sensor1"]).await;
+    cloud.faults().set_publish_status(Some(503));
+    let dir = tempfile::tempdir().unwrap();
+    let section = format!(
+        "[cloud]\nkind = \"drogue-http\"\nurl = {:?}\npassword = \"gw-secret\"\n\
+         received_at_field = \"received_at\"\nretry_min = \"50ms\"\nretry_max = \"200ms\"",
+        cloud.url()
+    );
+    let gw = Running::start(&config_with_cloud(dir.path(), &section), None);
+    let _ = gw.web_addr();
+    let port = gw.listener_addr("mqtt").rsplit_once(':').unwrap().1.to_owned();
+    let received = std::time::SystemTime::now();
+    let out = mosquitto_pub(&port, "mqttv311", "pw1", &["-m", r#"{"t":21.5}"#]);
+    assert!(out.status.success(), "{out:?}");
+    let held = Duration::from_secs(3);
+    tokio::time::sleep(held).await;
+    cloud.faults().set_publish_status(None);
+    let events = cloud.wait_for_events(1, Duration::from_secs(20)).await;
+    let data = events[0].data.clone().unwrap();
+    assert_eq!(data["t"], 21.5, "{data}");
+    let at = parse_time(data["received_at"].as_str().unwrap());
+    let off = at.duration_since(received).unwrap_or_else(|e| e.duration());
+    assert!(off < Duration::from_secs(2), "received_at {at:?} vs {received:?}");
+    // the cloud's own time is when it arrived
+    let arrived = parse_time(&events[0].time);
+    assert!(arrived.duration_since(at).unwrap() >= held, "{arrived:?} {at:?}");
 }

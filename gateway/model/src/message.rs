@@ -14,6 +14,10 @@ use crate::{AppId, Channel, CommandName, DeviceId};
 #[serde(transparent)]
 pub struct Timestamp(u64);
 
+/// 2024-01-01T00:00:00Z: a wall clock earlier than this was never set (see
+/// [`Timestamp::is_trusted`]).
+pub const TRUSTED_SINCE_MS: u64 = 1_704_067_200_000;
+
 impl Timestamp {
     pub const fn from_millis(ms: u64) -> Self {
         Self(ms)
@@ -31,6 +35,13 @@ impl Timestamp {
 
     pub fn to_system(self) -> SystemTime {
         UNIX_EPOCH + Duration::from_millis(self.0)
+    }
+
+    /// Whether this time can come from a clock that was set: not before 2024-01-01. A board
+    /// without a real-time clock starts in 1970 until NTP sets it; readings stamped then keep
+    /// that mark, and uplinks send no receive time for them rather than a wrong one.
+    pub const fn is_trusted(self) -> bool {
+        self.0 >= TRUSTED_SINCE_MS
     }
 
     pub fn saturating_add(self, d: Duration) -> Self {

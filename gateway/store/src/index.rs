@@ -380,6 +380,19 @@ impl Index {
         self.live_records
     }
 
+    /// The oldest record not yet acknowledged (the lowest seq, in flight or queued), to read
+    /// its receive time.
+    pub fn oldest(&self) -> Option<Picked> {
+        let in_flight = self.in_flight.values().map(|(_, p)| *p).min_by_key(|p| p.seq);
+        let queued = self.devices.iter().filter_map(|d| d.queue.front().copied()).min_by_key(|p| p.seq);
+        let pos = match (in_flight, queued) {
+            (Some(a), Some(b)) => if a.seq < b.seq { a } else { b },
+            (a, b) => a.or(b)?,
+        };
+        let (_, seg) = self.segments.range(..=pos.seq).next_back()?;
+        Some(Picked { pos, file: Arc::clone(&seg.file) })
+    }
+
     pub fn live_bytes(&self) -> u64 {
         self.live_bytes
     }

@@ -262,8 +262,9 @@ impl Outbox {
                 parked: d.parked,
             })
             .collect::<Vec<_>>();
+        let oldest = idx.oldest();
         let expired = devices.iter().map(|d: &DeviceStats| d.expired).sum();
-        OutboxStats {
+        let stats = OutboxStats {
             records_queued: idx.live_records(),
             bytes_queued: idx.live_bytes(),
             in_flight: idx.in_flight() as u64,
@@ -279,8 +280,11 @@ impl Outbox {
             corrupt_skipped: Counters::get(&c.corrupt_skipped),
             segments_skipped: Counters::get(&c.segments_skipped),
             rejected_disk_full: Counters::get(&c.rejected_disk_full),
+            oldest_age_seconds: None,
             devices,
-        }
+        };
+        drop(idx);
+        stats.with_oldest(oldest)
     }
 
     /// Commits everything pending (and fdatasyncs it), stops the committer thread and joins

@@ -57,10 +57,36 @@ pub struct OutboxStats {
     pub(crate) corrupt_skipped: u64,
     pub(crate) segments_skipped: u64,
     pub(crate) rejected_disk_full: u64,
+    /// How long ago the gateway received the oldest record not yet acknowledged; none when
+    /// nothing waits or its receive time is from a clock that was not set.
+    pub(crate) oldest_age_seconds: Option<u64>,
     pub(crate) devices: Vec<DeviceStats>,
 }
 
 impl OutboxStats {
+    /// Fills in the age of `oldest` (read from its segment: its receive time).
+    pub(crate) fn with_oldest(mut self, oldest: Option<crate::index::Picked>) -> Self {
+        use std::os::unix::fs::FileExt;
+        let Some(p) = oldest else { return self };
+        let mut buf = vec![0; p.pos.len as usize];
+        if p.file.read_exact_at(&mut buf, u64::from(p.pos.offset)).is_err() {
+            return self;
+        }
+        let received = crate::format::parse_at(&buf, 0, p.pos.seq - 1)
+            .filter(|f| f.seq == p.pos.seq && f.kind == crate::format::KIND_DATA)
+            .and_then(|f| crate::format::decode_telemetry(f.body))
+            .map(|t| t.received_at)
+            .filter(|at| at.is_trusted());
+        let now = gw_model::Timestamp::from_system(std::time::SystemTime::now()).as_millis();
+        self.oldest_age_seconds = received.map(|at| now.saturating_sub(at.as_millis()) / 1000);
+        self
+    }
+
+    /// How long ago the oldest record not yet acknowledged was received (seconds).
+    pub fn oldest_age_seconds(&self) -> Option<u64> {
+        self.oldest_age_seconds
+    }
+
     /// Records not yet acknowledged by the cloud, in flight included.
     pub fn records_queued(&self) -> u64 {
         self.records_queued

@@ -75,6 +75,13 @@ impl Mosquitto {
         format!("mqtt://{}", self.addr)
     }
 
+    /// Makes mosquitto read its config and password file again (SIGHUP).
+    pub fn reload(&self) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args(["-HUP", &pid]).status().unwrap();
+        assert!(sent.success(), "kill -HUP {pid}");
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
     }

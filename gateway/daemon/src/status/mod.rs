@@ -591,6 +591,7 @@ fn live(page: &StatusPage) -> Value {
         "registry_age": pages::age(at(&s, "registry.last_sync_at_ms"), now),
         "outbox_depth": at(&s, "outbox.records_queued").as_u64().unwrap_or(0).to_string(),
         "outbox_bytes": pages::bytes(at(&s, "outbox.bytes_queued").as_u64().unwrap_or(0)),
+        "outbox_oldest": pages::oldest(&s),
         "outbox_disk": format!("{} of {}", pages::bytes(disk), pages::bytes(max)),
         "outbox_dropped": text(at(&s, "outbox.dropped")),
         "dead_letters": text(at(&s, "uplink.dead_letters")),
@@ -636,6 +637,12 @@ const FAMILIES: &[(Kind, &str, &str, &str)] = &[
         "gatewayd_outbox_records",
         "Records waiting for the cloud (in flight included).",
         "outbox.records_queued",
+    ),
+    (
+        Kind::Gauge,
+        "gatewayd_outbox_oldest_age_seconds",
+        "How long ago the oldest record waiting for the cloud was received (0 when none waits or its receive time is unknown: the clock was not set).",
+        "outbox.oldest_age_seconds",
     ),
     (
         Kind::Gauge,

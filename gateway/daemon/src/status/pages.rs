@@ -183,6 +183,16 @@ pub fn login(gateway: &str, csrf: &str, error: Option<&str>, next: &str) -> Mark
     )
 }
 
+/// How long the oldest record not yet acknowledged has waited: `-` when none does, "unknown"
+/// when its receive time is from a clock that was not set.
+pub fn oldest(status: &Value) -> String {
+    match (get(status, "outbox.oldest_age_seconds").as_u64(), get(status, "outbox.records_queued").as_u64()) {
+        (Some(age), _) => duration(age),
+        (None, Some(n)) if n > 0 => "unknown".to_owned(),
+        _ => "-".to_owned(),
+    }
+}
+
 /// The overview: identity, cloud link, registry, outbox, throughput, health.
 pub fn overview(status: &Value, now_ms: u64, graph: &str, csrf: &str) -> Markup {
     let uplink_state = text(get(status, "uplink.state"));
@@ -217,6 +227,11 @@ pub fn overview(status: &Value, now_ms: u64, graph: &str, csrf: &str) -> Markup 
                             (duration(get(status, "gateway.uptime_seconds").as_u64().unwrap_or(0)))
                         }
                         dt { "Ready" } dd data-live="ready" { (text(get(status, "gateway.ready"))) }
+                        dt { "Clock" } dd #clock class=(if get(status, "gateway.clock_set") == &Value::Bool(false) { "bad" } else { "" }) {
+                            @if get(status, "gateway.clock_set") == &Value::Bool(false) {
+                                "not set (before 2024): readings carry no receive time upstream"
+                            } @else { "set" }
+                        }
                     }
                 }
                 section #cloud {
@@ -235,6 +250,7 @@ pub fn overview(status: &Value, now_ms: u64, graph: &str, csrf: &str) -> Markup 
                     h2 { "Buffer (outbox)" }
                     dl {
                         dt { "Waiting" } dd #outbox-depth data-live="outbox_depth" { (queued) }
+                        dt { "Oldest waiting" } dd #outbox-oldest data-live="outbox_oldest" { (oldest(status)) }
                         dt { "Bytes waiting" } dd data-live="outbox_bytes" { (bytes(get(status, "outbox.bytes_queued").as_u64().unwrap_or(0))) }
                         dt { "Disk" } dd data-live="outbox_disk" { (bytes(disk)) " of " (bytes(max)) }
                         dt { "Dropped" } dd data-live="outbox_dropped" { (text(get(status, "outbox.dropped"))) }
