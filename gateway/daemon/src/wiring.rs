@@ -509,6 +509,29 @@ impl Gateway {
             "web",
             crate::web_tls::serve(listener, app, web_tls, web_limits, web_heartbeat, stop),
         );
+        // `[store] max_age`: records that waited too long are dropped, counted, logged.
+        if !config.store.max_age.is_zero() {
+            let (stop, acker, max_age) =
+                (supervisor.token().clone(), outbox.reader().acker(), config.store.max_age);
+            supervisor.spawn("outbox max_age", async move {
+                let every = (max_age / 10).clamp(std::time::Duration::from_millis(200), std::time::Duration::from_secs(10));
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => {}
+                        () = stop.cancelled() => return Ok(()),
+                    }
+                    let acker = acker.clone();
+                    let dropped = tokio::task::spawn_blocking(move || acker.expire_older_than(max_age, 10_000))
+                        .await
+                        .unwrap_or_default();
+                    for (app, device, records) in dropped {
+                        tracing::warn!(%app, %device, records, max_age = %humantime::format_duration(max_age),
+                            "records waited longer than [store] max_age: dropped");
+                    }
+                }
+            });
+        }
         // Rate-limited warnings: the summary of an interval is written even when the flood ends.
         let stop = supervisor.token().clone();
         supervisor.spawn("log summaries", async move {

@@ -429,3 +429,66 @@ async fn a_sensors_posts_on_one_keep_alive_connection_arrive_in_order() {
         .collect();
     assert_eq!(got, (0..N).collect::<Vec<_>>());
 }
+
+/// `[store] max_age`: readings the cloud could not take within it are dropped and counted per
+/// device, so they stop filling the quota; younger ones are kept and delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_older_than_the_store_max_age_are_dropped_and_counted() {
+    let cloud = common::cloud_with("my-app", &["sensor1", "sensor2"]).await;
+    cloud.faults().set_publish_status(Some(503));
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[gateway]\nname = \"gw1\"\napplication = \"my-app\"\ndata_dir = {:?}\n\n\
+         [cloud]\nkind = \"drogue-http\"\nurl = {:?}\npassword = \"gw-secret\"\n\
+         retry_min = \"50ms\"\nretry_max = \"200ms\"\n\n\
+         [store]\nmax_age = \"2s\"\n\n\
+         [web]\nlisten = \"127.0.0.1:0\"\napi_token = \"test-api-token-0123\"\n\n[log]\nformat = \"json\"\n\n\
+         [[devices]]\nname = \"sensor1\"\npassword = \"pw1\"\n\n[[devices]]\nname = \"sensor2\"\npassword = \"pw2\"\n",
+        dir.path().join("data").display().to_string(),
+        cloud.url()
+    );
+    let cfg = common::write(dir.path(), "gatewayd.toml", &text);
+    let gw = common::Running::start(&cfg, None);
+    let web = gw.web_addr();
+    let client = reqwest::Client::new();
+    let post = |user: &'static str, pw: &'static str, n: u32| {
+        let (client, web) = (client.clone(), web.clone());
+        async move {
+            client
+                .post(format!("http://{web}/v1/seq"))
+                .basic_auth(user, Some(pw))
+                .header("content-type", "application/json")
+                .body(n.to_string())
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    for n in 0..3 {
+        assert_eq!(post("sensor1@my-app", "pw1", n).await, 202);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let s = loop {
+        let s = common::status(&client, &web).await;
+        if s["outbox"]["too_old"] == 3 {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "not expired: {}", s["outbox"]);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(s["outbox"]["records_queued"], 0, "{}", s["outbox"]);
+    let dev = s["outbox"]["devices"].as_array().unwrap();
+    let one = dev.iter().find(|d| d["device"] == "sensor1").unwrap_or_else(|| panic!("{dev:?}"));
+    assert_eq!(one["too_old"], 3);
+    let metrics = common::metrics(&client, &web).await;
+    assert!(metrics.contains("gatewayd_outbox_too_old_total 3"), "{metrics}");
+    let line = gw.wait_for("max_age", Duration::from_secs(5));
+    assert!(line.contains("sensor1"), "{line}");
+    // a fresh reading is kept and delivered once the cloud is back
+    assert_eq!(post("sensor2@my-app", "pw2", 7).await, 202);
+    cloud.faults().set_publish_status(None);
+    let got = common::wait_numbers(&cloud, "seq", 1).await;
+    assert_eq!(got, [7]);
+}

@@ -6,6 +6,7 @@
 //! when_full = "reject"      # reject | drop-oldest
 //! sync = "always"           # always (ack after fdatasync) | interval (ack after write)
 //! sync_interval = "1s"      # with sync = "interval": how often to fdatasync
+//! max_age = "0s"            # drop records waiting longer than this; 0s: keep them all
 //! ```
 
 use std::time::Duration;
@@ -30,6 +31,12 @@ pub struct StoreConfig {
     /// With `sync = "interval"`: how often the written data is fdatasync'd.
     #[serde(with = "gw_model::serde_util::duration")]
     pub sync_interval: Duration,
+    /// Records that waited longer than this since the gateway received them are dropped
+    /// (counted per device as `too_old`). `0s` (the default): telemetry waits for the cloud
+    /// as long as the quota lets it. Records of a device the cloud refuses have their own
+    /// limit, `[cloud] parked_max_age`.
+    #[serde(with = "gw_model::serde_util::duration")]
+    pub max_age: Duration,
 }
 
 impl Default for StoreConfig {
@@ -39,6 +46,7 @@ impl Default for StoreConfig {
             when_full: WhenFull::Reject,
             sync: SyncPolicy::Always,
             sync_interval: Duration::from_secs(1),
+            max_age: Duration::ZERO,
         }
     }
 }

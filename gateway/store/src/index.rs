@@ -54,6 +54,8 @@ struct Device {
     dropped: u64,
     /// Records dropped because the device stayed parked longer than allowed.
     expired: u64,
+    /// Records dropped because they waited longer than `[store] max_age`.
+    too_old: u64,
 }
 
 /// Per-device counters for the stats snapshot.
@@ -64,6 +66,7 @@ pub(crate) struct DeviceCounts<'a> {
     pub queued: usize,
     pub dropped: u64,
     pub expired: u64,
+    pub too_old: u64,
     pub parked: bool,
 }
 
@@ -100,6 +103,7 @@ impl Index {
             in_ring: false,
             dropped: 0,
             expired: 0,
+            too_old: 0,
         });
         idx
     }
@@ -412,8 +416,41 @@ impl Index {
             queued: d.queue.len() + d.in_flight as usize,
             dropped: d.dropped,
             expired: d.expired,
+            too_old: d.too_old,
             parked: d.parked,
         })
+    }
+
+    /// A device's application and name.
+    pub fn device_name(&self, dev: DevIdx) -> Option<(AppId, DeviceId)> {
+        self.devices.get(dev as usize).map(|d| (d.app.clone(), d.device.clone()))
+    }
+
+    /// The oldest queued record (not in flight) of every device that has one.
+    pub fn fronts(&self) -> Vec<(DevIdx, Picked)> {
+        let mut out = Vec::new();
+        for (dev, d) in self.devices.iter().enumerate() {
+            let Some(pos) = d.queue.front().copied() else { continue };
+            let Some((_, seg)) = self.segments.range(..=pos.seq).next_back() else { continue };
+            out.push((DevIdx::try_from(dev).unwrap_or(DevIdx::MAX), Picked { pos, file: Arc::clone(&seg.file) }));
+        }
+        out
+    }
+
+    /// Drops `dev`'s oldest queued record if it is still `seq` (it waited longer than
+    /// `[store] max_age`), counting it. Returns the device's next queued record.
+    pub fn drop_too_old(&mut self, dev: DevIdx, seq: u64) -> Option<Picked> {
+        let d = self.devices.get_mut(dev as usize)?;
+        if d.queue.front().is_none_or(|p| p.seq != seq) {
+            return None;
+        }
+        let pos = d.queue.pop_front()?;
+        d.too_old += 1;
+        let next = d.queue.front().copied();
+        self.forget(pos);
+        let next = next?;
+        let (_, seg) = self.segments.range(..=next.seq).next_back()?;
+        Some(Picked { pos: next, file: Arc::clone(&seg.file) })
     }
 }
 

@@ -252,18 +252,20 @@ impl Outbox {
         let idx = lock(&shared.index);
         let devices = idx
             .devices()
-            .filter(|d| d.queued > 0 || d.dropped > 0 || d.expired > 0 || d.parked)
+            .filter(|d| d.queued > 0 || d.dropped > 0 || d.expired > 0 || d.too_old > 0 || d.parked)
             .map(|d| DeviceStats {
                 app: d.app.clone(),
                 device: d.device.clone(),
                 queued: d.queued as u64,
                 dropped: d.dropped,
                 expired: d.expired,
+                too_old: d.too_old,
                 parked: d.parked,
             })
             .collect::<Vec<_>>();
         let oldest = idx.oldest();
         let expired = devices.iter().map(|d: &DeviceStats| d.expired).sum();
+        let too_old = devices.iter().map(|d: &DeviceStats| d.too_old).sum();
         let stats = OutboxStats {
             records_queued: idx.live_records(),
             bytes_queued: idx.live_bytes(),
@@ -277,6 +279,7 @@ impl Outbox {
             syncs: Counters::get(&c.syncs),
             dropped: Counters::get(&c.dropped),
             expired,
+            too_old,
             corrupt_skipped: Counters::get(&c.corrupt_skipped),
             segments_skipped: Counters::get(&c.segments_skipped),
             rejected_disk_full: Counters::get(&c.rejected_disk_full),

@@ -173,6 +173,49 @@ impl Acker {
         counts
     }
 
+    /// Drops, for good, the queued records the gateway received more than `max_age` ago
+    /// (`[store] max_age`), oldest first per device, at most `limit` of them; each is counted
+    /// as too old for its device. Records in flight are left to their verdict, and records
+    /// stamped by a clock that was not set (age unknown) are kept. Blocks on reads of the
+    /// records' receive times: call it from a blocking thread. Returns how many per device.
+    pub fn expire_older_than(&self, max_age: std::time::Duration, limit: usize) -> Vec<(AppId, DeviceId, u64)> {
+        let now = gw_model::Timestamp::from_system(std::time::SystemTime::now()).as_millis();
+        let cutoff = now.saturating_sub(u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX));
+        let fronts = lock(&self.shared().index).fronts();
+        let mut counts = Vec::new();
+        let mut budget = limit;
+        for (dev, front) in fronts {
+            let mut seqs = Vec::new();
+            let mut next = Some(front);
+            while let Some(p) = next.take() {
+                if budget == 0 {
+                    break;
+                }
+                let old = crate::stats::received_at(&p)
+                    .is_some_and(|at| at.is_trusted() && at.as_millis() < cutoff);
+                if !old {
+                    break;
+                }
+                next = lock(&self.shared().index).drop_too_old(dev, p.pos.seq);
+                seqs.push(p.pos.seq);
+                budget -= 1;
+            }
+            if seqs.is_empty() {
+                continue;
+            }
+            let name = lock(&self.shared().index).device_name(dev);
+            if let Some((app, device)) = name {
+                counts.push((app, device, seqs.len() as u64));
+            }
+            self.shared().persist_acks(seqs);
+        }
+        if !counts.is_empty() {
+            // dropping records may make room and end a device's wait on its head
+            self.shared().deliverable.notify_one();
+        }
+        counts
+    }
+
     /// Releases a parked device (e.g. after a registry resync shows it allowed again).
     pub fn unpark(&self, app: &AppId, device: &DeviceId) {
         if lock(&self.shared().index).unpark(app, device) {

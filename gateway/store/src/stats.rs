@@ -11,6 +11,8 @@ pub struct DeviceStats {
     pub(crate) queued: u64,
     pub(crate) dropped: u64,
     pub(crate) expired: u64,
+    /// Records of this device dropped because they waited longer than `[store] max_age`.
+    pub(crate) too_old: u64,
     pub(crate) parked: bool,
 }
 
@@ -34,6 +36,10 @@ impl DeviceStats {
     pub fn expired(&self) -> u64 {
         self.expired
     }
+    /// Records of this device dropped because they waited longer than `[store] max_age`.
+    pub fn too_old(&self) -> u64 {
+        self.too_old
+    }
     pub fn parked(&self) -> bool {
         self.parked
     }
@@ -54,6 +60,8 @@ pub struct OutboxStats {
     pub(crate) syncs: u64,
     pub(crate) dropped: u64,
     pub(crate) expired: u64,
+    /// Records dropped because they waited longer than `[store] max_age`, all devices.
+    pub(crate) too_old: u64,
     pub(crate) corrupt_skipped: u64,
     pub(crate) segments_skipped: u64,
     pub(crate) rejected_disk_full: u64,
@@ -63,20 +71,22 @@ pub struct OutboxStats {
     pub(crate) devices: Vec<DeviceStats>,
 }
 
+/// When the gateway received the record at `p`, read from its segment; `None` when it cannot
+/// be read (a damaged record is the reader's to skip).
+pub(crate) fn received_at(p: &crate::index::Picked) -> Option<gw_model::Timestamp> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0; p.pos.len as usize];
+    p.file.read_exact_at(&mut buf, u64::from(p.pos.offset)).ok()?;
+    crate::format::parse_at(&buf, 0, p.pos.seq - 1)
+        .filter(|f| f.seq == p.pos.seq && f.kind == crate::format::KIND_DATA)
+        .and_then(|f| crate::format::decode_telemetry(f.body))
+        .map(|t| t.received_at)
+}
+
 impl OutboxStats {
     /// Fills in the age of `oldest` (read from its segment: its receive time).
     pub(crate) fn with_oldest(mut self, oldest: Option<crate::index::Picked>) -> Self {
-        use std::os::unix::fs::FileExt;
-        let Some(p) = oldest else { return self };
-        let mut buf = vec![0; p.pos.len as usize];
-        if p.file.read_exact_at(&mut buf, u64::from(p.pos.offset)).is_err() {
-            return self;
-        }
-        let received = crate::format::parse_at(&buf, 0, p.pos.seq - 1)
-            .filter(|f| f.seq == p.pos.seq && f.kind == crate::format::KIND_DATA)
-            .and_then(|f| crate::format::decode_telemetry(f.body))
-            .map(|t| t.received_at)
-            .filter(|at| at.is_trusted());
+        let received = oldest.as_ref().and_then(received_at).filter(|at| at.is_trusted());
         let now = gw_model::Timestamp::from_system(std::time::SystemTime::now()).as_millis();
         self.oldest_age_seconds = received.map(|at| now.saturating_sub(at.as_millis()) / 1000);
         self
@@ -137,6 +147,10 @@ impl OutboxStats {
     /// `[cloud] parked_max_age`, all devices still known to the outbox.
     pub fn expired(&self) -> u64 {
         self.expired
+    }
+    /// Records dropped because they waited longer than `[store] max_age`.
+    pub fn too_old(&self) -> u64 {
+        self.too_old
     }
     /// Damaged records or regions skipped at open or on read.
     pub fn corrupt_skipped(&self) -> u64 {

@@ -692,6 +692,12 @@ const FAMILIES: &[(Kind, &str, &str, &str)] = &[
         "Records dropped because the cloud refused their device for parked_max_age.",
         "outbox.expired",
     ),
+    (
+        Kind::Counter,
+        "gatewayd_outbox_too_old_total",
+        "Records dropped because they waited longer than [store] max_age.",
+        "outbox.too_old",
+    ),
     (Kind::Counter, "gatewayd_uplink_sent_total", "Records the cloud accepted.", "uplink.sent"),
     (
         Kind::Counter,

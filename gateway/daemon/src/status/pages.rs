@@ -255,6 +255,7 @@ pub fn overview(status: &Value, now_ms: u64, graph: &str, csrf: &str) -> Markup 
                         dt { "Disk" } dd data-live="outbox_disk" { (bytes(disk)) " of " (bytes(max)) }
                         dt { "Dropped" } dd data-live="outbox_dropped" { (text(get(status, "outbox.dropped"))) }
                         dt { "Expired (refused too long)" } dd #outbox-expired { (text(get(status, "outbox.expired"))) }
+                        dt { "Expired (older than max_age)" } dd #outbox-too-old { (text(get(status, "outbox.too_old"))) }
                         dt { "Dead letters" } dd data-live="dead_letters" { (text(get(status, "uplink.dead_letters"))) }
                         dt { "Parked devices" } dd { (get(status, "uplink.parked_devices").as_array().map_or(0, Vec::len)) }
                     }
