@@ -4,6 +4,9 @@
 //! One append-only log, `<dir>/commands.log`, written and fdatasync'd before a call returns,
 //! so a command [`push`](CommandQueue::push) accepted survives `kill -9` and power loss, and a
 //! command [`take`](CommandQueue::take) handed out is not handed out again after a restart.
+//! Syncs are grouped, as the outbox's are: a call writes its records under the queue's lock,
+//! then waits outside it until a sync covers them; one thread syncs for everything written so
+//! far while the others wait, so calls from many threads at once share fdatasyncs.
 //!
 //! ```text
 //! file   = magic "GWCMDQ1\0" | record*
@@ -100,12 +103,26 @@ enum Entry {
 /// changes the queue): call them from a blocking thread.
 pub struct CommandQueue {
     inner: Mutex<Inner>,
+    sync: Mutex<SyncState>,
+    synced: std::sync::Condvar,
+}
+
+/// The group commit's state: how many writes are durable, whether a sync is under way.
+#[derive(Default)]
+struct SyncState {
+    /// Writes (counted as [`Inner::written`] counts them) covered by a completed sync.
+    durable: u64,
+    syncing: bool,
+    /// fdatasyncs done.
+    syncs: u64,
 }
 
 struct Inner {
     path: PathBuf,
     dir: PathBuf,
-    file: File,
+    file: std::sync::Arc<File>,
+    /// Writes appended to the log so far (the group commit's clock).
+    written: u64,
     limits: QueueLimits,
     devices: HashMap<Identity, VecDeque<QueuedCommand>>,
     total: usize,
@@ -200,7 +217,8 @@ impl CommandQueue {
         }
         let mut inner = Inner {
             dir: dir.to_owned(),
-            file,
+            file: std::sync::Arc::new(file),
+            written: 0,
             limits,
             devices: HashMap::new(),
             total: 0,
@@ -226,7 +244,62 @@ impl CommandQueue {
             }
         }
         inner.maybe_compact()?;
-        Ok(Self { inner: Mutex::new(inner) })
+        Ok(Self {
+            inner: Mutex::new(inner),
+            sync: Mutex::new(SyncState::default()),
+            synced: std::sync::Condvar::new(),
+        })
+    }
+
+    /// Waits until the writes up to `ticket` are on disk: syncs itself when no other thread
+    /// is syncing, else waits for that sync (and, if it did not cover `ticket`, the next).
+    fn durable(&self, ticket: u64) -> Result<(), StoreError> {
+        let mut state = self.sync.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if state.durable >= ticket {
+                return Ok(());
+            }
+            if !state.syncing {
+                state.syncing = true;
+                drop(state);
+                let (file, upto, path) = {
+                    let inner = self.lock();
+                    if let Some(reason) = &inner.failed {
+                        let reason = reason.clone();
+                        drop(inner);
+                        self.end_sync(None);
+                        return Err(StoreError::CommandLogFailed { reason });
+                    }
+                    (std::sync::Arc::clone(&inner.file), inner.written, inner.path.clone())
+                };
+                let result = file.sync_data();
+                if let Err(source) = &result {
+                    self.lock().failed = Some(source.to_string());
+                }
+                self.end_sync(result.is_ok().then_some(upto));
+                result.map_err(|source| StoreError::CommandLog { path, source })?;
+                state = self.sync.lock().unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            state = self.synced.wait(state).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Ends a sync (`Some(upto)`: the writes up to `upto` are durable) and wakes the waiters.
+    fn end_sync(&self, upto: Option<u64>) {
+        let mut state = self.sync.lock().unwrap_or_else(PoisonError::into_inner);
+        state.syncing = false;
+        if let Some(upto) = upto {
+            state.durable = state.durable.max(upto);
+            state.syncs += 1;
+        }
+        drop(state);
+        self.synced.notify_all();
+    }
+
+    /// fdatasyncs done since the queue was opened.
+    pub fn syncs(&self) -> u64 {
+        self.sync.lock().unwrap_or_else(PoisonError::into_inner).syncs
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -262,6 +335,9 @@ impl CommandQueue {
         let id = inner.next_id;
         inner.next_id += 1;
         inner.add(QueuedCommand { id, command })?;
+        let ticket = inner.written;
+        drop(inner);
+        self.durable(ticket)?;
         Ok(id)
     }
 
@@ -273,6 +349,9 @@ impl CommandQueue {
         let mut removed: Vec<u64> = taken.1.iter().map(|q| q.id).collect();
         removed.extend(taken.0.as_ref().map(|q| q.id));
         inner.remove_durably(&removed)?;
+        let ticket = inner.written;
+        drop(inner);
+        self.durable(ticket)?;
         Ok(Taken { command: taken.0, expired: taken.1.into_iter().map(|q| q.command).collect() })
     }
 
@@ -287,6 +366,9 @@ impl CommandQueue {
         if let Some(q) = &command {
             inner.lent.insert(q.id);
         }
+        let ticket = inner.written;
+        drop(inner);
+        self.durable(ticket)?;
         Ok(Taken { command, expired: expired.into_iter().map(|q| q.command).collect() })
     }
 
@@ -295,7 +377,13 @@ impl CommandQueue {
     pub fn settle(&self, id: u64) -> Result<(), StoreError> {
         let mut inner = self.lock();
         inner.lent.remove(&id);
-        if inner.index.contains_key(&id) { inner.remove_durably(&[id]) } else { Ok(()) }
+        if !inner.index.contains_key(&id) {
+            return Ok(());
+        }
+        inner.remove_durably(&[id])?;
+        let ticket = inner.written;
+        drop(inner);
+        self.durable(ticket)
     }
 
     /// The lent command `id` did not reach its sensor: available again, in its place.
@@ -316,7 +404,10 @@ impl CommandQueue {
         if inner.index.contains_key(&command.id) {
             return Ok(());
         }
-        inner.add(command)
+        inner.add(command)?;
+        let ticket = inner.written;
+        drop(inner);
+        self.durable(ticket)
     }
 
     /// Drops (durably) every command expired at `now` that is not lent out, and returns them.
@@ -331,6 +422,9 @@ impl CommandQueue {
             }
         }
         inner.remove_durably(&ids)?;
+        let ticket = inner.written;
+        drop(inner);
+        self.durable(ticket)?;
         Ok(expired)
     }
 
@@ -426,12 +520,14 @@ impl Inner {
         if let Some(reason) = &self.failed {
             return Err(StoreError::CommandLogFailed { reason: reason.clone() });
         }
-        let result = self.file.write_all(bytes).and_then(|()| self.file.sync_data());
+        // synced by the caller through the group commit ([`CommandQueue::durable`])
+        let result = (&*self.file).write_all(bytes);
         if let Err(source) = result {
             self.failed = Some(source.to_string());
             return Err(StoreError::CommandLog { path: self.path.clone(), source });
         }
         self.log_bytes += bytes.len() as u64;
+        self.written += 1;
         Ok(())
     }
 
@@ -469,7 +565,9 @@ impl Inner {
         }
         write_atomically(&self.path, &self.dir, &bytes)?;
         let io_err = |source| StoreError::CommandLog { path: self.path.clone(), source };
-        self.file = OpenOptions::new().append(true).open(&self.path).map_err(io_err)?;
+        // the new file was synced whole: every write so far is durable in it (a sync still
+        // running on the old file covers nothing that is not also here)
+        self.file = std::sync::Arc::new(OpenOptions::new().append(true).open(&self.path).map_err(io_err)?);
         tracing::debug!(path = %self.path.display(), before = self.log_bytes,
             after = bytes.len(), "command log compacted");
         self.log_bytes = bytes.len() as u64;

@@ -401,3 +401,55 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn pushes_from_many_threads_share_fdatasyncs_and_all_survive_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = QueueLimits { max_per_device: 1000, max_total: 1000, max_bytes: 1 << 20 };
+    let q = std::sync::Arc::new(CommandQueue::open(dir.path(), limits).unwrap());
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let q = std::sync::Arc::clone(&q);
+            std::thread::spawn(move || {
+                for n in 0..25 {
+                    q.push(cmd(&format!("s{t}"), &format!("c{n}"), b"x", None), NOW).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(q.len(), 200);
+    let syncs = q.syncs();
+    assert!((1..=200).contains(&syncs), "{syncs} syncs");
+    eprintln!("200 pushes from 8 threads: {syncs} fdatasyncs");
+    // deterministic: while a sync is under way, four pushes write and wait; the one sync
+    // that follows covers all four
+    q.sync.lock().unwrap().syncing = true;
+    let before = (q.syncs(), q.lock().written);
+    let waiting: Vec<_> = (0..4)
+        .map(|t| {
+            let q = std::sync::Arc::clone(&q);
+            std::thread::spawn(move || q.push(cmd(&format!("w{t}"), "c", b"x", None), NOW).unwrap())
+        })
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while q.lock().written < before.1 + 4 {
+        assert!(std::time::Instant::now() < deadline, "the pushes did not write");
+        std::thread::yield_now();
+    }
+    q.end_sync(None); // the sync under way ends without covering them
+    for t in waiting {
+        t.join().unwrap();
+    }
+    assert_eq!(q.syncs(), before.0 + 1, "one fdatasync for four pushes");
+    drop(q);
+    let q = CommandQueue::open(dir.path(), limits).unwrap();
+    assert_eq!(q.len(), 204);
+    for t in 0..8 {
+        let names: Vec<_> =
+            q.peek_all(&dev(&format!("s{t}"))).into_iter().map(|c| c.command.name.to_string()).collect();
+        assert_eq!(names, (0..25).map(|n| format!("c{n}")).collect::<Vec<_>>(), "in order per device");
+    }
+}
