@@ -229,9 +229,13 @@ impl CloudConfig {
         let max = usize::try_from(self.max_message()).unwrap_or(usize::MAX);
         match self.kind {
             // room for the receive time the uplink may add
-            CloudKind::DrogueHttp => UplinkLimits::payload(max.saturating_sub(
-                self.received_at_field.as_deref().map_or(0, crate::drogue_http::received_at_overhead),
-            )),
+            CloudKind::DrogueHttp => UplinkLimits::payload(
+                max.saturating_sub(
+                    self.received_at_field
+                        .as_deref()
+                        .map_or(0, crate::drogue_http::received_at_overhead),
+                ),
+            ),
             // the topic is `<channel>/<device>`: the packet's size is known at ingest
             CloudKind::DrogueMqtt => UplinkLimits { max_payload: max, max_packet: Some(max) },
             // the topic comes from a template; the payload alone is checked at ingest and the
@@ -285,7 +289,9 @@ impl CloudConfig {
             if field.is_empty() || field.chars().any(|c| c.is_control() || c == '"' || c == '\\') {
                 return Err(CloudError::Config {
                     key: "received_at_field",
-                    reason: "must be a non-empty name without control characters, quotes or backslashes".into(),
+                    reason:
+                        "must be a non-empty name without control characters, quotes or backslashes"
+                            .into(),
                 });
             }
         }

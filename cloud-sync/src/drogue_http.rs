@@ -473,7 +473,10 @@ mod received_at_tests {
             let out = with_received_at(&bytes::Bytes::from_static(p.as_bytes()), "received_at", at);
             String::from_utf8(out.to_vec()).unwrap()
         };
-        assert_eq!(add(r#"{"z":1, "a":[2]}"#), r#"{"received_at":"2025-12-07T10:00:00.123Z","z":1, "a":[2]}"#);
+        assert_eq!(
+            add(r#"{"z":1, "a":[2]}"#),
+            r#"{"received_at":"2025-12-07T10:00:00.123Z","z":1, "a":[2]}"#
+        );
         assert_eq!(add(" {}"), r#" {"received_at":"2025-12-07T10:00:00.123Z"}"#);
         for kept in [r#"{"received_at":"mine"}"#, "[1,2]", "21.5", "{not json", "text"] {
             assert_eq!(add(kept), kept);

@@ -393,8 +393,13 @@ impl RegistrySync {
     /// One pass over all pages; pages overlap by one device to notice a shifted listing.
     async fn list_pages(&self) -> Result<Listing, CloudError> {
         let limit = self.config.page_size;
-        let mut listing =
-            Listing { gateway: Metadata::default(), kept: Vec::new(), listed: 0, invalid: 0, pages: 0 };
+        let mut listing = Listing {
+            gateway: Metadata::default(),
+            kept: Vec::new(),
+            listed: 0,
+            invalid: 0,
+            pages: 0,
+        };
         listing.gateway.name = self.gateway.clone();
         if self.config.providers_rfc {
             listing.gateway = self.own_device().await?;
@@ -522,7 +527,11 @@ impl RegistrySync {
                 404 => " (does the application exist?)",
                 _ => "",
             };
-            return Err(CloudError::RegistryStatus { url: url.to_owned(), status: status.as_u16(), hint });
+            return Err(CloudError::RegistryStatus {
+                url: url.to_owned(),
+                status: status.as_u16(),
+                hint,
+            });
         }
         let body = resp.bytes().await.map_err(request)?;
         serde_json::from_slice(&body)

@@ -137,7 +137,9 @@ impl Uplink {
         let topic = match self.config.kind {
             CloudKind::DrogueMqtt => Some(CommandTopic::drogue(&self.gateway)),
             // checked when the config was loaded
-            CloudKind::Mqtt => self.config.command_topic().ok().flatten().map(|t| t.for_gateway(&self.gateway)),
+            CloudKind::Mqtt => {
+                self.config.command_topic().ok().flatten().map(|t| t.for_gateway(&self.gateway))
+            }
             CloudKind::DrogueHttp => None,
         };
         match (&mut self.kind, topic) {

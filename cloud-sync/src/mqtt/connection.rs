@@ -170,11 +170,11 @@ struct Link {
 }
 
 impl Connection {
+    /// `hello`: the protocol spoken and the CONNECT that opens each connection.
     pub(super) fn new(
-        protocol: Protocol,
         broker: Broker,
         tls: Option<Arc<rustls::ClientConfig>>,
-        connect: mqttbytes::v4::Connect,
+        hello: (Protocol, mqttbytes::v4::Connect),
         timeout: Duration,
         backoff: Backoff,
         chains: mpsc::Receiver<Chain>,
@@ -189,6 +189,7 @@ impl Connection {
                 Some((TlsConnector::from(config), name))
             }
         };
+        let (protocol, connect) = hello;
         let keep_alive = Duration::from_secs(u64::from(super::KEEP_ALIVE_SECS));
         Ok(Self {
             dial: Dial { protocol, broker, tls, connect: Packet::Connect(connect), timeout },

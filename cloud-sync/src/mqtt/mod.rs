@@ -86,10 +86,9 @@ impl Publisher {
         // Every chain holds at least one of `concurrency` permits, so this never fills.
         let (chains, rx) = mpsc::channel(config.concurrency);
         let connection = Connection::new(
-            config.protocol,
             broker,
             tls,
-            connect,
+            (config.protocol, connect),
             config.timeout,
             Backoff::new(config.retry_min, config.retry_max),
             rx,

@@ -36,7 +36,10 @@ pub const RECEIVED_AT: &str = "received_at";
 pub(crate) enum Incoming {
     Packet(v4::Packet),
     /// A v5 PUBACK with a failure reason: the record's verdict.
-    Refused { pkid: u16, verdict: Verdict },
+    Refused {
+        pkid: u16,
+        verdict: Verdict,
+    },
     /// A v5 DISCONNECT from the broker, with its reason.
     Disconnected(String),
 }
@@ -78,7 +81,12 @@ fn qos4(q: mqtt5::QoS) -> QoS {
 
 impl Protocol {
     /// Writes `packet` into `buf` in this protocol.
-    pub(crate) fn write(self, packet: &v4::Packet, buf: &mut BytesMut, max: usize) -> Result<(), String> {
+    pub(crate) fn write(
+        self,
+        packet: &v4::Packet,
+        buf: &mut BytesMut,
+        max: usize,
+    ) -> Result<(), String> {
         let fail = |e: &dyn std::fmt::Display| format!("cannot encode {}: {e}", name(packet));
         if self == Protocol::V311 {
             return packet.write(buf, max).map(drop).map_err(|e| fail(&e));
@@ -100,12 +108,18 @@ impl Protocol {
             ),
             v4::Packet::Subscribe(s) => v5::Packet::Subscribe(v5::Subscribe {
                 pkid: s.pkid,
-                filters: s.filters.iter().map(|f| v5::Filter::new(f.path.clone(), qos5(f.qos))).collect(),
+                filters: s
+                    .filters
+                    .iter()
+                    .map(|f| v5::Filter::new(f.path.clone(), qos5(f.qos)))
+                    .collect(),
                 properties: None,
             }),
             v4::Packet::PubAck(a) => v5::Packet::PubAck(v5::PubAck::new(a.pkid, None)),
             v4::Packet::PingReq => v5::Packet::PingReq(v5::PingReq),
-            v4::Packet::Disconnect => v5::Packet::Disconnect(v5::Disconnect::new(v5::DisconnectReasonCode::NormalDisconnection)),
+            v4::Packet::Disconnect => v5::Packet::Disconnect(v5::Disconnect::new(
+                v5::DisconnectReasonCode::NormalDisconnection,
+            )),
             other => return Err(format!("the uplink does not send {}", name(other))),
         };
         let max = u32::try_from(max).unwrap_or(u32::MAX);
@@ -130,7 +144,9 @@ impl Protocol {
             v5::Packet::ConnAck(ack) => {
                 let code = match ack.code {
                     v5::ConnectReturnCode::Success => v4::ConnectReturnCode::Success,
-                    v5::ConnectReturnCode::BadUserNamePassword => v4::ConnectReturnCode::BadUserNamePassword,
+                    v5::ConnectReturnCode::BadUserNamePassword => {
+                        v4::ConnectReturnCode::BadUserNamePassword
+                    }
                     v5::ConnectReturnCode::NotAuthorized => v4::ConnectReturnCode::NotAuthorized,
                     other => return Err(format!("the broker refused the connection: {other:?}")),
                 };
@@ -144,9 +160,8 @@ impl Protocol {
                     let why = format!("the broker answered PUBACK {reason:?}");
                     let verdict = match reason {
                         v5::PubAckReason::NotAuthorized => Verdict::Refused(why),
-                        v5::PubAckReason::TopicNameInvalid | v5::PubAckReason::PayloadFormatInvalid => {
-                            Verdict::Rejected(why)
-                        }
+                        v5::PubAckReason::TopicNameInvalid
+                        | v5::PubAckReason::PayloadFormatInvalid => Verdict::Rejected(why),
                         _ => Verdict::Transient(why),
                     };
                     return Ok(Some(Incoming::Refused { pkid: ack.pkid, verdict }));
@@ -158,7 +173,9 @@ impl Protocol {
                     .return_codes
                     .iter()
                     .map(|c| match c {
-                        v5::SubscribeReasonCode::Success(q) => v4::SubscribeReasonCode::Success(qos4(*q)),
+                        v5::SubscribeReasonCode::Success(q) => {
+                            v4::SubscribeReasonCode::Success(qos4(*q))
+                        }
                         _ => v4::SubscribeReasonCode::Failure,
                     })
                     .collect(),
@@ -210,8 +227,11 @@ mod tests {
     #[test]
     fn a_v5_publish_with_properties_reads_back_with_its_properties_and_payload() {
         let props = publish_properties(Some("application/json"), Some("2026-12-07T10:00:00.000Z"));
-        let mut publish =
-            v4::Publish::from_bytes("site/s1/temp", QoS::AtLeastOnce, v5_payload(&props, b"{\"t\":1}"));
+        let mut publish = v4::Publish::from_bytes(
+            "site/s1/temp",
+            QoS::AtLeastOnce,
+            v5_payload(&props, b"{\"t\":1}"),
+        );
         publish.pkid = 7;
         let mut buf = BytesMut::new();
         Protocol::V5.write(&v4::Packet::Publish(publish), &mut buf, 1 << 20).unwrap();
@@ -219,7 +239,10 @@ mod tests {
         assert_eq!((read.pkid, &read.payload[..]), (7, &b"{\"t\":1}"[..]));
         let p = read.properties.unwrap();
         assert_eq!(p.content_type.as_deref(), Some("application/json"));
-        assert_eq!(p.user_properties, [(RECEIVED_AT.to_owned(), "2026-12-07T10:00:00.000Z".to_owned())]);
+        assert_eq!(
+            p.user_properties,
+            [(RECEIVED_AT.to_owned(), "2026-12-07T10:00:00.000Z".to_owned())]
+        );
         // no properties at all: one zero byte
         assert_eq!(&publish_properties(None, None)[..], &[0]);
     }
@@ -235,7 +258,9 @@ mod tests {
             ack.reason = reason;
             let mut buf = BytesMut::new();
             v5::Packet::PubAck(ack).write(&mut buf, None).unwrap();
-            let Some(Incoming::Refused { pkid: 3, verdict }) = Protocol::V5.read(&mut buf, 1024).unwrap() else {
+            let Some(Incoming::Refused { pkid: 3, verdict }) =
+                Protocol::V5.read(&mut buf, 1024).unwrap()
+            else {
                 panic!("{reason:?}")
             };
             let kind = match verdict {

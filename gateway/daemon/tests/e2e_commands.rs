@@ -762,7 +762,9 @@ async fn providers_rfc_sensors_publish_and_get_commands_over_mqtt_http_and_coap(
         loop {
             let events = site.cloud.events();
             let from = |d: &str| {
-                events.iter().any(|e| e.device.as_deref() == Some(d) && e.sender.as_deref() == Some("gw1"))
+                events
+                    .iter()
+                    .any(|e| e.device.as_deref() == Some(d) && e.sender.as_deref() == Some("gw1"))
             };
             if ["mqtt-sensor", "http-sensor", "coap-sensor"].iter().all(|d| from(d)) {
                 break;

@@ -271,7 +271,12 @@ async fn order_holds_into_the_drogue_mqtt_and_the_generic_mqtt_uplink() {
     common::assert_in_order(&got, N, "drogue-mqtt");
     // MQTT 5 carries the sensor's content type upstream (3.1.1 cannot: it would arrive as
     // application/octet-stream)
-    let out = mosquitto_pub(&port, "mqttv5", "pw1", &["-D", "publish", "content-type", "text/plain", "-m", "hello"]);
+    let out = mosquitto_pub(
+        &port,
+        "mqttv5",
+        "pw1",
+        &["-D", "publish", "content-type", "text/plain", "-m", "hello"],
+    );
     assert!(out.status.success(), "{out:?}");
     let deadline = Instant::now() + Duration::from_secs(10);
     let note = loop {
@@ -452,7 +457,8 @@ async fn a_reading_stored_during_an_outage_reaches_an_mqtt5_upstream_with_its_re
     tokio::time::sleep(outage).await;
     // the status shows how long the oldest reading has waited, /metrics too
     let s = status(&client, &web).await;
-    let waited = s["outbox"]["oldest_age_seconds"].as_u64().unwrap_or_else(|| panic!("{}", s["outbox"]));
+    let waited =
+        s["outbox"]["oldest_age_seconds"].as_u64().unwrap_or_else(|| panic!("{}", s["outbox"]));
     assert!(waited + 1 >= outage.as_secs(), "oldest waited {waited} s: {}", s["outbox"]);
     assert_eq!(s["gateway"]["clock_set"], true);
     let metrics = common::metrics(&client, &web).await;
@@ -471,7 +477,10 @@ async fn a_reading_stored_during_an_outage_reaches_an_mqtt5_upstream_with_its_re
     let at = props.strip_prefix("received_at:").unwrap_or_else(|| panic!("{line:?}"));
     let at = parse_time(at);
     let off = at.duration_since(received).unwrap_or_else(|e| e.duration());
-    assert!(off < Duration::from_secs(2), "received_at {at:?} is not the receive time {received:?}");
+    assert!(
+        off < Duration::from_secs(2),
+        "received_at {at:?} is not the receive time {received:?}"
+    );
     assert!(forwarded.duration_since(at).unwrap() >= outage, "forwarded after the outage");
 }
 

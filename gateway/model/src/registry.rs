@@ -250,8 +250,12 @@ impl Device {
     /// order, then (RFC) `spec.providers`; a name may repeat. Gateways chosen by
     /// `spec.providerSelector` are not named: match them with [`Device::selects_provider`].
     pub fn named_gateways(&self, rules: ProxyRules) -> impl Iterator<Item = &str> {
-        let selector =
-            self.spec.gateway_selector.as_ref().map(|s| s.match_names.as_slice()).unwrap_or_default();
+        let selector = self
+            .spec
+            .gateway_selector
+            .as_ref()
+            .map(|s| s.match_names.as_slice())
+            .unwrap_or_default();
         let providers = match (rules.providers_rfc, &self.spec.providers) {
             (true, Some(p)) => p.as_slice(),
             _ => &[],
@@ -264,9 +268,9 @@ impl Device {
     pub fn selects_provider(&self, labels: &BTreeMap<String, String>) -> bool {
         self.spec.provider_selector.as_ref().is_some_and(|selector| {
             !selector.is_empty()
-                && selector.iter().all(|(k, v)| {
-                    v.as_str().is_some_and(|v| labels.get(k).is_some_and(|l| l == v))
-                })
+                && selector
+                    .iter()
+                    .all(|(k, v)| v.as_str().is_some_and(|v| labels.get(k).is_some_and(|l| l == v)))
         })
     }
 
@@ -389,9 +393,10 @@ mod tests {
         assert!(d.is_proxied_by(&gw2, ProxyRules::PROVIDERS_RFC));
         assert!(!d.is_proxied_by(&gateway("gateway3", &[]), ProxyRules::PROVIDERS_RFC));
         assert_eq!(d.named_gateways(ProxyRules::DROGUE).count(), 0);
-        assert_eq!(d.named_gateways(ProxyRules::PROVIDERS_RFC).collect::<Vec<_>>(), [
-            "gateway1", "gateway2"
-        ]);
+        assert_eq!(
+            d.named_gateways(ProxyRules::PROVIDERS_RFC).collect::<Vec<_>>(),
+            ["gateway1", "gateway2"]
+        );
     }
 
     #[test]

@@ -394,7 +394,10 @@ impl CommandQueue {
     /// Commands of `device` that can be handed out now (queued and not lent out).
     pub fn available_of(&self, device: &Identity) -> usize {
         let inner = self.lock();
-        inner.devices.get(device).map_or(0, |q| q.iter().filter(|c| !inner.lent.contains(&c.id)).count())
+        inner
+            .devices
+            .get(device)
+            .map_or(0, |q| q.iter().filter(|c| !inner.lent.contains(&c.id)).count())
     }
 
     /// Puts back a command [`take`](Self::take) handed out that could not be delivered after
@@ -416,7 +419,9 @@ impl CommandQueue {
         let mut expired = Vec::new();
         let mut ids = Vec::new();
         for queue in inner.devices.values() {
-            for q in queue.iter().filter(|q| q.command.is_expired(now) && !inner.lent.contains(&q.id)) {
+            for q in
+                queue.iter().filter(|q| q.command.is_expired(now) && !inner.lent.contains(&q.id))
+            {
                 ids.push(q.id);
                 expired.push(q.command.clone());
             }
@@ -470,7 +475,11 @@ impl CommandQueue {
 impl Inner {
     /// The oldest unexpired command of `device` not lent out, and the expired ones (not lent
     /// out) in front of it; nothing is removed.
-    fn oldest(&self, device: &Identity, now: Timestamp) -> (Option<QueuedCommand>, Vec<QueuedCommand>) {
+    fn oldest(
+        &self,
+        device: &Identity,
+        now: Timestamp,
+    ) -> (Option<QueuedCommand>, Vec<QueuedCommand>) {
         let mut expired = Vec::new();
         for q in self.devices.get(device).into_iter().flatten() {
             if self.lent.contains(&q.id) {
@@ -567,7 +576,8 @@ impl Inner {
         let io_err = |source| StoreError::CommandLog { path: self.path.clone(), source };
         // the new file was synced whole: every write so far is durable in it (a sync still
         // running on the old file covers nothing that is not also here)
-        self.file = std::sync::Arc::new(OpenOptions::new().append(true).open(&self.path).map_err(io_err)?);
+        self.file =
+            std::sync::Arc::new(OpenOptions::new().append(true).open(&self.path).map_err(io_err)?);
         tracing::debug!(path = %self.path.display(), before = self.log_bytes,
             after = bytes.len(), "command log compacted");
         self.log_bytes = bytes.len() as u64;

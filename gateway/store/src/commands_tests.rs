@@ -448,8 +448,15 @@ fn pushes_from_many_threads_share_fdatasyncs_and_all_survive_a_reopen() {
     let q = CommandQueue::open(dir.path(), limits).unwrap();
     assert_eq!(q.len(), 204);
     for t in 0..8 {
-        let names: Vec<_> =
-            q.peek_all(&dev(&format!("s{t}"))).into_iter().map(|c| c.command.name.to_string()).collect();
-        assert_eq!(names, (0..25).map(|n| format!("c{n}")).collect::<Vec<_>>(), "in order per device");
+        let names: Vec<_> = q
+            .peek_all(&dev(&format!("s{t}")))
+            .into_iter()
+            .map(|c| c.command.name.to_string())
+            .collect();
+        assert_eq!(
+            names,
+            (0..25).map(|n| format!("c{n}")).collect::<Vec<_>>(),
+            "in order per device"
+        );
     }
 }

@@ -388,9 +388,16 @@ impl Index {
     /// its receive time.
     pub fn oldest(&self) -> Option<Picked> {
         let in_flight = self.in_flight.values().map(|(_, p)| *p).min_by_key(|p| p.seq);
-        let queued = self.devices.iter().filter_map(|d| d.queue.front().copied()).min_by_key(|p| p.seq);
+        let queued =
+            self.devices.iter().filter_map(|d| d.queue.front().copied()).min_by_key(|p| p.seq);
         let pos = match (in_flight, queued) {
-            (Some(a), Some(b)) => if a.seq < b.seq { a } else { b },
+            (Some(a), Some(b)) => {
+                if a.seq < b.seq {
+                    a
+                } else {
+                    b
+                }
+            }
             (a, b) => a.or(b)?,
         };
         let (_, seg) = self.segments.range(..=pos.seq).next_back()?;
@@ -432,7 +439,10 @@ impl Index {
         for (dev, d) in self.devices.iter().enumerate() {
             let Some(pos) = d.queue.front().copied() else { continue };
             let Some((_, seg)) = self.segments.range(..=pos.seq).next_back() else { continue };
-            out.push((DevIdx::try_from(dev).unwrap_or(DevIdx::MAX), Picked { pos, file: Arc::clone(&seg.file) }));
+            out.push((
+                DevIdx::try_from(dev).unwrap_or(DevIdx::MAX),
+                Picked { pos, file: Arc::clone(&seg.file) },
+            ));
         }
         out
     }

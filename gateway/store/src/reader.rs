@@ -178,7 +178,11 @@ impl Acker {
     /// as too old for its device. Records in flight are left to their verdict, and records
     /// stamped by a clock that was not set (age unknown) are kept. Blocks on reads of the
     /// records' receive times: call it from a blocking thread. Returns how many per device.
-    pub fn expire_older_than(&self, max_age: std::time::Duration, limit: usize) -> Vec<(AppId, DeviceId, u64)> {
+    pub fn expire_older_than(
+        &self,
+        max_age: std::time::Duration,
+        limit: usize,
+    ) -> Vec<(AppId, DeviceId, u64)> {
         let now = gw_model::Timestamp::from_system(std::time::SystemTime::now()).as_millis();
         let cutoff = now.saturating_sub(u64::try_from(max_age.as_millis()).unwrap_or(u64::MAX));
         let fronts = lock(&self.shared().index).fronts();

@@ -199,7 +199,11 @@ spec.gatewaySelector.matchNames = ["gw1"]
         let from_json = Seed::parse(&json, true).unwrap();
         assert_eq!(from_toml, from_json);
         assert_eq!(from_toml.devices[0].credentials().len(), 2);
-        assert!(from_toml.devices[1].named_gateways(gw_model::registry::ProxyRules::DROGUE).any(|n| n == "gw1"));
+        assert!(
+            from_toml.devices[1]
+                .named_gateways(gw_model::registry::ProxyRules::DROGUE)
+                .any(|n| n == "gw1")
+        );
     }
 
     #[test]
@@ -210,7 +214,11 @@ spec.gatewaySelector.matchNames = ["gw1"]
             .password_device("my-app", "gw1", "pw")
             .sensor("my-app", "sensor1", None, &["gw1"])
             .push_endpoint("my-app", "gw1", "http://127.0.0.1:1/push");
-        assert!(built.devices[1].named_gateways(gw_model::registry::ProxyRules::DROGUE).any(|n| n == "gw1"));
+        assert!(
+            built.devices[1]
+                .named_gateways(gw_model::registry::ProxyRules::DROGUE)
+                .any(|n| n == "gw1")
+        );
         assert_eq!(built.devices[0].external_endpoint().unwrap().url, "http://127.0.0.1:1/push");
         let text = serde_json::to_string(&built).unwrap();
         assert_eq!(Seed::parse(&text, true).unwrap(), built);

@@ -315,8 +315,12 @@ impl CommandRouter {
             let id = lent.id;
             match tokio::task::spawn_blocking(move || queue.settle(id)).await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(%device, cause = %e, "cannot remove a delivered command"),
-                Err(e) => tracing::error!(%device, cause = %e, "removing a delivered command panicked"),
+                Ok(Err(e)) => {
+                    tracing::error!(%device, cause = %e, "cannot remove a delivered command")
+                }
+                Err(e) => {
+                    tracing::error!(%device, cause = %e, "removing a delivered command panicked")
+                }
             }
             router.inner.outcomes.record(&lent.command, Fate::Delivered { via: Via::Mqtt });
         });
@@ -345,7 +349,9 @@ impl CommandRouter {
                 let Some(q) = self.take(device).await else { return };
                 let delivered = q.command.clone();
                 match self.inner.waiters.hand(device, q.command) {
-                    None => self.inner.outcomes.record(&delivered, Fate::Delivered { via: Via::Wait }),
+                    None => {
+                        self.inner.outcomes.record(&delivered, Fate::Delivered { via: Via::Wait })
+                    }
                     // the request went away meanwhile: back in its place, and on
                     Some(back) => self.restore(QueuedCommand { id: q.id, command: back }).await,
                 }

@@ -186,7 +186,10 @@ pub fn login(gateway: &str, csrf: &str, error: Option<&str>, next: &str) -> Mark
 /// How long the oldest record not yet acknowledged has waited: `-` when none does, "unknown"
 /// when its receive time is from a clock that was not set.
 pub fn oldest(status: &Value) -> String {
-    match (get(status, "outbox.oldest_age_seconds").as_u64(), get(status, "outbox.records_queued").as_u64()) {
+    match (
+        get(status, "outbox.oldest_age_seconds").as_u64(),
+        get(status, "outbox.records_queued").as_u64(),
+    ) {
         (Some(age), _) => duration(age),
         (None, Some(n)) if n > 0 => "unknown".to_owned(),
         _ => "-".to_owned(),

@@ -329,11 +329,10 @@ impl Session<'_> {
             return answer.clone();
         }
         let gateway = &self.who.device;
-        let answer =
-            self.state.registry.find_device(&self.who.app.metadata.name, id).filter(|t| {
-                t.metadata.name == gateway.metadata.name
-                    || auth::may_act_as(gateway, t, self.state.registry.rules())
-            });
+        let answer = self.state.registry.find_device(&self.who.app.metadata.name, id).filter(|t| {
+            t.metadata.name == gateway.metadata.name
+                || auth::may_act_as(gateway, t, self.state.registry.rules())
+        });
         if self.as_cache.len() >= AS_CACHE_SIZE && !self.as_cache.contains_key(id) {
             let oldest =
                 self.as_cache.iter().min_by_key(|(_, (at, _))| *at).map(|(k, _)| k.clone());
