@@ -352,8 +352,9 @@ mod tests {
         let v = full_example();
         let d: Device = serde_json::from_value(v.clone()).unwrap();
         assert_eq!(d.credentials().len(), 7);
-        assert!(d.is_proxied_by(&gateway("gw1", &[]), ProxyRules::DROGUE));
-        assert!(!d.is_proxied_by(&gateway("gw2", &[]), ProxyRules::PROVIDERS_RFC));
+        assert!(d.named_gateways(ProxyRules::DROGUE).eq(["gw1"]));
+        // the example is being deleted (deletionTimestamp): nobody acts for it any more
+        assert!(!d.is_proxied_by(&gateway("gw1", &[]), ProxyRules::DROGUE));
         assert!(d.is_known_as("alt-id-1"));
         assert!(d.is_known_as("u"), "unique username is an alias");
         assert!(!d.is_known_as("v"), "non-unique username is not");
