@@ -56,8 +56,13 @@ async fn backlog(
     let run_id = mqtt::new_run(&counts).await;
     let _ = run_id;
     let per = messages.div_ceil(PUBLISHERS) as u32;
-    let load =
-        Load { publishers: PUBLISHERS, window: mqtt::WINDOW, size: SIZE, per_publisher: Some(per) };
+    let load = Load {
+        publishers: PUBLISHERS,
+        window: mqtt::WINDOW,
+        size: SIZE,
+        per_publisher: Some(per),
+        rate: None,
+    };
     let (published, secs) = mqtt::publish(run_id, target, load, 3600.0).await?;
     let acked: u64 = published.iter().map(|p| p.acked_count).sum();
     eprintln!("backlog of {acked} acknowledged in {secs:.1} s; starting the upstream");

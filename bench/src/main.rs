@@ -57,6 +57,19 @@ enum Scenario {
         #[arg(long, value_delimiter = ',', default_values_t = [32, 1000])]
         sensors: Vec<usize>,
     },
+    /// MQTT forwarding at offered rates (paced): gatewayd vs a mosquitto bridge, each pinned to
+    /// one core, the load on the other.
+    MqttPaced {
+        /// Offered msg/s over all publishers (comma separated).
+        #[arg(long, value_delimiter = ',', default_values_t = [20_000.0, 50_000.0, 80_000.0, 100_000.0, 130_000.0])]
+        rates: Vec<f64>,
+        #[arg(long, default_value_t = 10)]
+        publishers: usize,
+        #[arg(long, default_value_t = 32)]
+        window: usize,
+        #[arg(long, default_value_t = 100)]
+        size: usize,
+    },
     /// Draining a backlog taken in while the upstream was down.
     Drain {
         #[arg(long, default_value_t = 1_000_000)]
@@ -118,6 +131,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Scenario::Coap { sensors } => {
             tokio::task::spawn_blocking(move || coap::scenario(&coap_dir, secs, &sensors)).await??
+        }
+        Scenario::MqttPaced { rates, publishers, window, size } => {
+            mqtt::paced(d, secs, &rates, publishers, window, size).await?
         }
         Scenario::Drain { messages } => drain::scenario(d, messages).await?,
         Scenario::Footprint { devices, sensors } => {

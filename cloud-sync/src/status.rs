@@ -126,6 +126,17 @@ impl UplinkStatus {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Records the cloud accepted since start (cheap: one atomic load).
+    pub fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
+    }
+
+    /// Whether the cloud is reachable now (the last request reached it, or the MQTT
+    /// connection is up).
+    pub fn is_connected(&self) -> bool {
+        self.lock().state == UplinkState::Connected
+    }
+
     pub fn record_sent(&self) {
         self.sent.fetch_add(1, Ordering::Relaxed);
         let mut inner = self.lock();

@@ -404,6 +404,15 @@ async fn process<A: Authenticate, I: Ingest, C: CommandSource>(
     if let Err(refusal) = publish.check_json() {
         return Answer::Refused(refusal);
     }
+    if services.ingest.pressure().is_on() {
+        // flow control: the uplink lags behind; the sensor tries again after Max-Age
+        Counters::add(&services.counters.slowed);
+        let secs = u32::try_from(gw_model::Pressure::RETRY_AFTER.as_secs()).unwrap_or(1);
+        return Answer::Refused(
+            Refusal::new(ResponseType::ServiceUnavailable, "busy: forwarding lags behind")
+                .retry_after(secs),
+        );
+    }
     let telemetry = Telemetry {
         app: identity.app().clone(),
         device: identity.device().clone(),

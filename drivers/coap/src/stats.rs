@@ -55,6 +55,9 @@ counters! {
     too_large,
     /// Messages refused because the outbox was full (5.03).
     quota_exceeded,
+    /// Messages refused while forwarding lagged behind (flow control, `[store] max_lag`: 5.03
+    /// with Max-Age).
+    slowed,
     /// Messages the outbox could not take for another reason (5.03).
     unavailable,
     /// Answers sent as separate responses after an empty ACK.

@@ -49,6 +49,8 @@ use crate::{
 };
 
 /// How long a closing connection may take to flush its last packets.
+/// How often a connection whose reading is paused by flow control looks again.
+const PRESSURE_POLL: Duration = Duration::from_millis(10);
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The southbound MQTT endpoint: bound listeners, ready to [`run`](MqttEndpoint::run).
@@ -485,10 +487,17 @@ impl<A: Authenticate, I: Ingest> Conn<A, I> {
                 let _ = tokio::time::timeout(CLOSE_TIMEOUT, wr.shutdown()).await;
                 return;
             }
-            let wants_read = session.wants_read();
+            // flow control: while the uplink lags, no new packets are read (the client's TCP
+            // window fills and its publishes wait); the keep-alive does not count meanwhile
+            let pressing = shared.ingest.pressure().is_on() && session.is_connected();
+            let wants_read = session.wants_read() && !pressing;
             let accepts_commands = session.accepts_commands();
-            let deadline = session.next_deadline();
+            let deadline = if pressing { None } else { session.next_deadline() };
             pending.extend(tokio::select! {
+                () = tokio::time::sleep(PRESSURE_POLL), if pressing => {
+                    session.resumed(Instant::now());
+                    Vec::new()
+                }
                 r = read_packet(&mut rd, &mut buf, &codec), if wants_read => {
                     let now = Instant::now();
                     match r {

@@ -167,6 +167,18 @@ async fn handle<A: Authenticate, I: Ingest, C: CommandSource>(
         command_wait,
     };
     let device = telemetry.device.clone();
+    if state.ingest.pressure().is_on() {
+        // flow control: the uplink lags behind; the sensor tries again after Retry-After
+        let secs = gw_model::Pressure::RETRY_AFTER.as_secs().to_string();
+        let body =
+            json!({"code":503,"error":"Busy","message":"forwarding lags behind; retry later"});
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(axum::http::header::RETRY_AFTER, secs)],
+            Json(body),
+        )
+            .into_response();
+    }
     match state.ingest.publish(telemetry).await {
         Ok(()) => {
             let wait = command_wait.unwrap_or(Duration::ZERO).min(MAX_COMMAND_WAIT);

@@ -27,6 +27,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod demo;
+pub mod flow;
 pub mod http_endpoint;
 pub mod logging;
 pub mod provision_cli;

@@ -346,6 +346,38 @@ impl Gateway {
             };
             let mut uplink = commands(uplink, intake.clone());
             controls.parked = Some((outbox.reader().acker(), uplink.status()));
+            if !config.store.max_lag.is_zero() {
+                let (stop, outbox, status) =
+                    (supervisor.token().clone(), outbox.clone(), uplink.status());
+                let mut control = crate::flow::LagControl::new(config.store.max_lag);
+                supervisor.spawn("flow control", async move {
+                    let mut tick = tokio::time::interval(crate::flow::TICK);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    let mut last = tokio::time::Instant::now();
+                    loop {
+                        tokio::select! {
+                            _ = tick.tick() => {}
+                            () = stop.cancelled() => return Ok(()),
+                        }
+                        let now = tokio::time::Instant::now();
+                        let on = control.observe(
+                            now - last,
+                            outbox.records_queued(),
+                            status.sent(),
+                            status.is_connected(),
+                        );
+                        last = now;
+                        if gw_model::Ingest::pressure(&outbox).set(on) {
+                            tracing::debug!(
+                                slowing = on,
+                                bound = control.bound(),
+                                rate = control.rate() as u64,
+                                "flow control towards the sensors"
+                            );
+                        }
+                    }
+                });
+            }
             let restart = Arc::new(tokio::sync::Notify::new());
             controls.restart_uplink = Some(Arc::clone(&restart));
             let (stop, outbox, intake) =

@@ -518,3 +518,68 @@ async fn the_drogue_http_uplink_adds_the_receive_time_to_json_objects_when_asked
     let arrived = parse_time(&events[0].time);
     assert!(arrived.duration_since(at).unwrap() >= held, "{arrived:?} {at:?}");
 }
+
+/// Flow control (`[store] max_lag`): with the cloud reachable but slow, a sensor publishing
+/// faster than the uplink forwards is slowed (its publishes wait in TCP) instead of the
+/// backlog growing without bound; HTTP senders get 503 with Retry-After meanwhile. Once the
+/// cloud keeps up again everything arrives, in order, and nobody is slowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_uplink_slows_the_sensors_instead_of_growing_the_backlog() {
+    if !have_mosquitto_clients() {
+        return;
+    }
+    const N: u64 = 4000;
+    let cloud = common::cloud_with(APP, &["sensor1"]).await;
+    cloud.faults().set_publish_delay(Some(Duration::from_millis(2)));
+    let dir = tempfile::tempdir().unwrap();
+    let section = format!(
+        "[cloud]\nkind = \"drogue-http\"\nurl = {:?}\npassword = \"gw-secret\"\nconcurrency = 4\n\
+         retry_min = \"50ms\"\nretry_max = \"200ms\"",
+        cloud.url()
+    );
+    let cfg = config_with_cloud(dir.path(), &section);
+    let text = std::fs::read_to_string(&cfg).unwrap() + "\n[store]\nmax_lag = \"1s\"\n";
+    let cfg = write(dir.path(), "gatewayd.toml", &text);
+    let gw = Running::start(&cfg, None);
+    let web = gw.web_addr();
+    let port = gw.listener_addr("mqtt").rsplit_once(':').unwrap().1.to_owned();
+    let publisher = std::thread::spawn(move || mosquitto_pub_lines(&port, 0, N));
+    let client = reqwest::Client::new();
+    let (mut most, mut slowed, mut busy) = (0u64, false, None);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !publisher.is_finished() {
+        assert!(Instant::now() < deadline, "the publisher never finished");
+        let s = status(&client, &web).await;
+        most = most.max(s["outbox"]["records_queued"].as_u64().unwrap());
+        if s["outbox"]["slowing_senders"] == true {
+            slowed = true;
+            if busy.is_none() {
+                let r = client
+                    .post(format!("http://{web}/v1/other"))
+                    .basic_auth("sensor1@my-app", Some("pw1"))
+                    .body("1")
+                    .send()
+                    .await
+                    .unwrap();
+                let retry = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_owned());
+                busy = Some((r.status().as_u16(), retry));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    publisher.join().unwrap();
+    assert!(slowed, "flow control never slowed the sensor (backlog peaked at {most})");
+    // the bound is 1,000 records (one sensor's records go one at a time: a few hundred per
+    // second), plus what arrives between two looks of the controller
+    assert!(most < 3000, "the backlog grew to {most} of {N} records");
+    if let Some((code, retry)) = busy {
+        // an HTTP publish that raced the end of the pressure is taken (202)
+        assert!(code == 503 && retry.as_deref() == Some("1") || code == 202, "{code} {retry:?}");
+    }
+    cloud.faults().set_publish_delay(None);
+    let got = common::wait_numbers(&cloud, "seq", N as usize).await;
+    common::assert_in_order(&got, N, "slowed mosquitto_pub -l");
+    let s = status(&client, &web).await;
+    assert_eq!(s["outbox"]["slowing_senders"], false, "{}", s["outbox"]);
+    eprintln!("backlog peaked at {most} records under flow control");
+}

@@ -36,5 +36,5 @@ pub use message::{Command, Telemetry, Timestamp, is_json_content_type};
 pub use serde_util::ByteSize;
 pub use southbound::{
     AuthOutcome, Authenticate, CommandOutcome, CommandSink, CommandSource, Ingest, IngestError,
-    KnownDevices,
+    KnownDevices, Pressure,
 };

@@ -30,6 +30,44 @@ pub enum IngestError {
 pub trait Ingest: Send + Sync + 'static {
     fn publish(&self, telemetry: Telemetry)
     -> impl Future<Output = Result<(), IngestError>> + Send;
+
+    /// Whether senders should be slowed now (see [`Pressure`]); never, by default.
+    fn pressure(&self) -> &Pressure {
+        &NO_PRESSURE
+    }
+}
+
+/// Flow control towards the sensors. The daemon turns it on while the records waiting for a
+/// *connected* cloud exceed `[store] max_lag` of forwarding and keep growing (the uplink
+/// falls behind the sensors), and off once they shrink, or the cloud is unreachable (then
+/// store-and-forward takes everything up to the quota). While it is on, drivers slow their
+/// senders instead of queueing more: MQTT stops reading (the sensors' TCP windows fill, their
+/// publishes wait), CoAP answers 5.03 with Max-Age, HTTP 503 with Retry-After. Nothing already
+/// acknowledged is affected.
+#[derive(Debug, Default)]
+pub struct Pressure {
+    on: std::sync::atomic::AtomicBool,
+}
+
+/// The pressure of an [`Ingest`] that never pushes back.
+pub static NO_PRESSURE: Pressure = Pressure::new();
+
+impl Pressure {
+    /// How long a refused CoAP or HTTP sender is asked to wait (Max-Age, Retry-After).
+    pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+
+    pub const fn new() -> Self {
+        Self { on: std::sync::atomic::AtomicBool::new(false) }
+    }
+
+    pub fn is_on(&self) -> bool {
+        self.on.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sets it; returns whether that changed it.
+    pub fn set(&self, on: bool) -> bool {
+        self.on.swap(on, std::sync::atomic::Ordering::Relaxed) != on
+    }
 }
 
 /// The outcome of a login attempt.

@@ -7,6 +7,7 @@
 //! sync = "always"           # always (ack after fdatasync) | interval (ack after write)
 //! sync_interval = "1s"      # with sync = "interval": how often to fdatasync
 //! max_age = "0s"            # drop records waiting longer than this; 0s: keep them all
+//! max_lag = "2s"            # flow control while the cloud is up; 0s: none
 //! ```
 
 use std::time::Duration;
@@ -37,7 +38,17 @@ pub struct StoreConfig {
     /// limit, `[cloud] parked_max_age`.
     #[serde(with = "gw_model::serde_util::duration")]
     pub max_age: Duration,
+    /// Flow control while the cloud is reachable: when more records wait than the uplink
+    /// forwards in this long (and at least [`MIN_LAG_RECORDS`]), and they keep growing, the
+    /// sensors are slowed (MQTT reading pauses, CoAP 5.03 with Max-Age, HTTP 503 with
+    /// Retry-After) until the backlog is back within it. While the cloud is unreachable
+    /// nothing is slowed: store-and-forward takes everything up to `max_bytes`. `0s`: never.
+    #[serde(with = "gw_model::serde_util::duration")]
+    pub max_lag: Duration,
 }
+
+/// Flow control never starts for fewer records waiting than this, however slow the uplink.
+pub const MIN_LAG_RECORDS: u64 = 1000;
 
 impl Default for StoreConfig {
     fn default() -> Self {
@@ -47,6 +58,7 @@ impl Default for StoreConfig {
             sync: SyncPolicy::Always,
             sync_interval: Duration::from_secs(1),
             max_age: Duration::ZERO,
+            max_lag: Duration::from_secs(2),
         }
     }
 }

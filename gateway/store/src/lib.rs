@@ -51,7 +51,7 @@ mod shared;
 mod space;
 
 pub use commands::{CommandQueue, QueueLimits, QueueStats, QueuedCommand, Taken};
-pub use config::{ByteSize, StoreConfig, SyncPolicy, WhenFull};
+pub use config::{ByteSize, MIN_LAG_RECORDS, StoreConfig, SyncPolicy, WhenFull};
 pub use error::StoreError;
 pub use faults::{Fault, FaultPlan, FaultPoint};
 pub use outbox::{Outbox, Seq};

@@ -157,6 +157,7 @@ impl Outbox {
             counters: Counters::default(),
             failure: Mutex::new(None),
             rejected: Mutex::default(),
+            pressure: gw_model::Pressure::new(),
         });
         Counters::add(&shared.counters.disk_bytes, disk_bytes);
         Counters::add(&shared.counters.corrupt_skipped, corrupt);
@@ -246,6 +247,11 @@ impl Outbox {
     }
 
     /// Counters for the status page.
+    /// Records not yet acknowledged by the cloud (cheap: the index's counter).
+    pub fn records_queued(&self) -> u64 {
+        lock(&self.handle.shared.index).live_records()
+    }
+
     pub fn stats(&self) -> OutboxStats {
         let shared = &self.handle.shared;
         let c = &shared.counters;
@@ -284,6 +290,7 @@ impl Outbox {
             segments_skipped: Counters::get(&c.segments_skipped),
             rejected_disk_full: Counters::get(&c.rejected_disk_full),
             oldest_age_seconds: None,
+            slowing_senders: shared.pressure.is_on(),
             devices,
         };
         drop(idx);
@@ -300,6 +307,10 @@ impl Outbox {
 /// The outbox is where southbound drivers hand their messages: `publish` resolves once the
 /// record is committed per the sync policy.
 impl gw_model::Ingest for Outbox {
+    fn pressure(&self) -> &gw_model::Pressure {
+        &self.handle.shared.pressure
+    }
+
     async fn publish(&self, telemetry: Telemetry) -> Result<(), gw_model::IngestError> {
         use gw_model::IngestError;
         match self.append(&telemetry).await {

@@ -157,6 +157,8 @@ pub(crate) struct Shared {
     /// The seq ranges of the latest batches refused because the disk was full (inclusive),
     /// newest last, at most [`REJECTED_KEPT`].
     pub rejected: Mutex<std::collections::VecDeque<(u64, u64)>>,
+    /// Flow control towards the sensors (`[store] max_lag`), set by the daemon.
+    pub pressure: gw_model::Pressure,
 }
 
 /// Refused ranges remembered for producers still to look: a producer would have to sleep

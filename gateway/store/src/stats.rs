@@ -68,6 +68,8 @@ pub struct OutboxStats {
     /// How long ago the gateway received the oldest record not yet acknowledged; none when
     /// nothing waits or its receive time is from a clock that was not set.
     pub(crate) oldest_age_seconds: Option<u64>,
+    /// Whether flow control slows the sensors now (`[store] max_lag`).
+    pub(crate) slowing_senders: bool,
     pub(crate) devices: Vec<DeviceStats>,
 }
 

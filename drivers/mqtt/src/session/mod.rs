@@ -274,6 +274,19 @@ impl Session {
         }
     }
 
+    /// Whether the client logged in (CONNACK sent) and the session is live.
+    pub fn is_connected(&self) -> bool {
+        matches!(self.state, State::Connected(_))
+    }
+
+    /// The connection loop did not read for a while by its own choice (flow control): the
+    /// keep-alive counts from `now`, not from the last packet.
+    pub fn resumed(&mut self, now: Instant) {
+        if let State::Connected(live) = &mut self.state {
+            live.last_rx = live.last_rx.max(now);
+        }
+    }
+
     /// Whether the session has a command subscription.
     pub fn is_subscribed(&self) -> bool {
         matches!(&self.state, State::Connected(live) if !live.subscriptions.is_empty())

@@ -157,6 +157,10 @@ impl<I> Tracked<I> {
 }
 
 impl<I: Ingest> Ingest for Tracked<I> {
+    fn pressure(&self) -> &gw_model::Pressure {
+        self.inner.pressure()
+    }
+
     async fn publish(&self, telemetry: Telemetry) -> Result<(), IngestError> {
         let started = Instant::now();
         let device = Identity::new(telemetry.app.clone(), telemetry.device.clone());
