@@ -783,9 +783,12 @@ pub async fn paced(
     size: usize,
 ) -> anyhow::Result<()> {
     pin(std::process::id(), 1)?;
-    let (up, up_addr) = upstream(dir, "paced-upstream")?;
-    pin(up.pid(), 1)?;
-    let counts = subscriber(up_addr, "bench/#").await?;
+    // the upstream is a counting MQTT server in this process (CPU 1): cheaper than a mosquitto
+    // with a subscriber, so the load's core is not what limits the forwarders
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let up_addr = listener.local_addr()?;
+    let counts = Shared::default();
+    counting_server(listener, &counts);
     let gw = gatewayd(
         dir,
         "paced-gatewayd",
@@ -794,13 +797,16 @@ pub async fn paced(
         "\n[store]\nmax_bytes = \"8GiB\"\nsync = \"always\"\n",
     )?;
     pin(gw.proc.pid(), 0)?;
-    let (br, br_addr) = bridge(dir, "paced-bridge", up_addr, "")?;
+    // the bridge queues without limit (mosquitto drops beyond 1,000 queued messages by
+    // default), so that its lossless rate is its forwarding capacity
+    let (br, br_addr) =
+        bridge(dir, "paced-bridge", up_addr, "max_queued_messages 0\nmax_inflight_messages 0\n")?;
     pin(br.pid(), 0)?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     println!(
         "\n## MQTT QoS 1 forwarding, paced\n\n{publishers} publishers × {window} in flight, \
          {size}-byte payloads, {secs} s per cell; gatewayd and the mosquitto bridge each pinned \
-         to CPU 0, load, upstream mosquitto and its counting subscriber on CPU 1. CPU = the \
+         to CPU 0, the load and a counting upstream MQTT server (this process) on CPU 1. CPU = the \
          forwarder's own user + system time; latency = publisher's send → arrival upstream."
     );
     let table = Table::new(

@@ -240,6 +240,25 @@ async fn order_holds_across_a_cloud_outage_and_a_gateway_restart() {
     assert_eq!(sorted, (0..2 * N).collect::<Vec<_>>(), "every message arrived");
 }
 
+/// `mosquitto_sub` on `site/#` (QoS 1) of `upstream` with `extra` arguments, once mosquitto
+/// logged the subscription; its stdout is piped.
+async fn site_subscriber(upstream: &broker::Mosquitto, extra: &[&str]) -> tokio::process::Child {
+    let sub = tokio::process::Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &upstream.addr.port().to_string(), "-q", "1"])
+        .args(["-t", "site/#"])
+        .args(extra)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !upstream.log().contains("site/#") {
+        assert!(Instant::now() < deadline, "mosquitto_sub did not subscribe");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sub
+}
+
 /// The gateway of [`config`] with `cloud` as its `[cloud]` section instead.
 fn config_with_cloud(dir: &Path, cloud: &str) -> String {
     let path = config(dir, "http://unused");
@@ -293,18 +312,7 @@ async fn order_holds_into_the_drogue_mqtt_and_the_generic_mqtt_uplink() {
     // any MQTT broker: a real mosquitto, read with mosquitto_sub
     let site_dir = tempfile::tempdir().unwrap();
     let upstream = broker::Mosquitto::start(site_dir.path(), "allow_anonymous true\nlog_type all");
-    let mut sub = tokio::process::Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &upstream.addr.port().to_string(), "-q", "1"])
-        .args(["-t", "site/#", "-C", &N.to_string(), "-W", "30"])
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !upstream.log().contains("site/#") {
-        assert!(Instant::now() < deadline, "mosquitto_sub did not subscribe");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let mut sub = site_subscriber(&upstream, &["-C", &N.to_string(), "-W", "30"]).await;
     let dir = tempfile::tempdir().unwrap();
     let section = format!(
         "[cloud]\nkind = \"mqtt\"\nurl = {:?}\ntopic = \"site/{{app}}/{{device}}/{{channel}}\"\nretry_min = \"50ms\"",
@@ -423,19 +431,9 @@ async fn a_reading_stored_during_an_outage_reaches_an_mqtt5_upstream_with_its_re
         &format!("allow_anonymous true\npassword_file {}\nlog_type all", passwords.display()),
     );
     let outage = outage();
-    let sub = tokio::process::Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &upstream.addr.port().to_string(), "-V", "mqttv5"])
-        .args(["-q", "1", "-t", "site/#", "-F", "%P|%p", "-C", "1"])
-        .args(["-W", &(outage.as_secs() + 60).to_string()])
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !upstream.log().contains("site/#") {
-        assert!(Instant::now() < deadline, "mosquitto_sub did not subscribe");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let wait = (outage.as_secs() + 60).to_string();
+    let sub =
+        site_subscriber(&upstream, &["-V", "mqttv5", "-F", "%P|%p", "-C", "1", "-W", &wait]).await;
     let dir = tempfile::tempdir().unwrap();
     let section = format!(
         "[cloud]\nkind = \"mqtt\"\nprotocol = \"5\"\nurl = {:?}\nusername = \"gw\"\npassword = \"pw\"\n\
