@@ -332,6 +332,7 @@ impl Gateway {
                         "uptime_seconds": started.elapsed().as_secs(),
                         "outbox_records": stats.records_queued(),
                         "outbox_bytes": stats.bytes_queued(),
+                        "outbox_oldest_age_seconds": stats.oldest_age_seconds(),
                         "mqtt_sessions": mqtt.as_ref().map(|m| m.snapshot().sessions),
                     })
                 })

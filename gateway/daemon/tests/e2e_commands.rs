@@ -678,6 +678,10 @@ async fn the_gateways_own_commands_reach_it_over_every_uplink_kind() {
                 .unwrap();
             assert_eq!(beat.device.as_deref(), Some("gw1"));
             assert!(beat.data.as_ref().is_some_and(|d| d["outbox_records"].is_u64()), "{beat:?}");
+            assert!(
+                beat.data.as_ref().is_some_and(|d| d.get("outbox_oldest_age_seconds").is_some()),
+                "{beat:?}"
+            );
         }
         // through the dev cloud's command API, addressed to the gateway device
         assert_eq!(site.send("gw1", "resync", "").await, 202, "{uplink:?}");
