@@ -1,8 +1,11 @@
 //! The thin socket loop: TCP (and optional TLS) listeners, one task per connection that reads
 //! packets, feeds them to the pure [`Session`], and carries out its [`Action`]s (write
-//! packets, authenticate, ingest, register, close). Ingest requests run as their own tasks so
-//! a message handed over is committed even when its connection goes away; the endpoint's
-//! [`MqttEndpoint::run`] returns once every connection and ingest task has finished.
+//! packets, authenticate, ingest, register, close). Packets already buffered are handled one
+//! after the other without waiting; each publish is handed to the outbox at once, in arrival
+//! order, and its wait for the commit joins the connection's queue, answered in order (one
+//! write carries the PUBACKs of one commit). A message handed over is committed even when its
+//! connection goes away; the endpoint's [`MqttEndpoint::run`] returns once every connection
+//! (and the last will tasks) has finished.
 //!
 //! Limits: a connection that has not logged in holds a slot of a pool of its own
 //! (`max_unauthenticated`, at most `max_unauthenticated_per_address` per source address): a
@@ -29,7 +32,8 @@ use std::{
 };
 
 use bytes::BytesMut;
-use gw_model::{AppId, Authenticate, Ingest, Timestamp};
+use futures_util::{FutureExt, StreamExt, stream::FuturesOrdered};
+use gw_model::{AppId, Authenticate, Ingest, IngestError, Timestamp};
 use gw_net::{Heartbeat, Slot, Slots, Throttle};
 use rustls::pki_types::CertificateDer;
 use tokio::{
@@ -45,8 +49,12 @@ use crate::{
     io::{read_connect, read_packet},
     packet::{ConnAck, ConnectCode, Packet, Version},
     registry::{Commands, Registry, Stats},
-    session::{Action, ClientCertificate, CloseReason, Session, SessionConfig},
+    session::{Action, ClientCertificate, CloseReason, IngestToken, Session, SessionConfig},
 };
+
+/// A publish handed to the outbox, resolving when it is committed.
+type Pending =
+    std::pin::Pin<Box<dyn Future<Output = (IngestToken, Result<(), IngestError>)> + Send>>;
 
 /// How long a closing connection may take to flush its last packets.
 /// How often a connection whose reading is paused by flow control looks again.
@@ -348,7 +356,8 @@ impl<A: Authenticate, I: Ingest> Conn<A, I> {
             }
         };
 
-        let (results_tx, mut results_rx) = mpsc::channel(shared.session.max_inflight + 1);
+        // publishes handed to the outbox, waiting for their commit, in arrival order
+        let mut waiting: FuturesOrdered<Pending> = FuturesOrdered::new();
         let kick = self.token.child_token();
         let revoked = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut registered = None;
@@ -421,28 +430,25 @@ impl<A: Authenticate, I: Ingest> Conn<A, I> {
                         registered = Some((identity, reg.subscribed));
                     }
                     Action::Ingest { token, telemetry } => {
-                        let (ingest, tx) = (shared.ingest.clone(), results_tx.clone());
-                        let registry = shared.registry.clone();
                         // The first poll hands the record to the outbox (its seq is taken
                         // then): done here, in the order the connection's publishes arrived,
-                        // so a sensor's messages keep their order (a spawned task may first
-                        // run after one spawned later). Only the wait for durability runs
-                        // apart, and its poll from the task replaces the no-op waker.
-                        let mut publish = Box::pin(async move { ingest.publish(telemetry).await });
+                        // so a sensor's messages keep their order. The wait for durability
+                        // stays in this connection's queue, answered in order; no task or
+                        // channel per message.
+                        let ingest = Arc::clone(&shared.ingest);
+                        let mut publish: Pending = Box::pin(async move {
+                            let result = ingest.publish(telemetry).await;
+                            (token, result)
+                        });
                         let first = publish
                             .as_mut()
                             .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
-                        shared.tasks.spawn(async move {
-                            let result = match first {
-                                std::task::Poll::Ready(result) => result,
-                                std::task::Poll::Pending => publish.await,
-                            };
-                            if result.is_ok() {
-                                registry.counters.publishes.fetch_add(1, Ordering::Relaxed);
+                        match first {
+                            std::task::Poll::Ready(done) => {
+                                waiting.push_back(Box::pin(std::future::ready(done)));
                             }
-                            // the connection may be gone: then nobody waits for the answer
-                            let _ = tx.send((token, result)).await;
-                        });
+                            std::task::Poll::Pending => waiting.push_back(publish),
+                        }
                     }
                     Action::PublishWill(telemetry) => {
                         let ingest = shared.ingest.clone();
@@ -483,6 +489,16 @@ impl<A: Authenticate, I: Ingest> Conn<A, I> {
                 }
             }
             if let Some(reason) = closing {
+                // what was handed to the outbox is committed even though nobody will hear of
+                // it: wait (briefly) so that it is counted and the endpoint's end covers it
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                    while let Some((_, result)) = waiting.next().await {
+                        if result.is_ok() {
+                            counters.publishes.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+                .await;
                 self.finish(reason, registered.as_ref().map(|(id, _)| id));
                 let _ = tokio::time::timeout(CLOSE_TIMEOUT, wr.shutdown()).await;
                 return;
@@ -491,6 +507,24 @@ impl<A: Authenticate, I: Ingest> Conn<A, I> {
             // window fills and its publishes wait); the keep-alive does not count meanwhile
             let pressing = shared.ingest.pressure().is_on() && session.is_connected();
             let wants_read = session.wants_read() && !pressing;
+            // packets already buffered are handled without a trip through the select: a read's
+            // worth of publishes is handed to the outbox in one go
+            if wants_read {
+                match codec.decode(&mut buf) {
+                    Ok(Some(packet)) => {
+                        pending.extend(session.handle_packet(packet, Instant::now()));
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        if BAD_FRAME.allow(Some(self.peer.ip())) {
+                            tracing::info!(peer = %self.peer, cause = %e, "MQTT bad frame");
+                        }
+                        pending.extend(session.bad_frame(&e, Instant::now()));
+                        continue;
+                    }
+                }
+            }
             let accepts_commands = session.accepts_commands();
             let deadline = if pressing { None } else { session.next_deadline() };
             pending.extend(tokio::select! {
@@ -513,8 +547,14 @@ impl<A: Authenticate, I: Ingest> Conn<A, I> {
                         }
                     }
                 }
-                Some((token, result)) = results_rx.recv() => {
-                    session.ingest_done(token, result, Instant::now())
+                Some((token, result)) = waiting.next(), if !waiting.is_empty() => {
+                    let now = Instant::now();
+                    let mut done = self.ingested(&mut session, token, result, now);
+                    // one commit answers many: their PUBACKs go out in one write
+                    while let Some(Some((token, result))) = waiting.next().now_or_never() {
+                        done.extend(self.ingested(&mut session, token, result, now));
+                    }
+                    done
                 }
                 Some(cmd) = recv(&mut commands), if accepts_commands => {
                     session.command(&cmd.name, cmd.payload, cmd.receipt)
@@ -531,6 +571,20 @@ impl<A: Authenticate, I: Ingest> Conn<A, I> {
                 }
             });
         }
+    }
+
+    /// A publish's commit (or refusal) came back: counted, then told to the session.
+    fn ingested(
+        &self,
+        session: &mut Session,
+        token: IngestToken,
+        result: Result<(), IngestError>,
+        now: Instant,
+    ) -> Vec<Action> {
+        if result.is_ok() {
+            self.shared.registry.counters.publishes.fetch_add(1, Ordering::Relaxed);
+        }
+        session.ingest_done(token, result, now)
     }
 
     /// Counts and logs the end of a session and leaves the registry.

@@ -192,6 +192,7 @@ impl Committer {
         }
         let outcome = match result {
             Ok(()) => {
+                self.keep_recent(&metas);
                 self.file_records(&metas, metas.len());
                 Ok(())
             }
@@ -259,6 +260,15 @@ impl Committer {
             self.reset_reserve();
         }
         Ok(())
+    }
+
+    /// Hands a copy of the committed records' bytes to the read cache, before the reader
+    /// hears of them, so the uplink decodes them from memory.
+    fn keep_recent(&self, metas: &[Meta]) {
+        let Some(last) = metas.last() else { return };
+        let end = (last.start as usize + last.len as usize).min(self.batch.buf.len());
+        let bytes = self.batch.buf[..end].to_vec();
+        lock(&self.shared.recent).insert(bytes, metas.iter().map(|m| (m.seq, m.start, m.len)));
     }
 
     /// Files the first `n` records of the batch in the index and tells their producers.

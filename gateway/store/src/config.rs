@@ -45,6 +45,10 @@ pub struct StoreConfig {
     /// nothing is slowed: store-and-forward takes everything up to `max_bytes`. `0s`: never.
     #[serde(with = "gw_model::serde_util::duration")]
     pub max_lag: Duration,
+    /// Memory for the latest committed records, which the uplink takes from there instead of
+    /// reading them back from their segments. A backlog larger than this (an outage, a slow
+    /// cloud) and everything after a restart is read from disk. `0B`: always from disk.
+    pub read_cache: ByteSize,
 }
 
 /// Flow control never starts for fewer records waiting than this, however slow the uplink.
@@ -59,6 +63,7 @@ impl Default for StoreConfig {
             sync_interval: Duration::from_secs(1),
             max_age: Duration::ZERO,
             max_lag: Duration::from_secs(2),
+            read_cache: ByteSize::new(4 * 1024 * 1024),
         }
     }
 }

@@ -30,6 +30,8 @@
 //! - `dirlock`: the directory lock (`LOCK`, flock, holder's pid).
 //! - `space`: the free-space clamp of `max_bytes`.
 //! - `index`: the in-memory index: per-device queues, round-robin, in-flight, parked.
+//! - `recent`: the latest commits' records in memory (`read_cache`), so the uplink does not
+//!   read what was just written back from disk.
 //! - `shared`: state shared between producers, the committer and the reader.
 
 pub mod commands;
@@ -45,6 +47,7 @@ mod committer;
 mod dirlock;
 mod format;
 mod index;
+mod recent;
 mod recover;
 mod reserve;
 mod shared;

@@ -153,6 +153,9 @@ impl Outbox {
             wake: Condvar::new(),
             progress,
             index: Mutex::new(index),
+            recent: Mutex::new(crate::recent::Recent::new(
+                usize::try_from(config.read_cache.bytes()).unwrap_or(usize::MAX),
+            )),
             deliverable: Notify::new(),
             counters: Counters::default(),
             failure: Mutex::new(None),
@@ -289,6 +292,7 @@ impl Outbox {
             corrupt_skipped: Counters::get(&c.corrupt_skipped),
             segments_skipped: Counters::get(&c.segments_skipped),
             rejected_disk_full: Counters::get(&c.rejected_disk_full),
+            records_read_back: Counters::get(&c.read_back),
             oldest_age_seconds: None,
             slowing_senders: shared.pressure.is_on(),
             devices,

@@ -10,6 +10,7 @@ use crate::{
     format::{self, KIND_DATA},
     index::Picked,
     outbox::Handle,
+    recent::Hot,
     shared::{Counters, Run, Shared, lock},
 };
 
@@ -73,8 +74,16 @@ impl OutboxReader {
         }
     }
 
-    /// Reads the picked records from their segments (page cache, usually) off the runtime.
+    /// Decodes the picked records from the read cache where they still are; the others are
+    /// read from their segments (page cache, usually) off the runtime.
     async fn read(&self, picked: Vec<Picked>) -> Result<Vec<(Seq, Telemetry)>, StoreError> {
+        let hot: Vec<Option<Hot>> = {
+            let mut recent = lock(&self.shared().recent);
+            picked.iter().map(|p| recent.take(p.pos.seq)).collect()
+        };
+        if hot.iter().all(Option::is_some) {
+            return Ok(read_hot(self.shared(), picked, hot));
+        }
         let seqs: Vec<u64> = picked.iter().map(|p| p.pos.seq).collect();
         let shared = Arc::clone(&self.acker.handle.shared);
         let reading = tokio::task::spawn_blocking(move || read_records(&shared, picked)).await;
@@ -245,11 +254,32 @@ impl Acker {
     }
 }
 
+/// Decodes records from the read cache (they were checked as they were written).
+fn read_hot(shared: &Shared, picked: Vec<Picked>, hot: Vec<Option<Hot>>) -> Vec<(Seq, Telemetry)> {
+    let mut out = Vec::with_capacity(picked.len());
+    let mut damaged = Vec::new();
+    for (p, h) in picked.iter().zip(hot) {
+        let seq = p.pos.seq;
+        let decoded = h.and_then(|h| {
+            format::parse_at(&h.buf[..h.start + h.len], h.start, seq - 1)
+                .filter(|f| f.seq == seq && f.kind == KIND_DATA)
+                .and_then(|f| format::decode_telemetry(f.body))
+        });
+        match decoded {
+            Some(t) => out.push((Seq::new(seq), t)),
+            None => damaged.push(seq),
+        }
+    }
+    skip_damaged(shared, damaged);
+    out
+}
+
 /// Reads and checks each record; a damaged one is skipped, counted and treated as resolved.
 fn read_records(shared: &Shared, picked: Vec<Picked>) -> Result<Vec<(Seq, Telemetry)>, StoreError> {
     let mut out = Vec::with_capacity(picked.len());
     let mut buf = Vec::new();
     let mut damaged = Vec::new();
+    Counters::add(&shared.counters.read_back, picked.len() as u64);
     for p in picked {
         buf.resize(p.pos.len as usize, 0);
         let seq = p.pos.seq;
@@ -261,13 +291,19 @@ fn read_records(shared: &Shared, picked: Vec<Picked>) -> Result<Vec<(Seq, Teleme
             .and_then(|f| format::decode_telemetry(f.body));
         match decoded {
             Some(t) => out.push((Seq::new(seq), t)),
-            None => {
-                warn!(seq, "outbox record damaged on disk; skipped");
-                damaged.push(seq);
-            }
+            None => damaged.push(seq),
         }
     }
+    skip_damaged(shared, damaged);
+    Ok(out)
+}
+
+/// Records that do not decode are resolved (never sent), counted and logged.
+fn skip_damaged(shared: &Shared, damaged: Vec<u64>) {
     if !damaged.is_empty() {
+        for &seq in &damaged {
+            warn!(seq, "outbox record damaged; skipped");
+        }
         let mut idx = lock(&shared.index);
         for &seq in &damaged {
             idx.ack(seq);
@@ -277,5 +313,4 @@ fn read_records(shared: &Shared, picked: Vec<Picked>) -> Result<Vec<(Seq, Teleme
         shared.persist_acks(damaged);
         shared.deliverable.notify_one();
     }
-    Ok(out)
 }

@@ -117,6 +117,8 @@ pub(crate) struct Counters {
     pub segments_skipped: AtomicU64,
     /// Records refused because the disk was full.
     pub rejected_disk_full: AtomicU64,
+    /// Records the reader read back from their segments (not from the read cache).
+    pub read_back: AtomicU64,
 }
 
 impl Counters {
@@ -150,6 +152,8 @@ pub(crate) struct Shared {
     pub wake: Condvar,
     pub progress: watch::Sender<Progress>,
     pub index: Mutex<Index>,
+    /// The latest committed records, for the reader (`[store] read_cache`).
+    pub recent: Mutex<crate::recent::Recent>,
     /// Signalled when a record may have become deliverable.
     pub deliverable: Notify,
     pub counters: Counters,

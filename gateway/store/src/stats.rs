@@ -65,6 +65,9 @@ pub struct OutboxStats {
     pub(crate) corrupt_skipped: u64,
     pub(crate) segments_skipped: u64,
     pub(crate) rejected_disk_full: u64,
+    /// Records handed to the uplink that were read back from their segments rather than
+    /// taken from the read cache (a backlog, a retry, a restart).
+    pub(crate) records_read_back: u64,
     /// How long ago the gateway received the oldest record not yet acknowledged; none when
     /// nothing waits or its receive time is from a clock that was not set.
     pub(crate) oldest_age_seconds: Option<u64>,
@@ -166,6 +169,11 @@ impl OutboxStats {
     /// Records refused because the disk was full (their senders were told so).
     pub fn rejected_disk_full(&self) -> u64 {
         self.rejected_disk_full
+    }
+    /// Records handed to the uplink that were read back from their segments, not taken from
+    /// the read cache (`[store] read_cache`): a backlog larger than it, a retry, a restart.
+    pub fn records_read_back(&self) -> u64 {
+        self.records_read_back
     }
     /// Devices with queued records, drops, or parked.
     pub fn devices(&self) -> &[DeviceStats] {

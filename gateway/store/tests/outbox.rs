@@ -427,3 +427,55 @@ async fn interval_sync_acks_after_write_and_syncs_later() {
     let (got, _) = reopen_and_drain(&dir).await;
     assert_eq!(got, (0..50).collect::<Vec<_>>());
 }
+
+/// What was just committed is handed to the uplink from memory; a nacked record, a backlog
+/// larger than `read_cache` and everything after a reopen are read back from the segments,
+/// identical either way.
+#[tokio::test]
+async fn just_committed_records_come_from_memory_and_the_rest_from_disk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = outbox_dir(&tmp);
+    let outbox = Outbox::open(&dir, &StoreConfig::default()).unwrap();
+    for n in 0..50 {
+        outbox.append(&telemetry("sensor1", n)).await.unwrap();
+    }
+    let mut reader = outbox.reader();
+    let batch = reader.next(20).await.unwrap();
+    assert_eq!(batch.len(), 20);
+    assert_eq!(batch[3].1, telemetry("sensor1", 3));
+    assert_eq!(outbox.stats().records_read_back(), 0, "taken from memory");
+    // a retry is read back from disk, the same record
+    for (seq, _) in &batch[1..] {
+        reader.ack(*seq);
+    }
+    reader.nack(batch[0].0);
+    let again = reader.next(1).await.unwrap();
+    assert_eq!(again[0], batch[0]);
+    assert_eq!(outbox.stats().records_read_back(), 1);
+    reader.ack(again[0].0);
+    drop(reader);
+    outbox.close().unwrap();
+
+    // after a reopen nothing is in memory
+    let outbox = Outbox::open(&dir, &StoreConfig::default()).unwrap();
+    let mut reader = outbox.reader();
+    let got = ns(&drain(&outbox, &mut reader).await);
+    assert_eq!(got, (20..50).collect::<Vec<_>>());
+    assert_eq!(outbox.stats().records_read_back(), 30);
+    drop(reader);
+    outbox.close().unwrap();
+
+    // a read cache smaller than one commit keeps nothing
+    let dir = tmp.path().join("tiny");
+    let config = StoreConfig { read_cache: gw_store::ByteSize::new(0), ..StoreConfig::default() };
+    let outbox = Outbox::open(&dir, &config).unwrap();
+    for n in 0..5 {
+        outbox.append(&telemetry("sensor1", n)).await.unwrap();
+    }
+    let mut reader = outbox.reader();
+    let got = reader.next(10).await.unwrap();
+    let want: Vec<_> = (0..5).map(|n| telemetry("sensor1", n)).collect();
+    assert_eq!(got.into_iter().map(|(_, t)| t).collect::<Vec<_>>(), want);
+    assert_eq!(outbox.stats().records_read_back(), 5);
+    outbox.close().unwrap();
+}
