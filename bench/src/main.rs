@@ -69,11 +69,18 @@ enum Scenario {
         window: usize,
         #[arg(long, default_value_t = 100)]
         size: usize,
+        /// The CPUs gatewayd may use (taskset's list); "0,1" gives it both cores, shared
+        /// with the load.
+        #[arg(long, default_value = "0")]
+        gatewayd_cpus: String,
     },
     /// Draining a backlog taken in while the upstream was down.
     Drain {
         #[arg(long, default_value_t = 1_000_000)]
         messages: usize,
+        /// Live msg/s (all publishers) that keep arriving while the backlog drains.
+        #[arg(long)]
+        live: Option<f64>,
     },
     /// Memory, start-up, reconnect storm and binary size.
     Footprint {
@@ -121,7 +128,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let cd = coap_dir.clone();
             tokio::task::spawn_blocking(move || coap::scenario(&cd, secs.max(3.0), &[32, 1000]))
                 .await??;
-            drain::scenario(d, 1_000_000).await?;
+            drain::scenario(d, 1_000_000, None).await?;
             footprint::scenario(d, 10_000, 1_000).await?;
             println!("\nall scenarios: {:.0} s", t0.elapsed().as_secs_f64());
         }
@@ -132,10 +139,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Scenario::Coap { sensors } => {
             tokio::task::spawn_blocking(move || coap::scenario(&coap_dir, secs, &sensors)).await??
         }
-        Scenario::MqttPaced { rates, publishers, window, size } => {
-            mqtt::paced(d, secs, &rates, publishers, window, size).await?
+        Scenario::MqttPaced { rates, publishers, window, size, gatewayd_cpus } => {
+            mqtt::paced(d, secs, &rates, publishers, window, size, &gatewayd_cpus).await?
         }
-        Scenario::Drain { messages } => drain::scenario(d, messages).await?,
+        Scenario::Drain { messages, live } => drain::scenario(d, messages, live).await?,
         Scenario::Footprint { devices, sensors } => {
             footprint::scenario(d, devices, sensors).await?
         }

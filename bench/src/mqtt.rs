@@ -80,13 +80,27 @@ pub struct Counts {
     pub run: u32,
     pub stale: u64,
     pub last_any: Option<Instant>,
-    seen: HashMap<u32, Vec<u64>>,
+    seen: HashMap<u32, Seen>,
     pub received: u64,
     pub duplicates: u64,
+    /// Arrivals with a lower sequence than one that arrived before them from the same
+    /// publisher (one device's order broken).
+    pub reordered: u64,
+    /// Sequences below this are a backlog's: [`Counts::backlog_last`] tracks them.
+    pub backlog_below: u32,
+    pub backlog_received: u64,
+    pub backlog_last: Option<Instant>,
     pub other: u64,
     pub first: Option<Instant>,
     pub last: Option<Instant>,
     pub latencies_us: Vec<u64>,
+}
+
+/// One publisher's arrivals: a bit per sequence, and the highest sequence so far.
+#[derive(Default)]
+struct Seen {
+    bits: Vec<u64>,
+    high: Option<u32>,
 }
 
 impl Counts {
@@ -97,10 +111,20 @@ impl Counts {
             self.stale += 1;
             return;
         }
-        if set_bit(self.seen.entry(publisher).or_default(), seq) {
+        let seen = self.seen.entry(publisher).or_default();
+        let fresh = set_bit(&mut seen.bits, seq);
+        if fresh {
             self.received += 1;
+            if seen.high.is_some_and(|h| seq < h) {
+                self.reordered += 1;
+            }
+            seen.high = seen.high.max(Some(seq));
         } else {
             self.duplicates += 1;
+        }
+        if seq < self.backlog_below {
+            self.backlog_last = Some(now);
+            self.backlog_received += u64::from(fresh);
         }
         self.first.get_or_insert(now);
         self.last = Some(now);
@@ -112,7 +136,7 @@ impl Counts {
         published
             .iter()
             .map(|p| {
-                let seen = self.seen.get(&p.publisher).map(Vec::as_slice).unwrap_or(&[]);
+                let seen = self.seen.get(&p.publisher).map_or(&[][..], |s| s.bits.as_slice());
                 let mut lost = 0u64;
                 for (word_i, word) in p.acked.iter().enumerate() {
                     for bit in 0..64 {
@@ -336,6 +360,8 @@ pub struct Load {
     pub per_publisher: Option<u32>,
     /// Offered messages per second per publisher (None: as fast as the window allows).
     pub rate: Option<f64>,
+    /// The first sequence number each publisher sends (a load that continues an earlier one).
+    pub first_seq: u32,
 }
 
 /// Publishes with `window` in flight until `stop` (or its quota is sent and acknowledged).
@@ -354,14 +380,16 @@ async fn publisher(
     let mut inflight: HashMap<u16, u32> = HashMap::with_capacity(load.window);
     let mut acked = Vec::new();
     let mut acked_count = 0;
-    let mut seq = 0u32;
+    let mut seq = load.first_seq;
     let mut stop_seen: Option<Instant> = None;
-    let quota = load.per_publisher.unwrap_or(u32::MAX);
+    let quota = load.per_publisher.map_or(u32::MAX, |n| load.first_seq.saturating_add(n));
     let mut closed = false;
     let started = Instant::now();
     // paced: the messages due by now (a publisher that fell behind catches up within its window)
     let due = |now: Instant| -> u32 {
-        load.rate.map_or(u32::MAX, |r| (now.duration_since(started).as_secs_f64() * r) as u32 + 1)
+        load.rate.map_or(u32::MAX, |r| {
+            load.first_seq + (now.duration_since(started).as_secs_f64() * r) as u32 + 1
+        })
     };
     loop {
         let stopping = stop.load(Ordering::Relaxed) || seq >= quota;
@@ -394,7 +422,7 @@ async fn publisher(
         // paced: wake for the next message due
         let wait = match load.rate {
             Some(r) if !stopping && inflight.len() < load.window => {
-                let next = started + Duration::from_secs_f64(f64::from(seq) / r);
+                let next = started + Duration::from_secs_f64(f64::from(seq - load.first_seq) / r);
                 next.saturating_duration_since(Instant::now()).min(Duration::from_millis(50))
             }
             _ => Duration::from_millis(50),
@@ -439,6 +467,8 @@ pub struct Run {
     pub acked: u64,
     pub lost: u64,
     pub duplicates: u64,
+    /// Arrivals behind a later message of the same publisher.
+    pub reordered: u64,
     /// Seconds the load ran.
     pub secs: f64,
     /// Arrivals between the first and the last, per second.
@@ -475,11 +505,6 @@ pub async fn publish(
     secs: f64,
 ) -> anyhow::Result<(Vec<Published>, f64)> {
     let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..load.publishers {
-        tasks.spawn(publisher(run_id, i as u32, target.clone(), load, stop.clone()));
-    }
-    let t0 = Instant::now();
     let timer = {
         let stop = stop.clone();
         tokio::spawn(async move {
@@ -487,11 +512,27 @@ pub async fn publish(
             stop.store(true, Ordering::Relaxed);
         })
     };
+    let r = publish_until(run_id, target, load, stop).await;
+    timer.abort();
+    r
+}
+
+/// [`publish`] until `stop` is set (or each publisher has sent its quota).
+pub async fn publish_until(
+    run_id: u32,
+    target: &Target,
+    load: Load,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<(Vec<Published>, f64)> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..load.publishers {
+        tasks.spawn(publisher(run_id, i as u32, target.clone(), load, stop.clone()));
+    }
+    let t0 = Instant::now();
     let mut published = Vec::with_capacity(load.publishers);
     while let Some(p) = tasks.join_next().await {
         published.push(p??);
     }
-    timer.abort();
     Ok((published, t0.elapsed().as_secs_f64()))
 }
 
@@ -527,6 +568,7 @@ pub async fn run(target: &Target, load: Load, secs: f64, counts: &Shared) -> any
         acked,
         lost,
         duplicates: c.duplicates,
+        reordered: c.reordered,
         secs: load_secs,
         forwarded_per_s: c.received as f64 / span,
         latencies_us: c.latencies_us,
@@ -569,7 +611,9 @@ pub fn devices(n: usize) -> String {
 }
 
 /// gatewayd with the generic MQTT uplink into `upstream` (`bench/{device}/{channel}`) and
-/// `n` static devices; `extra` is added to the config.
+/// `n` static devices; `extra` is added to the config. Every publisher comes from 127.0.0.1,
+/// so the per-address share of connections still logging in is the whole pool (with the
+/// default 16, a burst of 100 connects evicts its own oldest while they log in).
 pub fn gatewayd(
     dir: &Path,
     name: &str,
@@ -581,7 +625,8 @@ pub fn gatewayd(
         "[gateway]\nname = \"gw1\"\napplication = \"{APP}\"\ndata_dir = {:?}\n\n\
          [cloud]\nkind = \"mqtt\"\nurl = \"mqtt://{upstream}\"\ntopic = \"bench/{{device}}/{{channel}}\"\n\
          concurrency = 1024\nretry_min = \"100ms\"\nretry_max = \"1s\"\n\n\
-         [mqtt]\nlisten = \"127.0.0.1:0\"\nmax_inflight = 32\nmax_connections = 20000\n\n\
+         [mqtt]\nlisten = \"127.0.0.1:0\"\nmax_inflight = 32\nmax_connections = 20000\n\
+         max_unauthenticated = 2048\nmax_unauthenticated_per_address = 2048\n\n\
          [auth]\nargon2_memory_kib = 64\n\n\
          [web]\nlisten = \"127.0.0.1:0\"\napi_token = \"bench-api-token-0123\"\n{extra}\n{}",
         dir.join(name).display().to_string(),
@@ -700,7 +745,14 @@ pub async fn scenario(dir: &Path, secs: f64, m: &Matrix) -> anyhow::Result<()> {
     for (si, &size) in m.sizes.iter().enumerate() {
         for &n in &m.publishers {
             for &window in &m.windows {
-                let load = Load { publishers: n, window, size, per_publisher: None, rate: None };
+                let load = Load {
+                    publishers: n,
+                    window,
+                    size,
+                    per_publisher: None,
+                    rate: None,
+                    first_seq: 0,
+                };
                 let mut gw_rate = None;
                 for (name, target) in &paths {
                     // warm-up: logins (gatewayd checks each password once) and connections
@@ -756,15 +808,16 @@ pub async fn scenario(dir: &Path, secs: f64, m: &Matrix) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Pins every thread of `pid` (and those it starts later) to CPU `cpu`.
-pub fn pin(pid: u32, cpu: usize) -> anyhow::Result<()> {
+/// Pins every thread of `pid` (and those it starts later) to `cpus` (taskset's list: "0",
+/// "0,1").
+pub fn pin(pid: u32, cpus: &str) -> anyhow::Result<()> {
     let ok = std::process::Command::new("taskset")
-        .args(["-a", "-c", "-p", &cpu.to_string(), &pid.to_string()])
+        .args(["-a", "-c", "-p", cpus, &pid.to_string()])
         .stdout(std::process::Stdio::null())
         .status()?
         .success();
     if !ok {
-        bail!("taskset could not pin process {pid} to CPU {cpu}");
+        bail!("taskset could not pin process {pid} to CPUs {cpus}");
     }
     Ok(())
 }
@@ -781,8 +834,11 @@ pub async fn paced(
     publishers: usize,
     window: usize,
     size: usize,
+    gatewayd_cpus: &str,
 ) -> anyhow::Result<()> {
-    pin(std::process::id(), 1)?;
+    // gatewayd sizes its runtime by the CPUs it may use when it starts: it starts with
+    // `gatewayd_cpus`, everything else of this run stays on CPU 1
+    pin(std::process::id(), gatewayd_cpus)?;
     // the upstream is a counting MQTT server in this process (CPU 1): cheaper than a mosquitto
     // with a subscriber, so the load's core is not what limits the forwarders
     let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -796,18 +852,20 @@ pub async fn paced(
         publishers,
         "\n[store]\nmax_bytes = \"8GiB\"\nsync = \"always\"\n",
     )?;
-    pin(gw.proc.pid(), 0)?;
+    pin(gw.proc.pid(), gatewayd_cpus)?;
+    pin(std::process::id(), "1")?;
     // the bridge queues without limit (mosquitto drops beyond 1,000 queued messages by
     // default), so that its lossless rate is its forwarding capacity
     let (br, br_addr) =
         bridge(dir, "paced-bridge", up_addr, "max_queued_messages 0\nmax_inflight_messages 0\n")?;
-    pin(br.pid(), 0)?;
+    pin(br.pid(), "0")?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     println!(
         "\n## MQTT QoS 1 forwarding, paced\n\n{publishers} publishers × {window} in flight, \
-         {size}-byte payloads, {secs} s per cell; gatewayd and the mosquitto bridge each pinned \
-         to CPU 0, the load and a counting upstream MQTT server (this process) on CPU 1. CPU = the \
-         forwarder's own user + system time; latency = publisher's send → arrival upstream."
+         {size}-byte payloads, {secs} s per cell; gatewayd pinned to CPU {gatewayd_cpus}, the \
+         mosquitto bridge to CPU 0, the load and a counting upstream MQTT server (this process) \
+         on CPU 1. CPU = the forwarder's own user + system time; latency = publisher's send → \
+         arrival upstream."
     );
     let table = Table::new(
         "paced MQTT forwarding",
@@ -816,6 +874,7 @@ pub async fn paced(
             "path",
             "forwarded msg/s",
             "lost",
+            "out of order",
             "CPU %",
             "CPU µs/msg",
             "p50 ms",
@@ -835,6 +894,7 @@ pub async fn paced(
                 size,
                 per_publisher: None,
                 rate: Some(rate / publishers as f64),
+                first_seq: 0,
             };
             run(
                 target,
@@ -865,6 +925,7 @@ pub async fn paced(
                 name.to_string(),
                 thousands(forwarded),
                 lost_text(&r),
+                thousands(r.reordered as f64),
                 format!("{:.0}", 100.0 * cpu / wall),
                 format!("{:.1}", cpu * 1e6 / delivered),
                 format!("{:.1}", pct(&mut r.latencies_us, 0.50, 1e3)),

@@ -104,12 +104,14 @@ impl Gatewayd {
         let proc = Proc(child);
         let (tx, rx) = mpsc::channel::<(String, String)>();
         let label = name.to_owned();
+        // GW_BENCH_LOG=1: every line gatewayd logs (warnings included) on this stderr
+        let verbose = std::env::var_os("GW_BENCH_LOG").is_some();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
                 if let (Some(l), Some(a)) = (v["listener"].as_str(), v["addr"].as_str()) {
                     let _ = tx.send((l.to_owned(), a.to_owned()));
-                } else if v["level"].as_str() == Some("ERROR") {
+                } else if v["level"].as_str() == Some("ERROR") || verbose {
                     eprintln!("{label}: {line}");
                 }
             }

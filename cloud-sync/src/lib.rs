@@ -40,5 +40,5 @@ pub use registry::{
     DeviceChanges, RegistryConfig, RegistrySnapshot, RegistryState, RegistryStatus, RegistrySync,
     ResyncHandle, SyncReport, SyncedDevices,
 };
-pub use status::{UplinkState, UplinkStatus};
+pub use status::{UplinkSnapshot, UplinkState, UplinkStatus};
 pub use uplink::Uplink;

@@ -107,6 +107,8 @@ pub struct WebState {
     pub bridges: Vec<gw_driver_mqtt::BridgeStatus>,
     /// Why the last `gatewayd provision` refused provision.toml, while that stands.
     pub provision_error: Option<String>,
+    /// Messages per second in and out over the last hour, sampled by the status page.
+    pub throughput: Arc<crate::status::history::History>,
 }
 
 impl WebState {
@@ -129,6 +131,9 @@ impl WebState {
             command_intake: None,
             bridges: Vec::new(),
             provision_error: None,
+            throughput: Arc::new(crate::status::history::History::new(
+                crate::status::HISTORY_WINDOW,
+            )),
         }
     }
 
@@ -305,8 +310,32 @@ pub fn status_json(state: &WebState) -> serde_json::Value {
             "local_accounts": c.accounts().list().len(),
             "remembered_logins": c.verified_entries(),
         })),
+        "throughput": throughput_json(state, outbox.as_ref(), uplink.as_ref()),
     });
     body
+}
+
+/// Messages per second in and out now (see [`History::current`]) and, while a backlog
+/// shrinks, about when it will be empty.
+///
+/// [`History::current`]: crate::status::history::History::current
+fn throughput_json(
+    state: &WebState,
+    outbox: Option<&gw_store::OutboxStats>,
+    uplink: Option<&gw_cloud_sync::UplinkSnapshot>,
+) -> serde_json::Value {
+    let total_in = outbox.map_or(0, |o| o.records_committed());
+    let total_out = uplink.map_or(0, |u| u.sent);
+    let (rate_in, rate_out) = state.throughput.current(Instant::now(), total_in, total_out);
+    let queued = outbox.map_or(0, |o| o.records_queued());
+    // a backlog shrinks by what goes out beyond what comes in
+    let net = rate_out - rate_in;
+    let empty_in = (queued > 0 && net > 0.0).then(|| (queued as f64 / net).ceil() as u64);
+    serde_json::json!({
+        "in_per_second": crate::status::round1(rate_in),
+        "out_per_second": crate::status::round1(rate_out),
+        "backlog_empty_in_seconds": empty_in,
+    })
 }
 
 fn mqtt_json(s: &gw_driver_mqtt::EndpointStats) -> serde_json::Value {

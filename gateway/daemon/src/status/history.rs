@@ -74,6 +74,28 @@ impl History {
         self.lock().samples.back().map(|s| (s.rate_in, s.rate_out)).unwrap_or((0.0, 0.0))
     }
 
+    /// The rates now, from the running totals at `now`: over the time since the last
+    /// observation once that is at least [`Self::FRESH`] (a backlog that drains in seconds
+    /// shows while it drains, not a sample later), else [`Self::latest`].
+    pub fn current(&self, now: Instant, total_in: u64, total_out: u64) -> (f64, f64) {
+        let inner = self.lock();
+        match inner.last {
+            Some((t, i, o)) if total_in >= i && total_out >= o => {
+                let dt = now.saturating_duration_since(t);
+                if dt < Self::FRESH {
+                    drop(inner);
+                    return self.latest();
+                }
+                let dt = dt.as_secs_f64();
+                ((total_in - i) as f64 / dt, (total_out - o) as f64 / dt)
+            }
+            _ => (0.0, 0.0),
+        }
+    }
+
+    /// The shortest interval [`Self::current`] measures over.
+    pub const FRESH: Duration = Duration::from_secs(1);
+
     /// The graph of the window ending at `now`: two polylines (in, out) over a time axis of the
     /// window's length, y scaled to the largest rate. Plain SVG, no script.
     pub fn svg(&self, now: Instant) -> String {
@@ -168,6 +190,21 @@ mod tests {
         assert_eq!(h.samples().len(), 1, "the sample at 10 s is older than the window");
         let s = h.samples()[0];
         assert!((s.rate_in - 10.0 / 70.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_current_rate_covers_the_time_since_the_last_sample_once_it_is_long_enough() {
+        let h = History::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        assert_eq!(h.current(t0, 0, 0), (0.0, 0.0), "no baseline yet");
+        h.observe(t0, 100, 50);
+        h.observe(t0 + Duration::from_secs(10), 200, 100);
+        // 0.5 s after the sample: too short to measure, the sample's rates
+        assert_eq!(h.current(t0 + Duration::from_millis(10_500), 10_000, 10_000), (10.0, 5.0));
+        // 2 s after it: what moved since
+        assert_eq!(h.current(t0 + Duration::from_secs(12), 400, 100_100), (100.0, 50_000.0));
+        // a counter that went backwards (a component restarted): nothing to tell
+        assert_eq!(h.current(t0 + Duration::from_secs(12), 5, 5), (0.0, 0.0));
     }
 
     #[test]

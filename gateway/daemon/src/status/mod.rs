@@ -41,7 +41,6 @@ use serde_json::{Value, json};
 
 use crate::web::{WebState, status_json};
 use activity::Activity;
-use history::History;
 use metrics::Exposition;
 use pages::{SensorRow, get as at, text};
 use session::{LOGIN_CSRF_COOKIE, Sessions, constant_time_eq, cookie, random_token};
@@ -49,7 +48,7 @@ use session::{LOGIN_CSRF_COOKIE, Sessions, constant_time_eq, cookie, random_toke
 /// How often the throughput history takes a sample, and the live stream sends an update.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(10);
 const LIVE_EVERY: Duration = Duration::from_secs(2);
-const HISTORY_WINDOW: Duration = Duration::from_secs(3600);
+pub(crate) const HISTORY_WINDOW: Duration = Duration::from_secs(3600);
 /// A sensor without a session counts as active this long after its last message.
 const ACTIVE_WITHIN: Duration = Duration::from_secs(300);
 
@@ -70,7 +69,6 @@ pub trait Controls: Send + Sync + 'static {
 pub struct StatusPage {
     pub web: WebState,
     pub sessions: Arc<Sessions>,
-    pub history: Arc<History>,
     pub activity: Arc<Activity>,
     pub chain: Arc<CredentialChain>,
     pub technician_app: AppId,
@@ -89,7 +87,6 @@ impl StatusPage {
         Self {
             web,
             sessions: Arc::new(Sessions::new(Duration::from_secs(30 * 60), secure)),
-            history: Arc::new(History::new(HISTORY_WINDOW)),
             activity,
             chain,
             technician_app,
@@ -97,24 +94,16 @@ impl StatusPage {
         }
     }
 
-    /// The status document plus what only the page layer knows (throughput, sensors).
+    /// The status document (`GET /api/v1/status`), throughput included.
     pub fn status(&self) -> Value {
-        let mut v = status_json(&self.web);
-        let (rate_in, rate_out) = self.history.latest();
-        if let Some(o) = v.as_object_mut() {
-            o.insert(
-                "throughput".into(),
-                json!({"in_per_second": round1(rate_in), "out_per_second": round1(rate_out)}),
-            );
-        }
-        v
+        status_json(&self.web)
     }
 
     /// Feeds the throughput history from the outbox and uplink counters.
     pub fn sample(&self, now: Instant) {
         let total_in = self.web.outbox.as_ref().map_or(0, |o| o.stats().records_committed());
         let total_out = self.web.uplink.as_ref().map_or(0, |u| u.snapshot().sent);
-        self.history.observe(now, total_in, total_out);
+        self.web.throughput.observe(now, total_in, total_out);
     }
 
     /// Samples every [`SAMPLE_EVERY`] until `stop`.
@@ -151,7 +140,8 @@ impl StatusPage {
     }
 }
 
-fn round1(v: f64) -> f64 {
+/// `v` to one decimal.
+pub(crate) fn round1(v: f64) -> f64 {
     (v * 10.0).round() / 10.0
 }
 
@@ -257,7 +247,7 @@ async fn overview(State(page): State<StatusPage>, headers: HeaderMap) -> Respons
         Err(r) => return r,
     };
     let status = page.status();
-    html(pages::overview(&status, now_ms(), &page.history.svg(Instant::now()), &s.csrf))
+    html(pages::overview(&status, now_ms(), &page.web.throughput.svg(Instant::now()), &s.csrf))
 }
 
 #[derive(Deserialize)]
@@ -592,12 +582,13 @@ fn live(page: &StatusPage) -> Value {
         "outbox_depth": at(&s, "outbox.records_queued").as_u64().unwrap_or(0).to_string(),
         "outbox_bytes": pages::bytes(at(&s, "outbox.bytes_queued").as_u64().unwrap_or(0)),
         "outbox_oldest": pages::oldest(&s),
+        "outbox_drain": pages::drain(&s),
         "outbox_disk": format!("{} of {}", pages::bytes(disk), pages::bytes(max)),
         "outbox_dropped": text(at(&s, "outbox.dropped")),
         "dead_letters": text(at(&s, "uplink.dead_letters")),
         "rate_in": text(at(&s, "throughput.in_per_second")),
         "rate_out": text(at(&s, "throughput.out_per_second")),
-        "graph": page.history.svg(Instant::now()),
+        "graph": page.web.throughput.svg(Instant::now()),
     })
 }
 

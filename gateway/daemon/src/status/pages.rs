@@ -196,6 +196,21 @@ pub fn oldest(status: &Value) -> String {
     }
 }
 
+/// How the backlog moves: `-` when nothing waits, else the rate out and, when it shrinks, about
+/// how long until it is empty (from the latest throughput sample).
+pub fn drain(status: &Value) -> String {
+    let queued = get(status, "outbox.records_queued").as_u64().unwrap_or(0);
+    if queued == 0 {
+        return "-".to_owned();
+    }
+    let out = get(status, "throughput.out_per_second").as_f64().unwrap_or(0.0);
+    match get(status, "throughput.backlog_empty_in_seconds").as_u64() {
+        Some(secs) => format!("{out:.0} msg/s, empty in about {}", duration(secs)),
+        None if out > 0.0 => format!("{out:.0} msg/s, not shrinking"),
+        None => "not draining".to_owned(),
+    }
+}
+
 /// The overview: identity, cloud link, registry, outbox, throughput, health.
 pub fn overview(status: &Value, now_ms: u64, graph: &str, csrf: &str) -> Markup {
     let uplink_state = text(get(status, "uplink.state"));
@@ -254,6 +269,7 @@ pub fn overview(status: &Value, now_ms: u64, graph: &str, csrf: &str) -> Markup 
                     dl {
                         dt { "Waiting" } dd #outbox-depth data-live="outbox_depth" { (queued) }
                         dt { "Oldest waiting" } dd #outbox-oldest data-live="outbox_oldest" { (oldest(status)) }
+                        dt { "Draining" } dd #outbox-drain data-live="outbox_drain" { (drain(status)) }
                         dt { "Bytes waiting" } dd data-live="outbox_bytes" { (bytes(get(status, "outbox.bytes_queued").as_u64().unwrap_or(0))) }
                         dt { "Disk" } dd data-live="outbox_disk" { (bytes(disk)) " of " (bytes(max)) }
                         dt { "Dropped" } dd data-live="outbox_dropped" { (text(get(status, "outbox.dropped"))) }
@@ -634,6 +650,20 @@ mod tests {
         assert!(page.contains("refused: bad signature"), "{page}");
         let csrf = page.find("name=\"csrf\"").unwrap();
         assert!(csrf < page.find("name=\"bundle\"").unwrap(), "the token comes before the file");
+    }
+
+    #[test]
+    fn the_backlog_shows_its_drain_rate_and_when_it_will_be_empty() {
+        let st = |queued: u64, out: f64, empty: Option<u64>| {
+            json!({"outbox": {"records_queued": queued},
+                   "throughput": {"out_per_second": out, "backlog_empty_in_seconds": empty}})
+        };
+        assert_eq!(drain(&st(0, 10.0, None)), "-");
+        assert_eq!(drain(&st(1_000_000, 200_000.0, Some(6))), "200000 msg/s, empty in about 6 s");
+        assert_eq!(drain(&st(500, 20.0, None)), "20 msg/s, not shrinking");
+        assert_eq!(drain(&st(500, 0.0, None)), "not draining");
+        let page = overview(&st(9, 3.0, Some(3)), 0, "", "tok").into_string();
+        assert!(page.contains("3 msg/s, empty in about 3 s"), "{page}");
     }
 
     #[test]
