@@ -1,6 +1,10 @@
 //! The thin socket loop around the pure [`Core`]: one task owns the core and the datagram
 //! [`Transport`]; it feeds the core datagrams, answers and timer ticks, sends what the core
-//! says, and runs each [`Job`] (authenticate, ingest, wait for a command) as its own task.
+//! says, and carries out each [`Job`] (authenticate, ingest, wait for a command) itself: a
+//! job's future is first polled at once, in the order the datagrams came (a cached login and
+//! the hand-over to the outbox complete in that poll), and then waits, for its commit or a
+//! command, in the loop's own set of pending jobs. No task, channel or cross-thread wake-up
+//! per request.
 //!
 //! The transport is a trait so that a DTLS session layer can wrap the UDP socket later: it
 //! hands the core plaintext datagrams per peer address exactly as the plain socket does (the
@@ -15,19 +19,18 @@ use std::{
     future::Future,
     io,
     net::SocketAddr,
+    pin::Pin,
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
 
 use coap_lite::ResponseType;
+use futures_util::{FutureExt, StreamExt, stream::FuturesUnordered};
 use gw_model::{
     AppId, AuthOutcome, Authenticate, CommandSource, Ingest, IngestError, Telemetry, Timestamp,
 };
-use tokio::{
-    net::UdpSocket,
-    sync::{mpsc, oneshot},
-};
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio::{net::UdpSocket, sync::oneshot};
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     CoapConfig, CoapError,
@@ -156,11 +159,11 @@ impl<A: Authenticate, I: Ingest, C: CommandSource, T: Transport> CoapEndpoint<A,
         let mut beat = tokio::time::interval(gw_net::Heartbeat::EVERY);
         tracing::info!(addr = %transport.local_addr().map_or_else(|e| e.to_string(), |a| a.to_string()),
             "CoAP endpoint listening");
-        let (tx, mut rx) = mpsc::unbounded_channel::<(JobId, Answer)>();
-        let tasks = TaskTracker::new();
+        let mut jobs = FuturesUnordered::<JobFuture>::new();
         let waits = CancellationToken::new();
         let mut buf = vec![0u8; MAX_DATAGRAM];
         let mut out = Vec::new();
+        let mut ready = Vec::new();
         let mut recv_errors = 0u32;
         let mut turns = Turns::default();
         loop {
@@ -170,10 +173,11 @@ impl<A: Authenticate, I: Ingest, C: CommandSource, T: Transport> CoapEndpoint<A,
                 biased;
                 () = token.cancelled() => break,
                 _ = beat.tick() => {}
-                Some((id, answer)) = rx.recv() => {
+                Some((id, answer)) = jobs.next(), if !jobs.is_empty() => {
                     let now = Instant::now();
                     core.on_answer(id, answer, now, &mut out);
-                    while let Ok((id, answer)) = rx.try_recv() {
+                    // one commit answers many: every job it finished, in one round
+                    while let Some(Some((id, answer))) = jobs.next().now_or_never() {
                         core.on_answer(id, answer, now, &mut out);
                     }
                 }
@@ -193,13 +197,24 @@ impl<A: Authenticate, I: Ingest, C: CommandSource, T: Transport> CoapEndpoint<A,
                 },
                 () = sleep_until(deadline), if deadline.is_some() => core.on_tick(Instant::now(), &mut out),
             }
-            flush(&transport, &mut out, &services, &tasks, &tx, &waits, &mut turns).await;
+            // jobs that finish in their first poll (a refusal) are answered in the same round
+            loop {
+                flush(&transport, &mut out, &services, &mut jobs, &waits, &mut turns, &mut ready)
+                    .await;
+                if ready.is_empty() {
+                    break;
+                }
+                let now = Instant::now();
+                for (id, answer) in ready.drain(..) {
+                    core.on_answer(id, answer, now, &mut out);
+                }
+            }
         }
         // Drain: end command waits, answer what commits within the grace period.
         waits.cancel();
         let until = tokio::time::Instant::now() + DRAIN_TIMEOUT;
-        while core.in_flight() > 0 {
-            let Ok(Some((id, answer))) = tokio::time::timeout_at(until, rx.recv()).await else {
+        while !jobs.is_empty() {
+            let Ok(Some((id, answer))) = tokio::time::timeout_at(until, jobs.next()).await else {
                 tracing::warn!(
                     in_flight = core.in_flight(),
                     "CoAP endpoint stopped with requests unanswered"
@@ -209,16 +224,15 @@ impl<A: Authenticate, I: Ingest, C: CommandSource, T: Transport> CoapEndpoint<A,
             core.on_answer(id, answer, Instant::now(), &mut out);
             // nothing new is started while draining
             out.retain(|o| matches!(o, Output::Send { .. }));
-            flush(&transport, &mut out, &services, &tasks, &tx, &waits, &mut turns).await;
-        }
-        tasks.close();
-        if tokio::time::timeout_at(until, tasks.wait()).await.is_err() {
-            tracing::warn!("CoAP jobs still running at shutdown");
+            flush(&transport, &mut out, &services, &mut jobs, &waits, &mut turns, &mut ready).await;
         }
         guard.stopped();
         tracing::info!("CoAP endpoint stopped");
     }
 }
+
+/// A job being carried out: its answer once it has one.
+type JobFuture = Pin<Box<dyn Future<Output = (JobId, Answer)> + Send>>;
 
 /// A UDP socket with large buffers: a burst of sensors (a thousand requests at once) must not
 /// overflow the kernel's default receive queue of about 200 KiB, or they wait for their own
@@ -304,15 +318,17 @@ impl Turns {
     }
 }
 
+/// Sends what the core said and starts its jobs: each job's first poll happens here, in
+/// order; a job done at once leaves its answer in `ready`, the others wait in `jobs`.
 #[allow(clippy::too_many_arguments)]
 async fn flush<A: Authenticate, I: Ingest, C: CommandSource, T: Transport>(
     transport: &T,
     out: &mut Vec<Output>,
     services: &Arc<Services<A, I, C>>,
-    tasks: &TaskTracker,
-    tx: &mpsc::UnboundedSender<(JobId, Answer)>,
+    jobs: &mut FuturesUnordered<JobFuture>,
     waits: &CancellationToken,
     turns: &mut Turns,
+    ready: &mut Vec<(JobId, Answer)>,
 ) {
     for output in out.drain(..) {
         match output {
@@ -322,9 +338,9 @@ async fn flush<A: Authenticate, I: Ingest, C: CommandSource, T: Transport>(
                 }
             }
             Output::Process(job) => {
-                let (services, tx, waits) = (services.clone(), tx.clone(), waits.clone());
+                let (services, waits) = (services.clone(), waits.clone());
                 let turn = (job.kind == JobKind::Publish).then(|| turns.next(job.peer));
-                tasks.spawn(async move {
+                let mut run: JobFuture = Box::pin(async move {
                     let Job { id, peer, kind, publish } = *job;
                     let answer = match (kind, turn) {
                         (JobKind::Publish, Some(turn)) => {
@@ -338,9 +354,15 @@ async fn flush<A: Authenticate, I: Ingest, C: CommandSource, T: Transport>(
                             }
                         }
                     };
-                    // the loop may be gone at the very end of a shutdown
-                    let _ = tx.send((id, answer));
+                    (id, answer)
                 });
+                // the first poll: a cached login is checked and the message handed to the
+                // outbox (its place in the order taken) now, in the order of the datagrams
+                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                match run.as_mut().poll(&mut cx) {
+                    std::task::Poll::Ready(done) => ready.push(done),
+                    std::task::Poll::Pending => jobs.push(run),
+                }
             }
         }
     }

@@ -45,6 +45,11 @@ struct TestIngest {
     quota_exceeded: AtomicBool,
     /// When set, each publish waits for a permit.
     gate: Mutex<Option<Arc<Semaphore>>>,
+    /// Payloads in the order the publishes reached the ingest (their first poll: where the
+    /// outbox takes a record's seq).
+    arrivals: Mutex<Vec<Bytes>>,
+    /// When set, the n-th publish takes the n-th delay before it is stored.
+    delays: Mutex<std::collections::VecDeque<Duration>>,
 }
 
 impl TestIngest {
@@ -78,6 +83,11 @@ impl TestIngest {
 
 impl Ingest for TestIngest {
     async fn publish(&self, telemetry: Telemetry) -> Result<(), IngestError> {
+        self.arrivals.lock().unwrap().push(telemetry.payload.clone());
+        let delay = self.delays.lock().unwrap().pop_front();
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
         self.calls.as_ref().unwrap().send_modify(|c| *c += 1);
         let gate = self.gate.lock().unwrap().clone();
         if let Some(gate) = gate {
@@ -633,3 +643,6 @@ async fn tls_without_a_key_is_a_clear_error() {
 
 #[path = "endpoint/rumqttc_clients.rs"]
 mod rumqttc_clients;
+
+#[path = "endpoint/pipeline_props.rs"]
+mod pipeline_props;

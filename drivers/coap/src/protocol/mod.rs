@@ -207,6 +207,9 @@ pub struct Core {
     in_flight: usize,
     outgoing: HashMap<Key, Outgoing>,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
+    /// The piggyback deadlines of CON requests: all `piggyback_timeout` after their arrival,
+    /// so in order already (a queue, not the heap: one push and one pop per request).
+    piggybacks: VecDeque<(Instant, Timer)>,
     blocks: Blocks,
     next_generation: u64,
     next_job: JobId,
@@ -236,6 +239,7 @@ impl Core {
             in_flight: 0,
             outgoing: HashMap::new(),
             timers: BinaryHeap::new(),
+            piggybacks: VecDeque::new(),
             blocks,
             next_generation: 1,
             next_job: 1,
@@ -252,7 +256,12 @@ impl Core {
 
     /// When [`on_tick`](Self::on_tick) should next run, if anything is time-bound.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let timer = self.timers.peek().map(|Reverse((t, _))| *t);
+        let heap = self.timers.peek().map(|Reverse((t, _))| *t);
+        let piggyback = self.piggybacks.front().map(|(t, _)| *t);
+        let timer = match (heap, piggyback) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let sweep = self.has_sweepable().then(|| match self.last_sweep {
             Some(t) => t + SWEEP_EVERY,
             None => Instant::now(),
@@ -519,7 +528,7 @@ impl Core {
         }
         if con {
             let at = now + self.config.piggyback_timeout;
-            self.timers.push(Reverse((at, Timer::Piggyback { peer, mid, generation })));
+            self.piggybacks.push_back((at, Timer::Piggyback { peer, mid, generation }));
         }
         out.push(Output::Process(Box::new(Job { id, peer, kind, publish })));
     }
@@ -658,11 +667,16 @@ impl Core {
 
     /// Runs due timers and the periodic sweep.
     pub fn on_tick(&mut self, now: Instant, out: &mut Vec<Output>) {
-        while let Some(Reverse((at, timer))) = self.timers.peek().copied() {
-            if at > now {
-                break;
-            }
-            self.timers.pop();
+        loop {
+            let heap = self.timers.peek().map(|Reverse((at, _))| *at).filter(|at| *at <= now);
+            let piggyback = self.piggybacks.front().map(|(at, _)| *at).filter(|at| *at <= now);
+            let timer = match (heap, piggyback) {
+                (None, None) => break,
+                (Some(h), Some(p)) if h < p => self.timers.pop().map(|Reverse((_, t))| t),
+                (Some(_), None) => self.timers.pop().map(|Reverse((_, t))| t),
+                (_, Some(_)) => self.piggybacks.pop_front().map(|(_, t)| t),
+            };
+            let Some(timer) = timer else { break };
             match timer {
                 Timer::Piggyback { peer, mid, generation } => {
                     if let Some(Exchange { generation: g, state: State::Pending(p) }) =
