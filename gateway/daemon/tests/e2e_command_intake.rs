@@ -287,6 +287,9 @@ async fn coap_sensor_wait_is_relayed_and_answered_with_option_4210() {
     let uplink = format!("{}\n[coap]\nlisten = \"127.0.0.1:0\"\n", drogue_http(&cloud));
     let gw = Running::start(&config(dir.path(), &uplink, false), None);
     let coap = gw.listener_addr("coap");
+    // the gateway's own command poll waits at the cloud first: only a second waiter is the
+    // uplink's publish as sensor1 (counting the first would send the command to nobody)
+    until("the gateway's command poll waiting", || cloud.command_subscribers() > 0).await;
 
     use base64::Engine;
     let auth = format!(
@@ -298,7 +301,7 @@ async fn coap_sensor_wait_is_relayed_and_answered_with_option_4210() {
         .args(["-e", r#"{"temp":21}"#, &format!("coap://{coap}/v1/temperature")])
         .output();
     let sensor = tokio::spawn(sensor);
-    until("the uplink waiting at the cloud", || cloud.command_subscribers() > 0).await;
+    until("the uplink waiting at the cloud", || cloud.command_subscribers() > 1).await;
     assert_eq!(send_command(&cloud, "sensor1", "set", "22").await, StatusCode::ACCEPTED);
     let out = tokio::time::timeout(PATIENCE, sensor).await.unwrap().unwrap().unwrap();
     let (stdout, debug) =
