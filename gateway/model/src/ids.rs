@@ -1,5 +1,6 @@
 //! Validated names. Each is checked once when it is made from text, after which it is just a
-//! string that is known to be good.
+//! string that is known to be good, shared: a clone (every message carries its device's and
+//! application's names) is a reference count, not a copy.
 //!
 //! | type          | length     | characters                                                        |
 //! |---------------|------------|-------------------------------------------------------------------|
@@ -15,7 +16,7 @@
 //! command names travel in URL paths, MQTT topics and CoAP options, so they keep to URL-safe
 //! ASCII.
 
-use std::{borrow::Borrow, fmt, str::FromStr};
+use std::{borrow::Borrow, fmt, str::FromStr, sync::Arc};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -123,14 +124,14 @@ macro_rules! validated_name {
     ($(#[$doc:meta])* $name:ident, $rule:expr) => {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-        pub struct $name(String);
+        pub struct $name(Arc<str>);
 
         impl $name {
             /// Checks `value` against this name's rule.
             pub fn new(value: impl Into<String>) -> Result<Self, ModelError> {
                 let value = value.into();
                 check(&$rule, &value)?;
-                Ok(Self(value))
+                Ok(Self(Arc::from(value)))
             }
 
             /// The name as text.
@@ -186,13 +187,13 @@ macro_rules! validated_name {
 
         impl PartialEq<str> for $name {
             fn eq(&self, other: &str) -> bool {
-                self.0 == other
+                &*self.0 == other
             }
         }
 
         impl PartialEq<&str> for $name {
             fn eq(&self, other: &&str) -> bool {
-                self.0 == *other
+                &*self.0 == *other
             }
         }
 
@@ -204,8 +205,19 @@ macro_rules! validated_name {
 
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = String::deserialize(d)?;
-                Self::new(s).map_err(serde::de::Error::custom)
+                // checked and copied once from the input (a record read back, a config file)
+                struct Text;
+                impl serde::de::Visitor<'_> for Text {
+                    type Value = $name;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str($rule.kind)
+                    }
+                    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<$name, E> {
+                        check(&$rule, v).map_err(E::custom)?;
+                        Ok($name(Arc::from(v)))
+                    }
+                }
+                d.deserialize_str(Text)
             }
         }
     };

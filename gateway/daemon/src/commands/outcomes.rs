@@ -155,7 +155,6 @@ impl Outcomes {
 
     /// Logs, counts, lists and (if configured) reports the fate of `command`.
     pub fn record(&self, command: &Command, fate: Fate) {
-        self.counts[fate.slot()].fetch_add(1, Ordering::Relaxed);
         let (via, reason) = match &fate {
             Fate::Delivered { via } => (Some(*via), None),
             Fate::Rejected(reason) => (None, Some(reason.clone())),
@@ -186,6 +185,9 @@ impl Outcomes {
             }
             recent.push_front(record.clone());
         }
+        // counted once listed: a status that reads the counts and then the list never shows
+        // an outcome counted but missing from the list
+        self.counts[fate.slot()].fetch_add(1, Ordering::Release);
         if let Some(reporter) = self.reporter.get() {
             self.report(reporter.clone(), record);
         }
@@ -219,7 +221,7 @@ impl Outcomes {
     }
 
     pub fn counts(&self) -> OutcomeCounts {
-        let get = |i: usize| self.counts[i].load(Ordering::Relaxed);
+        let get = |i: usize| self.counts[i].load(Ordering::Acquire);
         OutcomeCounts {
             delivered: get(0),
             queued: get(1),
