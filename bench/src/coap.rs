@@ -245,7 +245,11 @@ pub fn scenario(dir: &Path, secs: f64, counts: &[usize]) -> anyhow::Result<()> {
 
 async fn run(dir: &Path, secs: f64, counts: &[usize]) -> anyhow::Result<()> {
     let max = counts.iter().copied().max().unwrap_or(1);
+    // one core each, as the paced MQTT cells: the servers on CPU 0, this generator on CPU 1
+    // (gatewayd starts on CPU 1 only, so its runtime has one worker, then moves to CPU 0)
+    crate::mqtt::pin(std::process::id(), "1")?;
     let gw = start_gatewayd(dir, max)?;
+    crate::mqtt::pin(gw.proc.pid(), "0")?;
     let gw_addr = gw.addr("coap")?;
     // the first request waits until the static devices are hashed
     let mut warm = Sensor::default();
@@ -256,10 +260,11 @@ async fn run(dir: &Path, secs: f64, counts: &[usize]) -> anyhow::Result<()> {
         bail!("gatewayd did not accept the first CoAP POST");
     }
     let (libcoap, libcoap_addr) = start_libcoap().await?;
+    crate::mqtt::pin(libcoap.pid(), "0")?;
     println!(
         "\n## CoAP CON POST\n\n100-byte JSON, N sensors with one CON request in flight each, \
          {secs} s per cell; gatewayd checks option 4209 and answers after fdatasync, libcoap \
-         keeps the resource in memory."
+         keeps the resource in memory. Each server pinned to CPU 0, the generator to CPU 1."
     );
     let table = Table::new(
         "CoAP CON POST",
