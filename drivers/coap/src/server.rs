@@ -340,7 +340,8 @@ async fn flush<A: Authenticate, I: Ingest, C: CommandSource, T: Transport>(
             Output::Process(job) => {
                 let (services, waits) = (services.clone(), waits.clone());
                 let turn = (job.kind == JobKind::Publish).then(|| turns.next(job.peer));
-                let mut run: JobFuture = Box::pin(async move {
+                let job_id = job.id;
+                let work = async move {
                     let Job { id, peer, kind, publish } = *job;
                     let answer = match (kind, turn) {
                         (JobKind::Publish, Some(turn)) => {
@@ -355,7 +356,18 @@ async fn flush<A: Authenticate, I: Ingest, C: CommandSource, T: Transport>(
                         }
                     };
                     (id, answer)
-                });
+                };
+                // a job that panics (a bug) is answered 5.00 and the endpoint keeps serving,
+                // as it did when each job was a task of its own
+                let mut run: JobFuture =
+                    Box::pin(std::panic::AssertUnwindSafe(work).catch_unwind().map(move |r| {
+                        r.unwrap_or_else(|_| {
+                            tracing::error!("CoAP request failed: internal error");
+                            let refusal =
+                                Refusal::new(ResponseType::InternalServerError, "internal error");
+                            (job_id, Answer::Refused(refusal))
+                        })
+                    }));
                 // the first poll: a cached login is checked and the message handed to the
                 // outbox (its place in the order taken) now, in the order of the datagrams
                 let mut cx = std::task::Context::from_waker(std::task::Waker::noop());

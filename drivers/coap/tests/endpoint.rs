@@ -57,6 +57,8 @@ impl Ingest for TestIngest {
         if telemetry.channel.as_str() == "full" {
             return Err(IngestError::QuotaExceeded("test outbox full".into()));
         }
+        // a bug on the way to the outbox, as the endpoint would meet it
+        assert_ne!(telemetry.channel.as_str(), "panic", "the test ingest panics on request");
         self.records.lock().unwrap().push(telemetry);
         self.count.send_modify(|c| *c += 1);
         Ok(())
@@ -498,6 +500,26 @@ async fn garbage_is_counted_quota_is_5_03_and_non_is_answered_non() {
     let s = h.stats.snapshot();
     assert_eq!(s.malformed, 2);
     assert_eq!(s.quota_exceeded, 1);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_job_that_panics_is_answered_5_00_and_the_endpoint_keeps_serving() {
+    let h = Harness::start().await;
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    socket.connect(h.addr).await.unwrap();
+    let mut bad = wire::decode(&raw_post(20, b"x")).unwrap();
+    bad.clear_option(CoapOption::UriPath);
+    bad.add_option(CoapOption::UriPath, b"v1".to_vec());
+    bad.add_option(CoapOption::UriPath, b"panic".to_vec());
+    socket.send(&bad.to_bytes_unlimited().unwrap()).await.unwrap();
+    let r = wire::decode(&recv(&socket).await).unwrap();
+    assert_eq!(r.header.code, MessageClass::Response(ResponseType::InternalServerError));
+    // the next request is served as usual
+    socket.send(&raw_post(21, b"after")).await.unwrap();
+    let r = wire::decode(&recv(&socket).await).unwrap();
+    assert_eq!(r.header.code, MessageClass::Response(ResponseType::Changed));
+    assert_eq!(h.ingest.wait_for(1).await.len(), 1);
     h.stop().await;
 }
 
