@@ -1,8 +1,8 @@
 //! The records of the latest commits, kept in memory for the uplink (`[store] read_cache`).
 //!
-//! The committer hands each committed batch's buffer over as it is (no copy); the reader
-//! decodes a record from it instead of reading its segment back (a blocking read off the
-//! runtime). What is not here any more (a backlog larger than the budget, a record sent
+//! The committer hands over a copy of each committed batch's record bytes (the batch buffer
+//! itself is reused for the next batch); the reader decodes a record from it instead of
+//! reading its segment back (a blocking read off the runtime). What is not here any more (a backlog larger than the budget, a record sent
 //! again after a nack, everything after a restart) is read from its segment as before.
 //! A batch leaves once every one of its records has been handed out, or when newer batches
 //! need its room.
